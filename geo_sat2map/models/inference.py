@@ -1,0 +1,69 @@
+"""Inference normalisation modes, applied to a copy of a trained generator.
+
+- ``instance``: every BatchNorm normalises each tile with that tile's own statistics, using the BN
+  affine parameters (what the public pix2pix test script does with batch size 1).
+- ``running``: BatchNorm uses its running statistics (``eval()``).
+
+In both modes each sample is normalised on its own, so a tile's output never depends on which other
+tiles share its batch. Dropout is off unless asked for. The training module is never mutated.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+NORM_MODES = ("instance", "running")
+
+
+class _PerTileBatchNorm(nn.BatchNorm2d):
+    """BatchNorm2d whose statistics are each sample's own (instance norm with the BN affine)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.instance_norm(x, weight=self.weight, bias=self.bias, eps=self.eps)
+
+
+class _AlwaysOnDropout(nn.Dropout):
+    """Dropout that stays active in eval mode (the public pix2pix test-time behaviour, opt-in)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.dropout(x, self.p, training=True)
+
+
+def _swap_modules(module: nn.Module, norm_mode: str, dropout: bool) -> None:
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d) and norm_mode == "instance":
+            replacement = _PerTileBatchNorm(child.num_features, eps=child.eps, affine=child.affine)
+            replacement.load_state_dict(child.state_dict())
+            setattr(module, name, replacement)
+        elif isinstance(child, nn.Dropout) and dropout:
+            setattr(module, name, _AlwaysOnDropout(child.p))
+        else:
+            _swap_modules(child, norm_mode, dropout)
+
+
+class InferenceGenerator(nn.Module):
+    """A generator prepared for inference: [-1, 1] NCHW in, [-1, 1] NCHW out, no gradients."""
+
+    def __init__(self, net: nn.Module, norm_mode: str, dropout: bool = False) -> None:
+        super().__init__()
+        if norm_mode not in NORM_MODES:
+            raise ValueError(f"unknown norm mode {norm_mode!r}; expected one of {', '.join(NORM_MODES)}")
+        net = copy.deepcopy(net)
+        _swap_modules(net, norm_mode, dropout)
+        net.eval()
+        for p in net.parameters():
+            p.requires_grad_(False)
+        self.net = net
+        self.norm_mode = norm_mode
+        self.dropout = dropout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def prepare_for_inference(net: nn.Module, norm_mode: str, dropout: bool = False) -> InferenceGenerator:
+    return InferenceGenerator(net, norm_mode, dropout)

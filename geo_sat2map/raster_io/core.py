@@ -1,0 +1,189 @@
+"""Opening and validating rasters, band selection, dataset masks, scene-wide statistics, simple writes."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from affine import Affine
+from rasterio.enums import ColorInterp
+from rasterio.errors import RasterioIOError
+from rasterio.windows import Window
+
+from geo_sat2map.errors import UserError
+from geo_sat2map.scaling import InputScaling, percentile_scaling
+
+# Decimated read used for scene statistics: longest side at most this many pixels.
+STATS_MAX_SIDE = 1024
+
+
+@dataclass(frozen=True)
+class RasterInfo:
+    """What the pipelines need to know about a source raster, without keeping it open."""
+
+    path: str
+    width: int
+    height: int
+    count: int
+    dtype: str
+    crs: rasterio.crs.CRS | None
+    transform: Affine
+    georeferenced: bool
+
+
+@contextlib.contextmanager
+def open_raster(path: str | os.PathLike[str]) -> Iterator[rasterio.io.DatasetReader]:
+    """Open a raster for reading; a missing or unreadable file is a UserError naming it."""
+    path = str(path)
+    if not Path(path).exists() and "://" not in path and not path.startswith("/vsi"):
+        raise UserError(f"{path}: file not found")
+    try:
+        ds = rasterio.open(path)
+    except RasterioIOError as exc:
+        raise UserError(f"{path}: not a raster GDAL can read ({_first_line(exc)})") from exc
+    with ds:
+        yield ds
+
+
+def raster_info(ds: rasterio.io.DatasetReader) -> RasterInfo:
+    return RasterInfo(
+        path=ds.name,
+        width=ds.width,
+        height=ds.height,
+        count=ds.count,
+        dtype=ds.dtypes[0],
+        crs=ds.crs,
+        transform=ds.transform,
+        georeferenced=ds.crs is not None and ds.transform != Affine.identity(),
+    )
+
+
+def require_georeferenced(ds: rasterio.io.DatasetReader, allow_ungeoreferenced: bool = False) -> None:
+    if allow_ungeoreferenced:
+        return
+    if ds.crs is None:
+        raise UserError(f"{ds.name}: has no CRS; assign one (e.g. gdal_edit.py -a_srs) or pass --allow-ungeoreferenced")
+    if ds.transform == Affine.identity():
+        raise UserError(f"{ds.name}: has no geotransform; georeference it or pass --allow-ungeoreferenced")
+
+
+def default_rgb_bands(ds: rasterio.io.DatasetReader) -> tuple[int, int, int]:
+    """The bands tagged red, green, blue (in that order), else 1, 2, 3."""
+    interp = list(ds.colorinterp)
+    wanted = (ColorInterp.red, ColorInterp.green, ColorInterp.blue)
+    if all(c in interp for c in wanted):
+        return tuple(interp.index(c) + 1 for c in wanted)  # type: ignore[return-value]
+    return (1, 2, 3)
+
+
+def resolve_bands(ds: rasterio.io.DatasetReader, bands: Sequence[int] | None) -> tuple[int, ...]:
+    """Validate requested 1-based bands against the raster (default: its RGB bands)."""
+    chosen = tuple(bands) if bands is not None else default_rgb_bands(ds)
+    if ds.count < 3 and bands is None:
+        raise UserError(f"{ds.name}: has {ds.count} band(s); an RGB image with at least 3 bands is needed")
+    missing = [b for b in chosen if b < 1 or b > ds.count]
+    if missing:
+        raise UserError(
+            f"{ds.name}: has {ds.count} band(s), cannot use band(s) {', '.join(map(str, missing))}; check --bands"
+        )
+    return chosen
+
+
+def read_window(
+    ds: rasterio.io.DatasetReader, bands: Sequence[int], window: Window
+) -> tuple[np.ndarray, np.ndarray]:
+    """Read ``bands`` and the dataset mask (True = valid) in ``window``; corrupt blocks name the window."""
+    try:
+        data = ds.read(list(bands), window=window)
+        valid = ds.dataset_mask(window=window) > 0
+    except RasterioIOError as exc:
+        raise UserError(
+            f"{ds.name}: could not read window col={int(window.col_off)} row={int(window.row_off)} "
+            f"{int(window.width)}x{int(window.height)} (corrupt or unreadable block: {_first_line(exc)})"
+        ) from exc
+    return data, valid
+
+
+def scene_scaling(ds: rasterio.io.DatasetReader, bands: Sequence[int]) -> InputScaling:
+    """uint8 scaling for 8-bit data; otherwise a 2-98 % stretch from one decimated read of the whole scene."""
+    if ds.dtypes[bands[0] - 1] == "uint8":
+        return InputScaling.uint8(len(bands))
+    factor = max(1, int(np.ceil(max(ds.width, ds.height) / STATS_MAX_SIDE)))
+    shape = (max(1, ds.height // factor), max(1, ds.width // factor))
+    try:
+        sample = ds.read(list(bands), out_shape=(len(bands), *shape), resampling=rasterio.enums.Resampling.nearest)
+        valid = ds.dataset_mask(out_shape=shape, resampling=rasterio.enums.Resampling.nearest) > 0
+    except RasterioIOError as exc:
+        raise UserError(f"{ds.name}: could not read an overview for scene statistics ({_first_line(exc)})") from exc
+    return percentile_scaling(sample.astype(np.float64), valid)
+
+
+def write_geotiff(
+    path: str | os.PathLike[str],
+    data: np.ndarray,
+    crs: rasterio.crs.CRS | str | None,
+    transform: Affine,
+    *,
+    nodata: float | None = None,
+    mask: np.ndarray | None = None,
+    colorinterp: Sequence[ColorInterp] | None = None,
+    **creation: object,
+) -> None:
+    """Write a small (bands, H, W) array as a tiled GeoTIFF, optionally with an internal mask (True = valid)."""
+    profile = {
+        "driver": "GTiff",
+        "width": data.shape[2],
+        "height": data.shape[1],
+        "count": data.shape[0],
+        "dtype": data.dtype,
+        "crs": crs,
+        "transform": transform,
+        "nodata": nodata,
+        "tiled": True,
+        "blockxsize": 256,
+        "blockysize": 256,
+        "compress": "deflate",
+        **creation,
+    }
+    if data.shape[1] < 256 or data.shape[2] < 256:
+        profile.pop("tiled")
+        profile.pop("blockxsize")
+        profile.pop("blockysize")
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
+        with rasterio.open(path, "w", **profile) as dst:
+            dst.write(data)
+            if colorinterp is not None:
+                dst.colorinterp = list(colorinterp)
+            if mask is not None:
+                dst.write_mask(np.where(mask, 255, 0).astype(np.uint8))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+@contextlib.contextmanager
+def warped_onto(
+    ds: rasterio.io.DatasetReader,
+    crs: rasterio.crs.CRS,
+    transform: Affine,
+    width: int,
+    height: int,
+    resampling: rasterio.enums.Resampling = rasterio.enums.Resampling.nearest,
+) -> Iterator[rasterio.vrt.WarpedVRT]:
+    """A lazy view of ``ds`` reprojected onto a target grid; read windows from it, never the whole thing.
+
+    Its ``dataset_mask()`` is the source's dataset mask carried through the warp (False outside the source).
+    """
+    from rasterio.vrt import WarpedVRT
+
+    with WarpedVRT(
+        ds, crs=crs, transform=transform, width=width, height=height, resampling=resampling, add_alpha=False
+    ) as vrt:
+        yield vrt

@@ -1,0 +1,38 @@
+"""Shared fixtures: small generators with random weights, and helpers to make real rasters."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from geo_sat2map.models import build_generator
+
+
+def randomise(net: nn.Module, seed: int = 0) -> nn.Module:
+    """Random weights *and* BN running statistics, so every norm mode and every key matters."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, tensor in net.state_dict().items():
+            if tensor.dtype.is_floating_point:
+                if name.endswith("running_var"):
+                    tensor.copy_(torch.rand(tensor.shape, generator=gen) + 0.5)
+                else:
+                    tensor.copy_(torch.randn(tensor.shape, generator=gen) * 0.2)
+    return net
+
+
+@pytest.fixture
+def small_unet() -> nn.Module:
+    return randomise(build_generator("unet256", 8), seed=1)
+
+
+@pytest.fixture
+def small_seed() -> nn.Module:
+    return randomise(build_generator("seed-unet", 8), seed=2)
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(1234)

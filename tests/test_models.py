@@ -1,0 +1,101 @@
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from geo_sat2map.models import PatchGAN, Pix2PixUnet, SeedUnet, prepare_for_inference
+
+DATA = Path(__file__).parent / "data"
+
+
+def _reference_layout(name: str, width: int, ref_width: int = 64) -> list[tuple[str, list[int]]]:
+    """The reference key/shape list (ngf=64) scaled to ``width``: channel sizes are multiples of the width."""
+    out = []
+    for entry in json.loads((DATA / name).read_text())["keys"]:
+        shape = [s * width // ref_width if s % ref_width == 0 else s for s in entry["shape"]]
+        out.append((entry["key"], shape))
+    return out
+
+
+def _layout(net: torch.nn.Module) -> list[tuple[str, list[int]]]:
+    return [(k, list(v.shape)) for k, v in net.state_dict().items()]
+
+
+@pytest.mark.parametrize("width", [64, 8])
+def test_unet256_matches_public_pix2pix_layout(width):
+    assert _layout(Pix2PixUnet(ngf=width)) == _reference_layout("pix2pix-unet256-state-dict.json", width)
+
+
+@pytest.mark.parametrize("width", [64, 8])
+def test_seed_unet_matches_seed_layout(width):
+    assert _layout(SeedUnet(features=width)) == _reference_layout("seed-generator-state-dict.json", width)
+
+
+def test_patchgan_matches_public_layout_and_gives_30x30_logits():
+    net = PatchGAN()
+    assert _layout(net) == _reference_layout("pix2pix-patchgan-state-dict.json", 64)
+    a, b = torch.randn(2, 1, 3, 256, 256)
+    assert net(a, b).shape == (1, 1, 30, 30)
+
+
+@pytest.mark.parametrize("family", ["small_unet", "small_seed"])
+def test_generators_map_256_tiles_to_256_tiles_in_range(family, request):
+    net = request.getfixturevalue(family)
+    out = prepare_for_inference(net, "instance")(torch.randn(1, 3, 256, 256))
+    assert out.shape == (1, 3, 256, 256)
+    assert out.abs().max() <= 1
+
+
+def test_unet_skip_carries_activated_input_like_public_code(small_unet):
+    """Public pix2pix applies LeakyReLU in place before concatenating the skip; the skip is activated."""
+    block = small_unet.model.model[1]  # first non-outermost block
+    x = torch.randn(1, 8, 128, 128)
+    block.eval()
+    out = block(x)
+    assert torch.equal(out[:, :8], torch.nn.functional.leaky_relu(x, 0.2))
+
+
+@pytest.mark.parametrize("family", ["small_unet", "small_seed"])
+@pytest.mark.parametrize("mode", ["instance", "running"])
+def test_output_of_a_tile_does_not_depend_on_its_batch(family, mode, request):
+    gen = prepare_for_inference(request.getfixturevalue(family), mode)
+    torch.manual_seed(5)
+    tiles = torch.randn(2, 3, 256, 256)
+    tiles[1] = tiles[1] * 3 + 1  # very different statistics from tile 0
+    together = gen(tiles)
+    alone = torch.cat([gen(tiles[:1]), gen(tiles[1:])])
+    assert torch.equal(together, alone)
+
+
+def test_instance_mode_uses_per_tile_statistics_and_running_mode_does_not(small_unet):
+    x = torch.randn(1, 3, 256, 256)
+    inst = prepare_for_inference(small_unet, "instance")
+    run = prepare_for_inference(small_unet, "running")
+    # instance norm makes the output invariant to a global affine change of a BN input; running stats do not
+    assert not torch.allclose(inst(x), run(x))
+    # the trained module is untouched (still train-mode BatchNorm, same class)
+    assert small_unet.training
+    assert type(small_unet.model.model[1].model[2]) is torch.nn.BatchNorm2d
+
+
+def test_instance_mode_equals_train_mode_batchnorm_at_batch_size_1(small_unet):
+    """What the public pix2pix test script does: train-mode BN, batch of one, minus dropout."""
+    import copy
+
+    reference = copy.deepcopy(small_unet).train()
+    for m in reference.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    x = torch.randn(1, 3, 256, 256)
+    with torch.no_grad():
+        expected = reference(x)
+    assert torch.allclose(prepare_for_inference(small_unet, "instance")(x), expected, atol=1e-5)
+
+
+def test_dropout_off_by_default_and_on_when_asked(small_unet):
+    x = torch.randn(1, 3, 256, 256)
+    off = prepare_for_inference(small_unet, "instance")
+    assert torch.equal(off(x), off(x))
+    on = prepare_for_inference(small_unet, "instance", dropout=True)
+    assert not torch.equal(on(x), on(x))
