@@ -43,11 +43,19 @@ def atomic_output(
     tmp = Path(tmp_name)
     try:
         yield tmp
+        if tmp.is_file():  # mkstemp makes it owner-only; give it the mode a plain open() would
+            tmp.chmod(0o666 & ~_umask())
         os.replace(tmp, dest)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:

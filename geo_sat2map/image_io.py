@@ -25,6 +25,15 @@ def read_rgb(path: str | os.PathLike[str]) -> np.ndarray:
         raise UserError(f"{path}: cannot read image ({exc})") from exc
 
 
+def probe_image(path: str | os.PathLike[str]) -> tuple[str, int, int]:
+    """(mode, width, height) from the file header, without decoding pixels: cheap checks of whole folders."""
+    try:
+        with Image.open(path) as img:
+            return img.mode, img.width, img.height
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path}: cannot read image ({exc})") from exc
+
+
 def split_pair(pair: np.ndarray, path: str | os.PathLike[str] = "") -> tuple[np.ndarray, np.ndarray]:
     """Split a pix2pix 'aligned' A|B image (width = 2 x height) into its left and right halves."""
     _, height, width = pair.shape
@@ -33,7 +42,9 @@ def split_pair(pair: np.ndarray, path: str | os.PathLike[str] = "") -> tuple[np.
     return pair[:, :, :height], pair[:, :, height:]
 
 
-def write_png(path: str | os.PathLike[str], image: np.ndarray) -> None:
-    """Write uint8 (3, H, W) or (H, W) as PNG."""
+def write_png(path: str | os.PathLike[str], image: np.ndarray, compress_level: int = 6) -> None:
+    """Write uint8 (3, H, W) or (H, W) as PNG; ``compress_level`` 1 is ~3x faster for ~15 % larger files."""
     array = image.transpose(1, 2, 0) if image.ndim == 3 else image
-    Image.fromarray(np.ascontiguousarray(array.astype(np.uint8))).save(Path(path), format="PNG")
+    Image.fromarray(np.ascontiguousarray(array.astype(np.uint8))).save(
+        Path(path), format="PNG", compress_level=compress_level
+    )

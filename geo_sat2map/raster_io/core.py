@@ -180,10 +180,13 @@ def warped_onto(
     """A lazy view of ``ds`` reprojected onto a target grid; read windows from it, never the whole thing.
 
     Its ``dataset_mask()`` is the source's dataset mask carried through the warp (False outside the source).
+    Sources with neither a nodata value nor an alpha band (e.g. an internal mask, or no mask at all) get a
+    warped alpha band for that: without it GDAL reports every target pixel valid, even outside the source.
     """
     from rasterio.vrt import WarpedVRT
 
+    add_alpha = ds.nodata is None and ColorInterp.alpha not in ds.colorinterp
     with WarpedVRT(
-        ds, crs=crs, transform=transform, width=width, height=height, resampling=resampling, add_alpha=False
+        ds, crs=crs, transform=transform, width=width, height=height, resampling=resampling, add_alpha=add_alpha
     ) as vrt:
         yield vrt
