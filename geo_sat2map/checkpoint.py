@@ -133,10 +133,19 @@ def _torch_load(path: Path) -> Any:
                 f"{path}: contains pickled Python objects (e.g. a whole model saved with torch.save(model)); "
                 "refusing to unpickle code. Save and pass the model's state_dict() instead"
             ) from exc
-        raise CheckpointError(f"{path}: not a PyTorch checkpoint (unreadable pickle: {exc})") from exc
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint (unreadable pickle: {_unpickling_detail(exc)})") from exc
     except (RuntimeError, EOFError, ValueError, OSError, AttributeError, ImportError) as exc:
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): {detail}") from exc
+
+
+def _unpickling_detail(exc: Exception) -> str:
+    """The informative line of torch's multi-paragraph weights-only error (errors must stay one line)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    for index, line in enumerate(lines[:-1]):
+        if line.startswith("WeightsUnpickler error"):
+            return lines[index + 1]
+    return lines[0] if lines else type(exc).__name__
 
 
 def _read_own_format(path: Path, obj: dict[str, Any]) -> tuple[GeneratorMeta, dict[str, torch.Tensor]]:

@@ -1,0 +1,251 @@
+"""Training data: folders of A|B tiles (make-tiles output or pix2pix "aligned"), checks and augmentation.
+
+Augmentation is seeded per sample from ``(seed, epoch, index)``: the sampler hands the dataset
+``(epoch, index)`` keys, so a sample's crop and flips do not depend on which worker process loads it, how
+many workers there are, or whether the run was resumed part-way through.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset, DistributedSampler
+
+from geo_sat2map.errors import UserError
+from geo_sat2map.image_io import probe_image, read_rgb, split_pair
+from geo_sat2map.scaling import InputScaling
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+MANIFEST = "dataset.json"
+MANIFEST_FORMAT = "geo-sat2map-tiles"
+MANIFEST_VERSION = 1
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """A checked training folder: tile lists and what translate needs to know about the imagery."""
+
+    root: Path
+    train: tuple[Path, ...]
+    val: tuple[Path, ...]
+    tile_size: int
+    bands: tuple[int, ...] | None = None
+    scaling: InputScaling | None = None  # None: a plain pix2pix folder, scaling unknown (uint8 assumed)
+    resolution: float | None = None
+    crs: str | None = None
+
+
+def scan_dataset(data_dir: str | os.PathLike[str]) -> DatasetInfo:
+    """List and check DATA_DIR: train/ (required) and val/ tiles, all RGB A|B of one size; read dataset.json."""
+    root = Path(data_dir)
+    if not root.exists():
+        raise UserError(f"DATA_DIR {root} does not exist; give a make-tiles output folder")
+    if not root.is_dir():
+        raise UserError(f"DATA_DIR {root} is not a folder; give a make-tiles output folder")
+    if not (root / "train").is_dir():
+        raise UserError(
+            f"DATA_DIR {root} has no train/ folder; give a make-tiles output folder or a pix2pix-style folder "
+            "with train/ (and val/) holding A|B tiles"
+        )
+    train = _list_tiles(root / "train")
+    if not train:
+        raise UserError(f"{root / 'train'} holds no .png/.jpg tiles; run make-tiles first or check the path")
+    val = _list_tiles(root / "val") if (root / "val").is_dir() else []
+    size = _check_tiles(train + val)
+    manifest = _read_manifest(root)
+    if manifest is None:
+        return DatasetInfo(root, tuple(train), tuple(val), size)
+    declared = manifest.get("tile_size")
+    if declared is not None and declared != size:
+        raise UserError(f"{root / MANIFEST} says tile_size {declared} but the tiles are {size} px; re-run make-tiles")
+    try:
+        bands = manifest.get("bands")
+        scaling = manifest.get("scaling")
+        resolution = manifest.get("resolution")
+        return DatasetInfo(
+            root,
+            tuple(train),
+            tuple(val),
+            size,
+            bands=tuple(int(b) for b in bands) if bands is not None else None,
+            scaling=InputScaling.from_dict(scaling) if scaling is not None else None,
+            resolution=float(resolution) if resolution is not None else None,
+            crs=manifest.get("crs"),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UserError(f"{root / MANIFEST}: malformed bands/scaling/resolution ({exc}); re-run make-tiles") from None
+
+
+def check_fits(info: DatasetInfo, crop_size: int) -> None:
+    if info.tile_size < crop_size:
+        raise UserError(
+            f"tiles in {info.root} are {info.tile_size} px but crop_size is {crop_size}; make larger tiles "
+            f"(make-tiles) or lower crop_size/load_size in the config (multiples of 256)"
+        )
+
+
+def _list_tiles(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _check_tiles(paths: Sequence[Path]) -> int:
+    """The common tile size (height) of RGB A|B tiles; anything else names the first offending file."""
+    first: tuple[Path, int, int] | None = None
+    for path in paths:
+        mode, width, height = probe_image(path)
+        if mode != "RGB":
+            raise UserError(f"{path}: image mode is {mode}, expected 8-bit RGB A|B tiles")
+        if width != 2 * height:
+            raise UserError(f"{path}: {width}x{height} is not an A|B pair (width must be twice the height)")
+        if first is None:
+            first = (path, width, height)
+        elif (width, height) != first[1:]:
+            raise UserError(
+                f"tiles of mixed sizes: {first[0]} is {first[1]}x{first[2]} but {path} is {width}x{height}; "
+                "all tiles must share one size"
+            )
+    assert first is not None
+    return first[2]
+
+
+def _read_manifest(root: Path) -> dict[str, Any] | None:
+    path = root / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path}: not readable JSON ({exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        raise UserError(f"{path}: not a make-tiles manifest (format must be {MANIFEST_FORMAT!r})")
+    version = manifest.get("format_version")
+    if not isinstance(version, int) or version > MANIFEST_VERSION:
+        raise UserError(f"{path}: format_version {version!r} is newer than this tool supports; upgrade geo-sat2map")
+    return manifest
+
+
+def dataset_hash(info: DatasetInfo) -> str:
+    """sha256 over the manifest and every train/val tile (relative path + bytes): names the exact data."""
+    digest = hashlib.sha256()
+    manifest = info.root / MANIFEST
+    for path in ([manifest] if manifest.is_file() else []) + list(info.train) + list(info.val):
+        digest.update(path.relative_to(info.root).as_posix().encode() + b"\0")
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def evenly_spaced(items: Sequence[Path], limit: int) -> list[Path]:
+    """At most ``limit`` items spread over the whole list (0 = all): a fixed, representative subset."""
+    if limit <= 0 or len(items) <= limit:
+        return list(items)
+    return [items[i * len(items) // limit] for i in range(limit)]
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    load_size: int
+    crop_size: int
+    map_resample: str = "bicubic"
+    flip: bool = True
+    vflip: bool = False
+    rot90: bool = False
+
+
+def _resize(image: torch.Tensor, size: int, mode: str) -> torch.Tensor:
+    """Resize uint8 (C, H, W) like PIL does on 8-bit images (rounded, clamped); channels-last is the fast path."""
+    if image.shape[-1] == size:
+        return image
+    batch = image[None].contiguous(memory_format=torch.channels_last)
+    if mode == "nearest":
+        return F.interpolate(batch, size=(size, size), mode="nearest-exact")[0]
+    return F.interpolate(batch, size=(size, size), mode="bicubic", align_corners=False, antialias=True)[0]
+
+
+def _to_unit(image: torch.Tensor) -> torch.Tensor:
+    """uint8 -> float32 [-1, 1], as InputScaling.uint8 (pix2pix's x / 127.5 - 1)."""
+    return image.float().div_(127.5).sub_(1.0).contiguous()
+
+
+class PairDataset(Dataset):
+    """A|B tiles as float tensors in [-1, 1].
+
+    Training (``augment`` given): items are keyed ``(epoch, index)`` and return ``(A, B)`` resized,
+    randomly cropped and flipped identically. Validation (``augment`` None): items are plain indices and
+    return ``(A, B_uint8)``, centre-cropped to ``crop_size``; B stays 8-bit for the metrics.
+    """
+
+    def __init__(self, paths: Sequence[Path], crop_size: int, augment: Augmentation | None = None, seed: int = 0):
+        self.paths = list(paths)
+        self.crop_size = crop_size
+        self.augment = augment
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def _pair(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        path = self.paths[index]
+        return split_pair(read_rgb(path), path)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.augment is None:
+            a, b = self._pair(int(key))  # type: ignore[arg-type]
+            top = (a.shape[1] - self.crop_size) // 2
+            window = (slice(None), slice(top, top + self.crop_size), slice(top, top + self.crop_size))
+            return _to_unit(torch.from_numpy(a[window])), torch.from_numpy(np.ascontiguousarray(b[window]))
+        epoch, index = key  # type: ignore[misc]
+        return self._augmented(epoch, index)
+
+    def _augmented(self, epoch: int, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Resize, crop and flip on 8-bit data (as pix2pix does with PIL), then scale to [-1, 1]."""
+        aug = self.augment
+        assert aug is not None
+        a, b = self._pair(index)
+        rng = np.random.default_rng((self.seed, epoch, index))
+        a_t = _resize(torch.from_numpy(a), aug.load_size, "bicubic")
+        b_t = _resize(torch.from_numpy(b), aug.load_size, aug.map_resample)
+        x, y = (int(v) for v in rng.integers(0, aug.load_size - aug.crop_size + 1, size=2))
+        pair = torch.cat([a_t, b_t])[:, y : y + aug.crop_size, x : x + aug.crop_size]
+        if aug.flip and rng.random() < 0.5:
+            pair = pair.flip(-1)
+        if aug.vflip and rng.random() < 0.5:
+            pair = pair.flip(-2)
+        if aug.rot90:
+            pair = torch.rot90(pair, int(rng.integers(4)), dims=(-2, -1))
+        return _to_unit(pair[:3]), _to_unit(pair[3:])
+
+
+class EpochKeyedSampler(DistributedSampler):
+    """A DistributedSampler (shuffled by ``seed + epoch``) that yields ``(epoch, index)`` keys and can start
+    part-way through an epoch (``start`` = samples of this process already trained on)."""
+
+    def __init__(self, dataset: Dataset, num_replicas: int = 1, rank: int = 0, seed: int = 0) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=False)
+        self.start = 0
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
+        epoch = self.epoch
+        return ((epoch, index) for index in itertools.islice(super().__iter__(), self.start, None))
+
+    def __len__(self) -> int:
+        return self.num_samples - self.start
+
+
+def ignore_stop_signals(_worker_id: int) -> None:
+    """DataLoader worker init: Ctrl-C/SIGTERM are the main process's to handle (it finishes the step first)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)

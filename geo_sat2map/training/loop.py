@@ -1,0 +1,170 @@
+"""The pix2pix recipe: networks, losses, optimisers and one training step; validation on 8-bit outputs.
+
+One step (pix2pix ``optimize_parameters``): fake = G(A); D step on
+``0.5 * (gan(D(A, fake.detach()), 0) + gan(D(A, B), 1))``; then, with D frozen,
+G step on ``gan(D(A, fake), 1) + lambda_l1 * mean|fake - B|``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from geo_sat2map.metrics import MetricAccumulator, to_uint8
+from geo_sat2map.models import InferenceGenerator, PatchGAN, build_generator, prepare_for_inference
+from geo_sat2map.training import distributed
+from geo_sat2map.training.config import TrainConfig
+from geo_sat2map.training.distributed import DistContext
+
+LOSS_NAMES = ("loss_D", "loss_G_GAN", "loss_G_L1")  # loss_G_L1 is lambda-weighted, as pix2pix prints it
+VAL_KEYS = ("l1", "rmse", "psnr", "ssim", "acc_5", "acc_10", "acc_20")
+
+
+def init_weights(net: nn.Module, gain: float) -> None:
+    """pix2pix 'normal' init: conv weights N(0, gain), BatchNorm weights N(1, gain), biases 0."""
+    for module in net.modules():
+        if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            nn.init.normal_(module.weight, 0.0, gain)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.normal_(module.weight, 1.0, gain)
+            nn.init.zeros_(module.bias)
+
+
+class GanLoss:
+    """'vanilla': BCE on logits (the paper); 'lsgan': least squares on the raw D output."""
+
+    def __init__(self, mode: str) -> None:
+        self.criterion = nn.BCEWithLogitsLoss() if mode == "vanilla" else nn.MSELoss()
+
+    def __call__(self, logits: torch.Tensor, real: bool) -> torch.Tensor:
+        logits = logits.float()
+        target = torch.ones_like(logits) if real else torch.zeros_like(logits)
+        return self.criterion(logits, target)
+
+
+def _autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager[Any]:
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+class Pix2Pix:
+    """Generator, discriminator, their optimisers and the AMP scaler, placed on one device."""
+
+    def __init__(self, config: TrainConfig, device: torch.device, dtype: torch.dtype, ctx: DistContext) -> None:
+        self.config = config
+        self.device = device
+        self.dtype = dtype
+        cuda = device.type == "cuda"
+        if cuda:
+            torch.backends.cudnn.benchmark = True  # fixed tile size: let cuDNN pick the fastest kernels once
+        self.memory_format = torch.channels_last if cuda else torch.contiguous_format
+        torch.manual_seed(config.seed)  # identical initial weights in every process
+        self.G = build_generator(config.arch, config.ngf)
+        self.D = PatchGAN(in_channels=6, ndf=config.ndf)
+        for net in (self.G, self.D):
+            init_weights(net, config.init_gain)
+            net.to(device, memory_format=self.memory_format).train()
+        self._fused = True if cuda else None  # fused Adam on GPUs; PyTorch's default (foreach) elsewhere
+        betas = (config.beta1, config.beta2)
+        self.opt_G = torch.optim.Adam(self.G.parameters(), lr=config.lr, betas=betas, fused=self._fused)
+        self.opt_D = torch.optim.Adam(self.D.parameters(), lr=config.lr, betas=betas, fused=self._fused)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+        self.gan = GanLoss(config.gan_mode)
+        G_fwd = distributed.wrap(self.G, ctx, device)
+        D_fwd = distributed.wrap(self.D, ctx, device)
+        D_frozen = self.D  # the G step never updates D, so it skips DDP's gradient synchronisation
+        if config.compile:
+            G_fwd, D_fwd, D_frozen = (torch.compile(m) for m in (G_fwd, D_fwd, D_frozen))
+        self.G_fwd, self.D_fwd, self.D_frozen = G_fwd, D_fwd, D_frozen
+
+    def set_epoch_lr(self, epoch: int) -> float:
+        """The linear schedule is a pure function of the epoch, so resuming restores it exactly."""
+        lr = self.config.lr * self.config.lr_factor(epoch)
+        for optimizer in (self.opt_G, self.opt_D):
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+        return lr
+
+    def to_device(self, batch: torch.Tensor) -> torch.Tensor:
+        return batch.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+
+    def step(self, A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+        """One D and one G update; returns the detached losses (LOSS_NAMES order) without a host sync."""
+        autocast = _autocast(self.device, self.dtype)
+        with autocast:
+            fake = self.G_fwd(A)
+
+        self.D.requires_grad_(True)
+        self.opt_D.zero_grad(set_to_none=True)
+        with autocast:
+            loss_D = 0.5 * (self.gan(self.D_fwd(A, fake.detach()), False) + self.gan(self.D_fwd(A, B), True))
+        self.scaler.scale(loss_D).backward()
+        self.scaler.step(self.opt_D)
+
+        self.D.requires_grad_(False)
+        self.opt_G.zero_grad(set_to_none=True)
+        with autocast:
+            loss_G_GAN = self.gan(self.D_frozen(A, fake), True)
+        loss_G_L1 = (fake.float() - B.float()).abs().mean() * self.config.lambda_l1
+        self.scaler.scale(loss_G_GAN + loss_G_L1).backward()
+        self.scaler.step(self.opt_G)
+        self.scaler.update()
+        return torch.stack([loss_D.detach(), loss_G_GAN.detach(), loss_G_L1.detach()]).float()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "G": self.G.state_dict(),
+            "D": self.D.state_dict(),
+            "opt_G": self.opt_G.state_dict(),
+            "opt_D": self.opt_D.state_dict(),
+            "scaler": self.scaler.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.G.load_state_dict(state["G"])
+        self.D.load_state_dict(state["D"])
+        for optimizer, key in ((self.opt_G, "opt_G"), (self.opt_D, "opt_D")):
+            self._load_optimizer(optimizer, state[key])
+        if self.scaler.is_enabled() and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+
+    def _load_optimizer(self, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+        """Restore moments and step counts; hyperparameters and kernels follow the current config/device."""
+        optimizer.load_state_dict(state)
+        for group in optimizer.param_groups:
+            group["betas"] = (self.config.beta1, self.config.beta2)
+            group["fused"] = self._fused
+            for param in group["params"]:
+                step = optimizer.state.get(param, {}).get("step")
+                if step is not None:  # fused kernels keep the step on the GPU, the others on the CPU
+                    optimizer.state[param]["step"] = step.to(param.device if self._fused else "cpu")
+
+    def inference_generator(self, norm_mode: str) -> InferenceGenerator:
+        """A copy of G as translate will run it (its swapped-in norm layers are built on the CPU: move it)."""
+        return prepare_for_inference(self.G, norm_mode).to(self.device, memory_format=self.memory_format)
+
+    @torch.no_grad()
+    def predict(self, net: InferenceGenerator, A: torch.Tensor) -> np.ndarray:
+        """uint8 (N, 3, H, W) predictions, rounded the way translate writes them."""
+        with _autocast(self.device, self.dtype):
+            return to_uint8(net(self.to_device(A)))
+
+
+def validate(
+    model: Pix2Pix, net: InferenceGenerator, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]
+) -> dict[str, float]:
+    """Val metrics on 8-bit outputs: L1/RMSE/acc pooled over pixels, PSNR/SSIM as per-tile means."""
+    metrics = MetricAccumulator()
+    for A, B in batches:
+        for pred, ref in zip(model.predict(net, A), B.numpy()):
+            metrics.update(pred, ref)
+    result = metrics.result(per_image=True)
+    return {f"val_{key}": float(result[key]) for key in VAL_KEYS}

@@ -1,0 +1,264 @@
+"""The train command end to end on small synthetic tiles: outputs, resume exactness, Ctrl-C, divergence, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import tomllib
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from geo_sat2map.atomic import file_sha256
+from geo_sat2map.checkpoint import load_generator
+from geo_sat2map.cli import cli
+from geo_sat2map.image_io import read_rgb, split_pair
+from geo_sat2map.metrics import MetricAccumulator, to_uint8
+from geo_sat2map.models import build_generator, prepare_for_inference
+from geo_sat2map.scaling import InputScaling
+from geo_sat2map.training.config import config_from_mapping
+from geo_sat2map.training.data import dataset_hash, scan_dataset
+from geo_sat2map.training.loop import Pix2Pix
+
+from .train_fixtures import make_tiles_folder, one_torch_thread  # noqa: F401 (autouse fixture)
+
+# Tiny but complete: width-8 nets, a 272 -> 256 resize jitter, 4 train and 2 val tiles.
+TEST_CONFIG = """
+ngf = 8
+ndf = 8
+epochs = 1
+epochs_decay = 1
+load_size = 272
+workers = 0
+val_max_tiles = 2
+sample_tiles = 2
+"""
+N_TRAIN = 4
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_tiles_folder(tmp_path_factory.mktemp("tiles"), N_TRAIN, 2)
+
+
+@pytest.fixture(scope="module")
+def config_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cfg") / "tiny.toml"
+    path.write_text(TEST_CONFIG)
+    return path
+
+
+def train_cli(*args):
+    return CliRunner().invoke(cli, ["-q", "train", *map(str, args)])
+
+
+def ok(result):
+    assert result.exit_code == 0, result.output
+    return result
+
+
+@pytest.fixture(scope="module")
+def straight_run(data, config_file, tmp_path_factory):
+    """Two epochs in one go (constant LR, then the decay epoch): the reference for the resume tests."""
+    run = tmp_path_factory.mktemp("straight") / "run"
+    ok(train_cli(data, "-o", run, "--config", config_file))
+    return run
+
+
+def _checkpoint(run):
+    return torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)
+
+
+def _assert_same_training_state(run_a, run_b):
+    a, b = _checkpoint(run_a), _checkpoint(run_b)
+    assert (a["epoch"], a["epoch_samples"], a["global_step"]) == (b["epoch"], b["epoch_samples"], b["global_step"])
+    for net in ("G", "D"):
+        for key, value in a["model"][net].items():
+            assert torch.equal(value, b["model"][net][key]), f"{net}.{key} differs"
+    for opt in ("opt_G", "opt_D"):
+        for index, moments in a["model"][opt]["state"].items():
+            for name, value in moments.items():
+                assert torch.equal(value, b["model"][opt]["state"][index][name]), f"{opt} {index} {name} differs"
+    gen_a, gen_b = load_generator(run_a / "generator.pt"), load_generator(run_b / "generator.pt")
+    for key, value in gen_a.net.state_dict().items():
+        assert torch.equal(value, gen_b.net.state_dict()[key])
+    assert [r["val_l1"] for r in a["history"]] == [r["val_l1"] for r in b["history"]]
+
+
+def test_run_outputs_and_generator_metadata(straight_run, data, config_file):
+    run = straight_run
+    config = config_from_mapping(tomllib.loads(config_file.read_text()), "test")
+    assert config_from_mapping(tomllib.loads((run / "config.toml").read_text()), "config.toml") == config
+
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert [r["lr"] for r in records] == pytest.approx([2e-4, 1e-4])  # epoch 2 is the linear-decay epoch
+    assert [r["steps"] for r in records] == [N_TRAIN, 2 * N_TRAIN]
+    for r in records:
+        assert {"loss_D", "loss_G_GAN", "loss_G_L1", "val_l1", "val_psnr", "val_ssim", "val_acc_5", "val_acc_10"} <= set(r)
+        assert all(np.isfinite(v) for v in r.values() if isinstance(v, float))
+    best = min(records, key=lambda r: r["val_l1"])
+    assert [r["best"] for r in records] == [True, records[1]["val_l1"] < records[0]["val_l1"]]
+
+    loaded = load_generator(run / "generator.pt")
+    meta = loaded.meta
+    assert (meta.arch, meta.width, meta.norm_mode, meta.tile_size, meta.resolution) == ("unet256", 8, "instance", 256, 2.5)
+    assert meta.bands == (3, 2, 1)
+    assert meta.scaling == InputScaling("percentile", (10.0, 20.0, 30.0), (900.0, 950.0, 1000.0), (2.0, 98.0))
+    assert meta.provenance["epochs"] == 2 and meta.provenance["config"]["ngf"] == 8
+    assert meta.provenance["dataset_hash"] == dataset_hash(scan_dataset(data))
+    assert load_generator(run / "generator_best.pt").meta.provenance["epochs"] == best["epoch"]
+
+    # generator.pt holds the checkpoint's generator, and its val metrics are what translate would get
+    state = _checkpoint(run)
+    assert state["epoch"] == 2 and state["epoch_samples"] == 0 and len(state["processes"]) == 1
+    net = build_generator("unet256", 8)
+    net.load_state_dict(state["model"]["G"])
+    tiles = [split_pair(read_rgb(p), p) for p in sorted((data / "val").iterdir())]
+    A = torch.stack([torch.from_numpy(InputScaling.uint8().to_unit(a)) for a, _ in tiles])
+    with torch.no_grad():
+        predictions = to_uint8(loaded.for_inference()(A))
+        assert np.array_equal(predictions, to_uint8(prepare_for_inference(net, "instance")(A)))
+    metrics = MetricAccumulator()
+    for pred, (_, b) in zip(predictions, tiles):
+        metrics.update(pred, b)
+    assert metrics.result(per_image=True)["l1"] == pytest.approx(records[-1]["val_l1"], rel=1e-9)
+    assert metrics.result(per_image=True)["acc_10"] == pytest.approx(records[-1]["val_acc_10"], rel=1e-9)
+
+    # samples: one row per val tile, input | prediction | target
+    grid = read_rgb(run / "samples" / "epoch_002.png")
+    assert grid.shape == (3, 2 * 256, 3 * 256)
+    for row, (a, b) in enumerate(tiles):
+        cells = grid[:, row * 256 : (row + 1) * 256]
+        assert np.array_equal(cells[:, :, :256], a) and np.array_equal(cells[:, :, 512:], b)
+        assert np.array_equal(cells[:, :, 256:512], predictions[row])
+    assert (run / "samples" / "epoch_001.png").is_file()
+    with Image.open(run / "curves.png") as curves:
+        assert curves.size == (1260, 520) and len(curves.getcolors(maxcolors=1 << 20)) > 3
+
+
+def test_one_epoch_then_resume_is_bit_identical(straight_run, data, config_file, tmp_path):
+    run = tmp_path / "run"
+    ok(train_cli(data, "-o", run, "--config", config_file, "--epochs-decay", "0"))
+    assert _checkpoint(run)["epoch"] == 1
+    ok(train_cli(data, "-o", run, "--resume", "--epochs-decay", "1"))
+    _assert_same_training_state(straight_run, run)
+
+
+def test_ctrl_c_mid_epoch_saves_and_resume_is_bit_identical(straight_run, data, config_file, tmp_path, monkeypatch):
+    real_step = Pix2Pix.step
+    calls = []
+
+    def step_then_ctrl_c(self, A, B):
+        out = real_step(self, A, B)
+        calls.append(1)
+        if len(calls) == N_TRAIN + 2:  # during the second step of epoch 2
+            os.kill(os.getpid(), signal.SIGINT)
+        return out
+
+    monkeypatch.setattr(Pix2Pix, "step", step_then_ctrl_c)
+    run = tmp_path / "run"
+    result = ok(train_cli(data, "-o", run, "--config", config_file))
+    assert "--resume" in result.output and "Stopped after 1 of 2 epochs" in result.output
+    state = _checkpoint(run)
+    assert (state["epoch"], state["epoch_samples"], state["global_step"]) == (1, 2, N_TRAIN + 2)
+    assert load_generator(run / "generator.pt").meta.provenance["epochs"] == 1
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    monkeypatch.undo()
+
+    ok(train_cli(data, "-o", run, "--resume"))
+    _assert_same_training_state(straight_run, run)
+
+
+def test_resume_refuses_another_width_and_leaves_the_run_alone(straight_run, data):
+    before = file_sha256(straight_run / "checkpoint.pt")
+    result = train_cli(data, "-o", straight_run, "--resume", "--ngf", "16")
+    assert result.exit_code == 1
+    assert "ngf = 16 (from the command line)" in result.output and "ngf = 8" in result.output
+    assert file_sha256(straight_run / "checkpoint.pt") == before
+
+
+def test_divergence_stops_keeps_the_checkpoint_and_overwrite_restarts(data, config_file, tmp_path):
+    run = tmp_path / "run"
+    ok(train_cli(data, "-o", run, "--config", config_file, "--epochs-decay", "0"))
+    checkpoint = file_sha256(run / "checkpoint.pt")
+    exploding = tmp_path / "exploding.toml"
+    exploding.write_text("lambda_l1 = 1e39\nepochs_decay = 1\n")  # overflows float32: loss_G_L1 = inf
+
+    result = train_cli(data, "-o", run, "--resume", "--config", exploding)
+    assert result.exit_code == 1
+    assert "training diverged: non-finite loss in epoch 2 by step 1" in result.output
+    assert "loss_G_L1=inf" in result.output and "last good checkpoint" in result.output
+    assert "Traceback" not in result.output and result.output.strip().splitlines()[-1].startswith("Error: training")
+    assert file_sha256(run / "checkpoint.pt") == checkpoint
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
+
+    result = train_cli(data, "-o", run, "--config", config_file)
+    assert result.exit_code == 1 and "already holds a run" in result.output and "--resume" in result.output
+
+    stale = run / "samples" / "epoch_009.png"
+    shutil.copy(run / "samples" / "epoch_001.png", stale)
+    ok(train_cli(data, "-o", run, "--config", config_file, "--epochs-decay", "0", "--seed", "5", "--overwrite"))
+    assert not stale.exists() and file_sha256(run / "checkpoint.pt") != checkpoint
+    assert _checkpoint(run)["config"]["seed"] == 5
+
+
+def _grey_tiles(root):
+    (root / "train").mkdir(parents=True)
+    Image.fromarray(np.zeros((256, 512), np.uint8)).save(root / "train" / "t.png")
+    return root
+
+
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("missing-data", "does not exist"),
+        ("grey", "image mode is L, expected 8-bit RGB"),
+        ("unknown-key", "unknown config key 'learning_rate'"),
+        ("resume-nothing", "holds no run to resume"),
+        ("resume-no-checkpoint", "killed before its first checkpoint"),
+        ("run-is-file", "is a file"),
+        ("resume-and-overwrite", "exclude each other"),
+    ],
+)
+def test_bad_input_is_one_clear_line(tmp_path, data, case, expected):
+    args = [data, "-o", tmp_path / "run"]
+    if case == "missing-data":
+        args[0] = tmp_path / "nowhere"
+    elif case == "grey":
+        args[0] = _grey_tiles(tmp_path / "grey")
+    elif case == "unknown-key":
+        (tmp_path / "bad.toml").write_text("learning_rate = 0.1\n")
+        args += ["--config", tmp_path / "bad.toml"]
+    elif case == "resume-nothing":
+        args.append("--resume")
+    elif case == "resume-no-checkpoint":  # a run killed before its first checkpoint
+        (tmp_path / "run").mkdir()
+        (tmp_path / "run" / "config.toml").write_text("ngf = 8\n")
+        args.append("--resume")
+    elif case == "run-is-file":
+        (tmp_path / "run").write_text("")
+    elif case == "resume-and-overwrite":
+        args += ["--resume", "--overwrite"]
+    result = train_cli(*args)
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error:") and expected in lines[0], result.output
+
+
+def test_batch_size_zero_is_a_bad_parameter(data, tmp_path):
+    result = train_cli(data, "-o", tmp_path / "run", "--batch-size", "0")
+    assert result.exit_code == 2 and "Invalid value for '--batch-size'" in result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_cli_architecture_choices_match_the_models():
+    from geo_sat2map.cli.train import ARCH_CHOICES
+    from geo_sat2map.models import ARCHITECTURES
+
+    assert ARCH_CHOICES == ARCHITECTURES
