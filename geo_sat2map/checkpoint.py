@@ -133,7 +133,8 @@ def _torch_load(path: Path) -> Any:
                 f"{path}: contains pickled Python objects (e.g. a whole model saved with torch.save(model)); "
                 "refusing to unpickle code. Save and pass the model's state_dict() instead"
             ) from exc
-        raise CheckpointError(f"{path}: not a PyTorch checkpoint (unreadable pickle: {_unpickling_detail(exc)})") from exc
+        detail = _unpickling_detail(exc)
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint (unreadable pickle: {detail})") from exc
     except (RuntimeError, EOFError, ValueError, OSError, AttributeError, ImportError) as exc:
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): {detail}") from exc

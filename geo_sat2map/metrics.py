@@ -114,3 +114,74 @@ class MetricAccumulator:
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """Generator output in [-1, 1] (N, C, H, W) -> uint8 numpy, rounded the way translate writes it."""
     return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
+
+
+# --- map classes: nearest palette colour, confusion matrix, per-class accuracy and IoU -------------------------
+
+_CLASS_CHUNK = 1 << 18  # pixels per step of the nearest-colour search (bounds its K x N temporary)
+
+
+def nearest_colour(pixels: np.ndarray, colours: np.ndarray) -> np.ndarray:
+    """Index of the nearest colour (Euclidean, RGB) in ``colours`` (K, 3) for uint8 (3, ...) pixels -> (...)."""
+    flat = pixels.reshape(pixels.shape[0], -1).astype(np.int32)
+    palette = np.asarray(colours, dtype=np.int32)
+    bias = (palette**2).sum(axis=1)[:, None]  # |c|^2; |p|^2 is the same for every colour, so it drops out
+    out = np.empty(flat.shape[1], dtype=np.intp)
+    for start in range(0, flat.shape[1], _CLASS_CHUNK):
+        chunk = flat[:, start : start + _CLASS_CHUNK]
+        out[start : start + chunk.shape[1]] = (bias - 2 * (palette @ chunk)).argmin(axis=0)
+    return out.reshape(pixels.shape[1:])
+
+
+@dataclass
+class ClassAccumulator:
+    """Confusion matrix of map classes: every pixel of prediction and reference goes to its nearest palette colour.
+
+    ``result()`` gives, per class, the share of reference pixels, the accuracy (correct / reference pixels of
+    that class, i.e. recall) and IoU = TP / (TP + FP + FN); the overall map-class accuracy (correct / all
+    pixels) and mIoU, the mean IoU over the classes present in the reference or the prediction.
+    """
+
+    names: tuple[str, ...]
+    colours: np.ndarray  # (K, 3) uint8
+    matrix: np.ndarray = field(default=None)  # type: ignore[assignment]  # (K, K) int64: [reference, predicted]
+
+    def __post_init__(self) -> None:
+        self.colours = np.asarray(self.colours, dtype=np.uint8).reshape(-1, 3)
+        if len(self.names) != len(self.colours):
+            raise ValueError("one colour per class name is needed")
+        if self.matrix is None:
+            self.matrix = np.zeros((len(self.names), len(self.names)), dtype=np.int64)
+
+    def update(self, pred: np.ndarray, ref: np.ndarray, valid: np.ndarray | None = None) -> None:
+        if pred.shape != ref.shape:
+            raise ValueError(f"shape mismatch {pred.shape} vs {ref.shape}")
+        if valid is not None:
+            pred, ref = pred[:, valid], ref[:, valid]
+        k = len(self.names)
+        codes = nearest_colour(ref, self.colours).ravel() * k + nearest_colour(pred, self.colours).ravel()
+        self.matrix += np.bincount(codes, minlength=k * k).reshape(k, k)
+
+    def result(self) -> dict[str, object]:
+        total = int(self.matrix.sum())
+        if total == 0:
+            raise ValueError("no valid pixels were compared")
+        tp = np.diag(self.matrix).astype(np.float64)
+        ref_pixels = self.matrix.sum(axis=1)
+        pred_pixels = self.matrix.sum(axis=0)
+        union = ref_pixels + pred_pixels - tp
+        classes = {}
+        for i, name in enumerate(self.names):
+            classes[name] = {
+                "reference_share": float(ref_pixels[i] / total),
+                "predicted_share": float(pred_pixels[i] / total),
+                "accuracy": float(tp[i] / ref_pixels[i]) if ref_pixels[i] else None,
+                "iou": float(tp[i] / union[i]) if union[i] else None,
+            }
+        present = union > 0
+        return {
+            "overall_accuracy": float(tp.sum() / total),
+            "miou": float((tp[present] / union[present]).mean()),
+            "classes": classes,
+            "confusion": self.matrix.tolist(),
+        }

@@ -58,12 +58,19 @@ class InputScaling:
         return low, np.where(span > 0, span, np.float32(1.0))
 
     def to_unit(self, bands: np.ndarray) -> np.ndarray:
-        """(bands, ...) raw values -> float32 in [-1, 1]."""
+        """(bands, ...) raw values -> float32 in [-1, 1]. In place on one float32 copy: large strips stream."""
+        unit = bands.astype(np.float32)
         if self.kind == UINT8_KIND:
-            return bands.astype(np.float32) / np.float32(127.5) - np.float32(1.0)
+            unit /= np.float32(127.5)
+            unit -= np.float32(1.0)
+            return unit
         low, span = self._bounds(bands.ndim)
-        unit = np.clip((bands.astype(np.float32) - low) / span, 0.0, 1.0)
-        return unit * np.float32(2.0) - np.float32(1.0)
+        unit -= low
+        unit /= span
+        np.clip(unit, 0.0, 1.0, out=unit)
+        unit *= np.float32(2.0)
+        unit -= np.float32(1.0)
+        return unit
 
     def to_uint8(self, bands: np.ndarray) -> np.ndarray:
         """(bands, ...) raw values -> uint8 0..255, the form training tiles are stored in."""

@@ -1,0 +1,162 @@
+"""Streaming RGBA map output: a tiled GeoTIFF written in row bands, then a Cloud-Optimized GeoTIFF.
+
+The footprint is an alpha band (RGBA, colour interpretation red/green/blue/alpha): QGIS, GDAL, web viewers
+and COG tilers all treat it as transparency without configuration, and overviews built by GDAL carry it.
+Masked pixels are 0 in every band; there is never a nodata *value* on the RGB bands.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import rasterio
+import rasterio.shutil
+from affine import Affine
+from rasterio.enums import ColorInterp, Resampling
+from rasterio.errors import RasterioError
+from rasterio.windows import Window
+
+from geo_sat2map.errors import UserError
+
+COMPRESSIONS = ("deflate", "zstd", "lzw", "none")
+RGBA_INTERP = (ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha)
+# GDAL's block cache defaults to 5 % of RAM and would keep every block read or written until full, so a
+# streaming run would grow with the scene. It only needs the blocks of the current strips.
+MIN_CACHE_BYTES = 16 * 2**20
+
+
+@dataclass(frozen=True)
+class OutputOptions:
+    """How the final map file is encoded."""
+
+    compress: str = "deflate"
+    cog: bool = True
+    blocksize: int = 512
+    overview_resampling: str = "average"
+    creation_options: Mapping[str, str] = field(default_factory=dict)  # extra GDAL options, e.g. {"LEVEL": "9"}
+
+    def gdal_options(self) -> dict[str, str]:
+        options = {"COMPRESS": self.compress.upper(), "BIGTIFF": "IF_SAFER"}
+        if self.compress != "none":
+            options["PREDICTOR"] = "2"
+        options.update({k.upper(): str(v) for k, v in self.creation_options.items()})
+        return options
+
+
+def streaming_cache_bytes(width: int, strip_rows: int, blocksize: int = 512) -> int:
+    """GDAL cache for streaming ``width``-pixel-wide strips: the input blocks of two strips (re-read where
+    strips overlap) plus one output block row, at 4 bytes a pixel; at least ``MIN_CACHE_BYTES``."""
+    return max(MIN_CACHE_BYTES, width * (2 * strip_rows + blocksize) * 4)
+
+
+@contextlib.contextmanager
+def bounded_gdal_cache(nbytes: int) -> Iterator[None]:
+    """Cap GDAL's (process-wide) block cache for a streaming run, from any thread; restored afterwards."""
+    with rasterio.Env(GDAL_CACHEMAX=nbytes):
+        yield
+
+
+class RGBAStripWriter:
+    """Writes an RGBA uint8 raster as consecutive full-width row bands, buffered to whole block rows.
+
+    Rows must arrive in order. Writes happen one block row at a time, so a compressed tiled GeoTIFF never has
+    a half-written block flushed and rewritten. Use from one thread at a time; ``close`` flushes the rest.
+    Run inside ``bounded_gdal_cache`` so dirty blocks do not pile up in GDAL's cache.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        width: int,
+        height: int,
+        crs: rasterio.crs.CRS | None,
+        transform: Affine,
+        tags: Mapping[str, str],
+        compress: str,
+        blocksize: int = 512,
+        extra_options: Mapping[str, str] | None = None,
+    ) -> None:
+        self.width, self.height, self.blocksize = width, height, blocksize
+        options = {"COMPRESS": compress.upper(), "BIGTIFF": "IF_SAFER", "PHOTOMETRIC": "RGB", "ALPHA": "YES"}
+        if compress != "none":
+            options["PREDICTOR"] = "2"
+        options.update(extra_options or {})
+        try:
+            self._ds = rasterio.open(
+                path, "w", driver="GTiff", width=width, height=height, count=4, dtype="uint8",
+                crs=crs, transform=transform, tiled=True, blockxsize=blocksize, blockysize=blocksize, **options,
+            )
+            self._ds.colorinterp = list(RGBA_INTERP)
+            self._ds.update_tags(**tags)
+        except RasterioError as exc:
+            raise UserError(f"{path}: cannot create the output GeoTIFF ({exc})") from exc
+        self._block = np.empty((4, min(blocksize, height), width), np.uint8)  # one block row, filled in turn
+        self._pending_rows = 0  # rows of _block filled
+        self._written = 0  # first row not yet written to the file
+
+    def write_rows(self, row_off: int, rgba: np.ndarray) -> None:
+        """Queue rows [row_off, row_off + n) as (4, n, width) uint8; writes every complete block row."""
+        if row_off != self._written + self._pending_rows:
+            raise ValueError(f"rows must arrive in order: expected row {self._written + self._pending_rows}, "
+                             f"got {row_off}")
+        done = 0
+        while done < rgba.shape[1]:
+            take = min(rgba.shape[1] - done, self._block.shape[1] - self._pending_rows)
+            self._block[:, self._pending_rows:self._pending_rows + take] = rgba[:, done:done + take]
+            self._pending_rows += take
+            done += take
+            if self._pending_rows == self._block.shape[1] or self._written + self._pending_rows == self.height:
+                self._flush()
+
+    def _flush(self) -> None:
+        rows = self._pending_rows
+        self._ds.write(self._block[:, :rows], window=Window(0, self._written, self.width, rows))
+        self._written += rows
+        self._pending_rows = 0
+
+    def close(self, flush: bool = True) -> None:
+        """Write the remaining rows (unless abandoning a failed run) and close the file."""
+        try:
+            if flush and self._pending_rows:
+                self._flush()
+        finally:
+            self._ds.close()
+
+
+def finish_output(
+    tiled_path: str | os.PathLike[str], final_path: str | os.PathLike[str], options: OutputOptions
+) -> None:
+    """Turn the streamed tiled GeoTIFF into the final file: a COG copy, or internal overviews added in place.
+
+    With ``options.cog`` the COG is written to ``final_path`` (internal overviews, compression + predictor,
+    BIGTIFF if needed); otherwise ``tiled_path`` must already be ``final_path`` and gets overviews.
+    """
+    resampling = options.overview_resampling.upper()
+    with rasterio.Env(GDAL_NUM_THREADS="ALL_CPUS"):
+        try:
+            if options.cog:
+                rasterio.shutil.copy(
+                    str(tiled_path), str(final_path), driver="COG", BLOCKSIZE=str(options.blocksize),
+                    OVERVIEWS="AUTO", OVERVIEW_RESAMPLING=resampling, NUM_THREADS="ALL_CPUS",
+                    **options.gdal_options(),
+                )
+            else:
+                with rasterio.open(final_path, "r+") as ds:
+                    factors = overview_factors(ds.width, ds.height, options.blocksize)
+                    if factors:
+                        ds.build_overviews(factors, Resampling[options.overview_resampling.lower()])
+        except RasterioError as exc:
+            raise UserError(f"{final_path}: could not write the output ({exc})") from exc
+
+
+def overview_factors(width: int, height: int, blocksize: int) -> list[int]:
+    """Power-of-two overview factors until the overview fits in one block (what GDAL's COG driver does)."""
+    factors, factor = [], 2
+    while max(width, height) / (factor // 2) > blocksize:
+        factors.append(factor)
+        factor *= 2
+    return factors

@@ -1,0 +1,232 @@
+"""Window grid, blend weights and streaming assembly for tiled inference (pure numpy, no I/O).
+
+The grid covers the scene extended by ``margin = overlap // 2`` pixels of reflection padding on every side,
+so scene-border pixels sit at least ``margin`` pixels inside their first window and get context on both
+sides. Windows advance by a constant ``stride = tile - overlap``; the lattice's surplus over that span becomes
+a little more reflection padding at both ends. Hence ``--overlap 0`` really means non-overlapping tiles, every
+pair of neighbours shares exactly ``overlap`` pixels (no irregular last window with a triple overlap), and all
+windows sit on the same phase of the generator's stride-2 sampling. That phase is also tied to the global
+pixel lattice (``origin``), so the same ground pixel gets the same phase in any crop of the imagery.
+A scene that fits in one window gets one window centred on it.
+
+Overlaps are merged with per-window separable weights normalised by their accumulated sum, so any window
+shape gives an exact weighted mean. The default ``feather`` window is flat except for a cosine cross-fade over
+the overlap it actually shares with each neighbour; the two fades of a pair sum to one, every pixel in a window
+interior comes from that window alone, and a single-window scene is reproduced exactly.
+
+``RowAssembler`` accumulates window outputs one window row at a time and releases output rows as soon as no
+later window can touch them, so memory depends on the scene width and tile size, never on its height.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+BLEND_MODES = ("feather", "hann", "average")
+DEFAULT_BLEND = "feather"
+# Window starts are aligned to this many pixels of the global pixel lattice (when the stride allows): the
+# phase that matters most for a U-Net's stride-2 layers, without padding scene borders by more than that.
+PHASE_ALIGN = 32
+# Smallest Hann weight: keeps weights positive where a pixel has a single covering window near its edge.
+HANN_FLOOR = 1e-3
+
+
+def axis_starts(length: int, tile: int, overlap: int, origin: int = 0) -> tuple[int, ...]:
+    """Start offsets of the windows along one axis (negative = inside the reflection padding).
+
+    ``origin`` is the scene's first pixel on a global pixel lattice (e.g. map x / pixel width): multi-window
+    grids start on a multiple of ``phase_step(stride)`` of that lattice, so crops or overlapping scenes of the
+    same imagery put the generator's stride-2 sampling on the same phase and agree where they overlap.
+    """
+    if length < 1 or tile < 1 or not 0 <= overlap < tile:
+        raise ValueError(f"need length >= 1, tile >= 1 and 0 <= overlap < tile (got {length}, {tile}, {overlap})")
+    margin = overlap // 2
+    span = length + 2 * margin
+    if span <= tile:  # one window, centred: a one-tile scene is exactly one generator call
+        return (-((tile - length) // 2),)
+    stride = tile - overlap
+    step = phase_step(stride)
+    count = math.ceil((span - tile) / stride) + 1
+    while True:
+        # Any first start in [lowest, -margin] covers the span; take the phase-aligned one nearest the centre.
+        lowest = length + margin - ((count - 1) * stride + tile)
+        centred = (lowest - margin) / 2
+        candidates = range(_ceil_to(origin + lowest, step) - origin, -margin + 1, step)
+        if len(candidates):
+            first = min(candidates, key=lambda start: (abs(start - centred), -start))
+            return tuple(first + i * stride for i in range(count))
+        count += 1  # no aligned position fits: one more window makes room
+
+
+def phase_step(stride: int) -> int:
+    """Alignment of window starts: the largest power of two dividing the stride, at most PHASE_ALIGN."""
+    return min(PHASE_ALIGN, stride & -stride)
+
+
+def _ceil_to(value: int, step: int) -> int:
+    return -((-value) // step) * step
+
+
+def _cosine_fade_in(length: int) -> np.ndarray:
+    """Rises from ~0 to ~1 over ``length`` pixels; fade_in + reversed(fade_in) == 1 element-wise."""
+    i = np.arange(length, dtype=np.float64)
+    return 0.5 - 0.5 * np.cos(np.pi * (i + 0.5) / length)
+
+
+def axis_weights(starts: tuple[int, ...], tile: int, blend: str) -> tuple[np.ndarray, ...]:
+    """One 1-D weight profile per window along an axis (float32, all > 0)."""
+    if blend not in BLEND_MODES:
+        raise ValueError(f"unknown blend {blend!r}; expected one of {', '.join(BLEND_MODES)}")
+    profiles = []
+    for index, start in enumerate(starts):
+        weights = np.ones(tile, dtype=np.float64)
+        if blend == "hann":
+            i = np.arange(tile, dtype=np.float64)
+            weights = np.maximum(np.sin(np.pi * (i + 0.5) / tile) ** 2, HANN_FLOOR)
+        elif blend == "feather":
+            # Fade only where a neighbour overlaps; the two fades of a pair sum to one.
+            before = starts[index - 1] + tile - start if index > 0 else 0
+            after = start + tile - starts[index + 1] if index + 1 < len(starts) else 0
+            if before > 0:
+                weights[:before] *= _cosine_fade_in(before)
+            if after > 0:
+                weights[tile - after:] *= _cosine_fade_in(after)[::-1]
+        profiles.append(weights.astype(np.float32))
+    return tuple(profiles)
+
+
+@dataclass(frozen=True)
+class WindowGrid:
+    """Windows of ``tile`` x ``tile`` pixels over a ``height`` x ``width`` scene, in row-major order."""
+
+    height: int
+    width: int
+    tile: int
+    overlap: int
+    row_starts: tuple[int, ...]
+    col_starts: tuple[int, ...]
+
+    @classmethod
+    def build(cls, height: int, width: int, tile: int, overlap: int, origin: tuple[int, int] = (0, 0)) -> WindowGrid:
+        """``origin``: (row, col) of the scene's first pixel on the global pixel lattice (see ``axis_starts``)."""
+        rows = axis_starts(height, tile, overlap, origin[0])
+        return cls(height, width, tile, overlap, rows, axis_starts(width, tile, overlap, origin[1]))
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(window rows, window columns)."""
+        return len(self.row_starts), len(self.col_starts)
+
+    def __len__(self) -> int:
+        return len(self.row_starts) * len(self.col_starts)
+
+    @property
+    def padded_cols(self) -> tuple[int, int]:
+        """Scene columns [first, end) spanned by the window columns (may extend past 0 and ``width``)."""
+        return self.col_starts[0], self.col_starts[-1] + self.tile
+
+    def rows_in_scene(self, row: int) -> tuple[int, int]:
+        """Scene rows [first, end) that window row ``row`` covers inside the scene."""
+        start = self.row_starts[row]
+        return max(start, 0), min(start + self.tile, self.height)
+
+    def finished_rows(self, row: int) -> int:
+        """Scene rows [0, result) are final once window rows 0..``row`` are merged (no later window touches them)."""
+        if row + 1 >= len(self.row_starts):
+            return self.height
+        return min(max(self.row_starts[row + 1], 0), self.height)
+
+
+class RowAssembler:
+    """Weighted merge of window outputs that releases finished full-width rows of the scene.
+
+    Holds only the unfinished rows (about one tile high): accumulated ``sum(w * value)``, ``sum(w)`` and the
+    scene's validity mask for those rows, in buffers allocated once and shifted up as rows are released.
+    """
+
+    def __init__(self, grid: WindowGrid, blend: str = DEFAULT_BLEND, channels: int = 3) -> None:
+        self.grid = grid
+        self.channels = channels
+        self._row_weights = axis_weights(grid.row_starts, grid.tile, blend)
+        self._col_weights = axis_weights(grid.col_starts, grid.tile, blend)
+        self._base = 0  # first scene row not yet released; buffer row 0 is this scene row
+        self._used = 0  # buffer rows [0, _used) hold data
+        self._sums = np.zeros((channels, 0, grid.width), dtype=np.float32)
+        self._weights = np.zeros((0, grid.width), dtype=np.float32)
+        self._valid = np.zeros((0, grid.width), dtype=bool)
+        self._grow(2 * grid.tile)  # one window row plus the carried-over overlap
+        self._mask_end = 0  # scene rows [0, _mask_end) have had their validity mask delivered
+
+    @property
+    def released(self) -> int:
+        """Scene rows [0, released) have been handed out by ``release``."""
+        return self._base
+
+    @property
+    def buffered_rows(self) -> int:
+        """Rows currently held (about one tile height in steady state)."""
+        return self._used
+
+    def _grow(self, rows: int) -> None:
+        extra = rows - self._weights.shape[0]
+        if extra > 0:  # only when a batch spans several window rows of a narrow scene
+            width = self.grid.width
+            self._sums = np.concatenate([self._sums, np.zeros((self.channels, extra, width), np.float32)], axis=1)
+            self._weights = np.concatenate([self._weights, np.zeros((extra, width), np.float32)], axis=0)
+            self._valid = np.concatenate([self._valid, np.zeros((extra, width), bool)], axis=0)
+
+    def _ensure_rows(self, end: int) -> None:
+        self._grow(end - self._base)
+        self._used = max(self._used, end - self._base)
+
+    def add(self, row: int, col: int, values: np.ndarray) -> None:
+        """Merge one window's output (channels, tile, tile), float, for window (row, col) of the grid."""
+        grid = self.grid
+        top, left = grid.row_starts[row], grid.col_starts[col]
+        r0, r1 = max(top, 0), min(top + grid.tile, grid.height)
+        c0, c1 = max(left, 0), min(left + grid.tile, grid.width)
+        if r0 < self._base:
+            raise ValueError(f"window row {row} touches scene rows already released (< {self._base})")
+        weight = np.outer(self._row_weights[row][r0 - top:r1 - top], self._col_weights[col][c0 - left:c1 - left])
+        self._ensure_rows(r1)
+        b0, b1 = r0 - self._base, r1 - self._base
+        self._sums[:, b0:b1, c0:c1] += values[:, r0 - top:r1 - top, c0 - left:c1 - left] * weight
+        self._weights[b0:b1, c0:c1] += weight
+
+    def add_mask(self, row_off: int, valid: np.ndarray) -> None:
+        """Deliver the scene's validity mask (True = valid) for rows [row_off, row_off + len); rows in order."""
+        if row_off != self._mask_end:
+            raise ValueError(f"mask rows must arrive in order: expected row {self._mask_end}, got {row_off}")
+        end = row_off + valid.shape[0]
+        self._ensure_rows(end)
+        self._valid[row_off - self._base:end - self._base] = valid
+        self._mask_end = end
+
+    def release(self, window_row: int) -> tuple[int, np.ndarray, np.ndarray] | None:
+        """After window row ``window_row`` is merged: (row_off, blended values, valid) of newly finished rows.
+
+        ``valid`` is the scene mask restricted to pixels some window covered; blended values are 0 elsewhere.
+        """
+        end = self.grid.finished_rows(window_row)
+        count = end - self._base
+        if count <= 0:
+            return None
+        if end > self._mask_end:
+            raise ValueError(f"rows up to {end} finished but the mask only reaches row {self._mask_end}")
+        weights = self._weights[:count]
+        covered = weights > 0
+        values = np.zeros((self.channels, count, self.grid.width), np.float32)
+        np.divide(self._sums[:, :count], weights, out=values, where=covered)
+        valid = self._valid[:count] & covered
+        out = (self._base, values, valid)
+        rest = self._used - count
+        for buffer in (*self._sums[:, :self._used], self._weights[:self._used], self._valid[:self._used]):
+            for start in range(0, rest, count):  # shift up in non-overlapping chunks: no temporary copy
+                stop = min(start + count, rest)
+                buffer[start:stop] = buffer[count + start:count + stop]
+            buffer[rest:] = 0
+        self._base, self._used = end, rest
+        return out
