@@ -143,7 +143,13 @@ def translate(config: TranslateConfig) -> TranslateReport:
                     blocksize=options.blocksize, extra_options=None if options.cog else options.gdal_options(),
                 ),
             )
-            windows_run, stream_seconds = stream.run(progress=config.progress)
+            try:
+                windows_run, stream_seconds = stream.run(progress=config.progress)
+            except torch.cuda.OutOfMemoryError:
+                raise UserError(
+                    f"GPU out of memory at --batch-size {run.batch_size}, --tile-size {run.grid.tile}: "
+                    "lower --batch-size, or use --precision bf16"
+                ) from None
             model_seconds, stream, run.model = stream.model_seconds, None, None  # free the model for the COG step
             if windows_run == 0:
                 log.warning("%s: no valid pixel in the scene; the output is fully transparent", config.input)
