@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """The whole mission on a synthetic world, with the real commands: `make demo` runs this.
 
-1. generate a training scene and a separate held-out scene (satellite in UTM at 1 m, map in EPSG:3857 at
-   another resolution: geo_sat2map.synthetic);
-2. ``geo-sat2map make-tiles`` on the training pair;
+1. generate two training scenes and a separate held-out scene (each a satellite raster in UTM at 1 m and a map
+   in EPSG:3857 at another resolution: geo_sat2map.synthetic);
+2. ``geo-sat2map make-tiles`` on the training pairs;
 3. ``geo-sat2map train --config configs/demo.toml``;
 4. ``geo-sat2map translate`` the held-out satellite scene into ``OUT/map.tif``;
 5. ``geo-sat2map evaluate`` it against the held-out reference map (``--palette synthetic``);
@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from geo_sat2map.raster_io import open_raster, warped_onto
-from geo_sat2map.synthetic import SceneSpec, write_scene
+from geo_sat2map.synthetic import ScenePaths, SceneSpec, write_scene
 
 ROOT = Path(__file__).resolve().parents[1]
 MARKER = ".geo-sat2map-demo"
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def pair_options(pairs: list) -> list:
+def pair_options(pairs: list[ScenePaths]) -> list[str | Path]:
     """--image SAT --map MAP for each training pair, in order (make-tiles pairs them by position)."""
     return [option for pair in pairs for option in ("--image", pair.satellite, "--map", pair.map)]
 

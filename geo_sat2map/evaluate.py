@@ -69,7 +69,7 @@ def load_palette(spec: str) -> Palette:
 
         return Palette(tuple(PALETTE), tuple(PALETTE.values()), "synthetic")
     path = Path(spec)
-    hint = 'expected {"classes": [{"name": "water", "color": [170, 211, 223]}, ...]}'
+    hint = 'expected {"classes": [{"name": "water", "color": [160, 204, 228]}, ...]}'
     if not path.is_file():
         raise UserError(f"--palette {spec}: no such file (give a palette JSON file or 'synthetic')")
     try:

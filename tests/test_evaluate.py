@@ -193,7 +193,7 @@ def test_ungeoreferenced_rasters(tmp_path):
         evaluate_scene(write_rgb(tmp_path / "geo.tif", rgb), plain[0])
 
 
-def test_paletted_single_band_reference(tmp_path):
+def test_single_band_references_paletted_and_grey(tmp_path):
     import rasterio
 
     classes, rgb = block_map(height=64, width=64, seed=3)
@@ -206,6 +206,16 @@ def test_paletted_single_band_reference(tmp_path):
         ds.write_colormap(1, {0: tuple(LAND), 1: tuple(WATER), 2: tuple(BUILDING)})
     report = evaluate_scene(write_rgb(tmp_path / "p.tif", rgb), str(path))
     assert report.metrics["l1"] == 0.0 and report.metrics["pixels"] == 64 * 64
+
+    grey = tmp_path / "grey.tif"  # a single band without colour table is grey: R = G = B
+    with rasterio.open(
+        grey, "w", driver="GTiff", width=64, height=64, count=1, dtype="uint8", crs=UTM,
+        transform=Affine(1.0, 0, ORIGIN[0], 0, -1.0, ORIGIN[1]),
+    ) as ds:
+        ds.write(rgb[0], 1)
+    report = evaluate_scene(write_rgb(tmp_path / "p.tif", rgb), str(grey))
+    expected = np.abs(rgb.astype(int) - rgb[0].astype(int)).mean()
+    assert report.metrics["l1"] == pytest.approx(expected)
 
 
 def test_cli_table_and_json(tmp_path):

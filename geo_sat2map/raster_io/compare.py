@@ -7,7 +7,6 @@ from collections.abc import Iterator
 
 import numpy as np
 import rasterio
-from rasterio.enums import ColorInterp
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window, from_bounds
 
@@ -70,20 +69,20 @@ def with_halo(window: Window, halo: int, width: int, height: int) -> tuple[Windo
 class RGBWindowReader:
     """Reads uint8 RGB windows and the dataset mask from a raster, or from a warped view of one.
 
-    A single-band raster with a colour table (a paletted map) is expanded through its table. ``source`` is the
-    original dataset when ``view`` is a warped VRT of it: bands, dtype and colour table are taken from it.
+    A single-band map is expanded to RGB: through its colour table when it has one (a paletted map), else as
+    grey. ``source`` is the original dataset when ``view`` is a warped VRT of it: bands, dtype and colour
+    table are taken from it.
     """
 
     def __init__(self, view: rasterio.io.DatasetReader, source: rasterio.io.DatasetReader | None = None) -> None:
         source = source if source is not None else view
         self.view = view
         self.lut: np.ndarray | None = None
-        if source.count < 3 and _has_colormap(source):
+        if source.count == 1:
             self.bands: tuple[int, ...] = (1,)
-            self.lut = np.zeros((256, 3), dtype=np.uint8)
-            for index, rgba in source.colormap(1).items():
-                if 0 <= index < 256:
-                    self.lut[index] = rgba[:3]
+            self.lut = colormap_lut(source)
+            if self.lut is None:  # grey
+                self.lut = np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, axis=1)
         else:
             self.bands = resolve_bands(source, None)
         dtype = source.dtypes[self.bands[0] - 1]
@@ -100,11 +99,14 @@ class RGBWindowReader:
         return np.ascontiguousarray(data), valid
 
 
-def _has_colormap(ds: rasterio.io.DatasetReader) -> bool:
-    if ds.colorinterp[0] != ColorInterp.palette:
-        return False
+def colormap_lut(ds: rasterio.io.DatasetReader) -> np.ndarray | None:
+    """(256, 3) uint8 RGB lookup table from band 1's colour table; None if it has none."""
     try:
-        ds.colormap(1)
+        colormap = ds.colormap(1)
     except ValueError:
-        return False
-    return True
+        return None
+    lut = np.zeros((256, 3), dtype=np.uint8)
+    for index, rgba in colormap.items():
+        if 0 <= index < 256:
+            lut[index] = rgba[:3]
+    return lut
