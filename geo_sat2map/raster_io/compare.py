@@ -11,7 +11,7 @@ from rasterio.warp import transform_bounds
 from rasterio.windows import Window, from_bounds
 
 from geo_sat2map.errors import UserError
-from geo_sat2map.raster_io.core import read_window, resolve_bands
+from geo_sat2map.raster_io.core import colormap_lut, read_window, resolve_bands
 
 
 def grids_match(a: rasterio.io.DatasetReader, b: rasterio.io.DatasetReader) -> bool:
@@ -97,16 +97,3 @@ class RGBWindowReader:
         if self.lut is not None:
             data = self.lut[data[0]].transpose(2, 0, 1)
         return np.ascontiguousarray(data), valid
-
-
-def colormap_lut(ds: rasterio.io.DatasetReader) -> np.ndarray | None:
-    """(256, 3) uint8 RGB lookup table from band 1's colour table; None if it has none."""
-    try:
-        colormap = ds.colormap(1)
-    except ValueError:
-        return None
-    lut = np.zeros((256, 3), dtype=np.uint8)
-    for index, rgba in colormap.items():
-        if 0 <= index < 256:
-            lut[index] = rgba[:3]
-    return lut

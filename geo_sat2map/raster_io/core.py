@@ -163,6 +163,19 @@ def write_geotiff(
                 dst.write_mask(np.where(mask, 255, 0).astype(np.uint8))
 
 
+def colormap_lut(ds: rasterio.io.DatasetReader) -> np.ndarray | None:
+    """(256, 3) uint8 RGB lookup table from band 1's colour table; None if it has none."""
+    try:
+        colormap = ds.colormap(1)
+    except ValueError:  # no colour table
+        return None
+    lut = np.zeros((256, 3), dtype=np.uint8)
+    for index, rgba in colormap.items():
+        if 0 <= index < 256:
+            lut[index] = rgba[:3]
+    return lut
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__

@@ -21,7 +21,14 @@ from rasterio.enums import Resampling
 from rasterio.windows import Window
 
 from geo_sat2map.errors import UserError
-from geo_sat2map.raster_io.core import open_raster, read_window, resolve_bands, scene_scaling, warped_onto
+from geo_sat2map.raster_io.core import (
+    colormap_lut,
+    open_raster,
+    read_window,
+    resolve_bands,
+    scene_scaling,
+    warped_onto,
+)
 from geo_sat2map.scaling import InputScaling
 
 RESAMPLING_METHODS = ("nearest", "bilinear", "cubic", "cubic_spline", "lanczos", "average", "mode")
@@ -141,19 +148,6 @@ def _onto(ds: rasterio.io.DatasetReader, grid: Grid, resampling: str) -> context
     return warped_onto(ds, grid.crs_wkt, grid.transform, grid.width, grid.height, Resampling[resampling])
 
 
-def _palette_lut(ds: rasterio.io.DatasetReader) -> np.ndarray | None:
-    """(256, 3) uint8 RGB lookup for a paletted band 1, else None."""
-    try:
-        colormap = ds.colormap(1)
-    except ValueError:  # no colour table
-        return None
-    lut = np.zeros((256, 3), dtype=np.uint8)
-    for index, rgba in colormap.items():
-        if 0 <= index < 256:
-            lut[index] = rgba[:3]
-    return lut
-
-
 class PairReader:
     """Reads aligned windows of one pair on its tiling grid (see :func:`open_pair`)."""
 
@@ -191,5 +185,5 @@ def open_pair(
         resampled = spec.grid != spec.image_grid
         image_source = stack.enter_context(_onto(image, spec.grid, image_resampling)) if resampled else image
         map_source = stack.enter_context(_onto(map_ds, spec.grid, map_resampling))
-        palette = _palette_lut(map_ds) if len(spec.map_bands) == 1 else None
+        palette = colormap_lut(map_ds) if len(spec.map_bands) == 1 else None
         yield PairReader(spec, image_source, map_source, palette, scaling)
