@@ -14,6 +14,8 @@ Decisions (see README, train section):
 
 from __future__ import annotations
 
+import sys
+
 import hashlib
 import os
 from datetime import timedelta
@@ -65,6 +67,10 @@ def start(ctx: DistContext, device: torch.device) -> torch.device:
 
 def stop(ctx: DistContext) -> None:
     if ctx.enabled and dist.is_initialized():
+        # On a normal exit, meet the other ranks first: tearing gloo down while a peer is still in a collective
+        # can abort that peer (SIGABRT). Not on an error, where a peer may be gone and a barrier would hang.
+        if sys.exc_info()[0] is None:
+            dist.barrier()
         dist.destroy_process_group()
 
 
