@@ -14,10 +14,9 @@ Decisions (see README, train section):
 
 from __future__ import annotations
 
-import sys
-
 import hashlib
 import os
+import sys
 from datetime import timedelta
 from collections.abc import Iterable
 from dataclasses import dataclass
