@@ -23,6 +23,16 @@ def randomise(net: nn.Module, seed: int = 0) -> nn.Module:
     return net
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``cuda`` run only where a CUDA device is visible."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (none visible)")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture
 def small_unet() -> nn.Module:
     return randomise(build_generator("unet256", 8), seed=1)

@@ -337,7 +337,8 @@ def test_dataset_mode_per_tile_psnr_and_pooled_accuracy(tmp_path, generator_file
     assert m["psnr"] == pytest.approx((PSNR_CAP + 10 * math.log10(255**2 / 100)) / 2)  # mean of per-tile PSNR
 
     out_batched = tmp_path / "r2.json"
-    assert run("--weights", generator_file, tmp_path / "tiles", "--json", out_batched, "--batch-size", 2).exit_code == 0
+    assert run("--weights", generator_file, tmp_path / "tiles", "--json", out_batched, "--batch-size", 2,
+               "--device", "cpu").exit_code == 0
     assert json.loads(out_batched.read_text())["metrics"] == pytest.approx(m)  # batch size never changes results
 
     missing = run("--weights", generator_file, tmp_path / "tiles", "--split", "test")
