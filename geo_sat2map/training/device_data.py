@@ -21,7 +21,15 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from geo_sat2map.training.data import Augmentation, EpochKeyedSampler, PairDataset, draw_sample, orient, to_unit
+from geo_sat2map.training.data import (
+    Augmentation,
+    EpochKeyedSampler,
+    PairDataset,
+    draw_sample,
+    ignore_stop_signals,
+    orient,
+    to_unit,
+)
 
 GIB = 1024**3
 UPLOAD_BATCH = 16  # tiles decoded per DataLoader item while uploading
@@ -89,10 +97,12 @@ class _CentreCrops(Dataset):
         return self.dataset.centre_crop(index)
 
 
-def _decode_into(dataset: Dataset, device: torch.device, workers: int, **loader_args: Any) -> Iterator[Any]:
+def _decode_into(dataset: Dataset, device: torch.device, workers: int) -> Iterator[Any]:
     """Batches of ``dataset`` decoded by ``workers`` processes (pinned for an asynchronous copy on CUDA)."""
     return iter(DataLoader(
-        dataset, batch_size=UPLOAD_BATCH, num_workers=workers, pin_memory=device.type == "cuda", **loader_args
+        dataset, batch_size=UPLOAD_BATCH, num_workers=workers, pin_memory=device.type == "cuda",
+        worker_init_fn=ignore_stop_signals if workers > 0 else None,
+        generator=torch.Generator(),  # a loader without one draws its seed from the global RNG (dropout's)
     ))
 
 

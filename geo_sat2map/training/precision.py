@@ -40,11 +40,12 @@ class PrecisionChoice:
     # What "auto" measured on CUDA, stored in checkpoint.pt so a resume keeps it: {gpu, batch_size, precision, reason}
     record: dict[str, Any] | None = None
     seconds: float = 0.0  # time spent measuring
+    cuda: bool = True
 
     @property
     def label(self) -> str:
         name = precision_name(self.dtype)
-        return NAMES.get(name, name)
+        return NAMES.get(name, name) if self.cuda else name
 
 
 def choose_precision(
@@ -52,9 +53,10 @@ def choose_precision(
 ) -> PrecisionChoice:
     """The compute dtype for this run and why (``stored``: the record of the run being resumed, if any)."""
     if config.precision != "auto":
-        return PrecisionChoice(resolve_precision(config.precision, device), f"precision = {config.precision}")
+        dtype = resolve_precision(config.precision, device)
+        return PrecisionChoice(dtype, f"precision = {config.precision}", cuda=device.type == "cuda")
     if device.type != "cuda":
-        return PrecisionChoice(torch.float32, f"{device.type}: fp32 (reduced precision is for GPUs)")
+        return PrecisionChoice(torch.float32, f"{device.type}: fp32 (reduced precision is for GPUs)", cuda=False)
     gpu = torch.cuda.get_device_name(device)
     if stored and stored.get("gpu") == gpu and stored.get("batch_size") == config.batch_size:
         return PrecisionChoice(

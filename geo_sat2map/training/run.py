@@ -287,7 +287,8 @@ class _Run:
             config.device_data, self.device, len(info.train), config.load_size,
             len(self.val_paths) if ctx.is_main else 0, config.crop_size, config.device_data_share,
         )
-        self.setup.update(data="on the device" if plan.on_device else "DataLoader workers", data_reason=plan.reason)
+        where = "in GPU memory" if self.device.type == "cuda" else "in memory"
+        self.setup.update(data=where if plan.on_device else "DataLoader workers", data_reason=plan.reason)
         if plan.on_device:
             tiles = DeviceTiles(train_set, self.device, workers)
             self.setup["upload_seconds"] = tiles.upload_seconds
@@ -309,7 +310,11 @@ class _Run:
                 DeviceValSet(val_set, self.device, workers).batches
             )
         else:
-            self.val_batches = lambda: DataLoader(val_set, batch_size=VAL_BATCH, num_workers=min(workers, 2))
+            # Its own generator: a loader without one draws a seed from the global RNG, which on the CPU is the
+            # dropout stream, so validating would change the training that follows.
+            self.val_batches = lambda: DataLoader(
+                val_set, batch_size=VAL_BATCH, num_workers=min(workers, 2), generator=torch.Generator()
+            )
         sample_paths = evenly_spaced(info.val or info.train, config.sample_tiles)
         self.sample_set = PairDataset(sample_paths, config.crop_size)
         self.steps_per_epoch = math.ceil(self.sampler.num_samples / config.batch_size)
