@@ -31,4 +31,4 @@ def test_acceptance_table_on_cpu(capsys):
         steps, tiles = float(c[5]), float(c[6])
         assert steps > 0 and abs(tiles - steps * int(c[0])) <= 0.5 + 0.01 * tiles
         assert (c[8] != "-") == (c[1] == "ours")  # upload time for the in-memory tiles only
-    assert "batch 1 ours: precision: cpu: fp32" in out and "step: cpu: CUDA graphs need a CUDA GPU" in out
+    assert "batch 1 ours: precision: cpu: reduced precision is for GPUs" in out and "step: cpu: CUDA graphs need a CUDA GPU" in out

@@ -94,8 +94,8 @@ def test_data_plan_keeps_tiles_on_the_gpu_only_when_they_fit():
 @pytest.mark.parametrize(
     "change, dtype, ctx, graphed, reason",
     [
-        ({}, torch.float32, DistContext(), True, "one CUDA graph"),
-        ({}, torch.bfloat16, DistContext(), True, "one CUDA graph"),
+        ({}, torch.float32, DistContext(), True, "one graph per step"),
+        ({}, torch.bfloat16, DistContext(), True, "one graph per step"),
         ({"cuda_graph": False}, torch.float32, DistContext(), False, "cuda_graph = false"),
         ({}, torch.float16, DistContext(), False, "gradient scaler"),
         ({"compile": True}, torch.float32, DistContext(), False, "torch.compile"),
@@ -146,7 +146,7 @@ def test_capture_warm_up_is_undone_exactly():
 
 def test_auto_precision_on_cpu_and_measuring_leaves_the_random_streams_alone():
     choice = choose_precision(TrainConfig(), CPU, DistContext())
-    assert choice.dtype == torch.float32 and choice.reason.startswith("cpu: fp32") and choice.record is None
+    assert choice.dtype == torch.float32 and choice.reason == "cpu: reduced precision is for GPUs" and choice.record is None
     assert choose_precision(TrainConfig(precision="fp32"), CPU, DistContext()).reason == "precision = fp32"
     torch.manual_seed(5)
     np.random.seed(5)

@@ -56,19 +56,19 @@ def plan_device_data(
     needed = n_train * 6 * load_size**2 + n_val * 3 * crop_size**2
     size = f"{needed / GIB:.2f} GiB"
     if mode == "off":
-        return DataPlan(False, "device_data = off: DataLoader workers decode and augment every step", needed)
+        return DataPlan(False, "device_data = off: tiles decoded and augmented every step", needed)
     if mode == "on":
         return DataPlan(True, f"device_data = on: {size} of tiles decoded once into {device.type} memory", needed)
     if device.type != "cuda":
-        return DataPlan(False, f"{device.type}: DataLoader workers decode and augment (device_data = on keeps the "
-                               "tiles decoded in memory instead)", needed)
+        return DataPlan(False, f"{device.type}: tiles decoded and augmented every step; device_data = on keeps "
+                               "them decoded in memory", needed)
     if device_memory is None:
         device_memory = torch.cuda.get_device_properties(device).total_memory
     budget = share * device_memory
     if needed > budget:
         return DataPlan(False, f"the tiles need {size} at load_size {load_size}, more than device_data_share "
-                               f"{share:g} of the GPU's {device_memory / GIB:.0f} GiB: DataLoader workers load them "
-                               "(raise device_data_share to keep them on the GPU)", needed)
+                               f"{share:g} of the GPU's {device_memory / GIB:.0f} GiB (raise device_data_share to "
+                               "keep them on the GPU)", needed)
     return DataPlan(True, f"{size} of tiles decoded once into GPU memory (within device_data_share {share:g} of "
                           f"{device_memory / GIB:.0f} GiB)", needed)
 
@@ -106,6 +106,18 @@ def _decode_into(dataset: Dataset, device: torch.device, workers: int) -> Iterat
     ))
 
 
+class UnitScale:
+    """uint8 -> [-1, 1] by table lookup: the 256 values ``to_unit`` gives on the CPU, so the result is the worker
+    path's to the bit on any device (CUDA divides by a scalar as a multiplication by its reciprocal)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.table = to_unit(torch.arange(256, dtype=torch.uint8)).to(device)
+
+    def __call__(self, image: torch.Tensor, memory_format: torch.memory_format) -> torch.Tensor:
+        values = self.table.index_select(0, image.flatten().long())  # index_select: no host sync, capturable
+        return values.view(image.shape).contiguous(memory_format=memory_format)
+
+
 def orientation_maps(crop_size: int, load_size: int, device: torch.device) -> torch.Tensor:
     """(16, crop²) int64: for each ``SampleDraw.orientation``, the flat offset in a resized tile (relative to the
     crop corner) of every output pixel. Made by applying ``orient`` itself to a grid of coordinates, so a gather
@@ -134,6 +146,7 @@ class DeviceTiles:
             self.data[done : done + len(batch)].copy_(batch, non_blocking=True)
             done += len(batch)
         self.maps = orientation_maps(augment.crop_size, size, device)
+        self.to_unit = UnitScale(device)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         self.upload_seconds = time.perf_counter() - started
@@ -171,10 +184,8 @@ class DeviceFeed:
 
     def prepare(self, raw: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         pair = self.tiles.crops(raw[0])
-        return (
-            to_unit(pair[:, :3]).contiguous(memory_format=self.memory_format),
-            to_unit(pair[:, 3:]).contiguous(memory_format=self.memory_format),
-        )
+        to_unit = self.tiles.to_unit
+        return to_unit(pair[:, :3], self.memory_format), to_unit(pair[:, 3:], self.memory_format)
 
 
 class WorkerFeed:
@@ -202,6 +213,7 @@ class DeviceValSet:
         crop = dataset.crop_size
         self.inputs = torch.cat(inputs) if inputs else torch.empty((0, 3, crop, crop), dtype=torch.uint8)
         self.targets = torch.cat(targets) if targets else torch.empty((0, 3, crop, crop), dtype=torch.uint8)
+        self.to_unit = UnitScale(device)
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -210,5 +222,5 @@ class DeviceValSet:
         """``(A in [-1, 1] on the device, B uint8 on the host)``, as ``loop.validate`` takes them."""
         for start in range(0, len(self), DEVICE_VAL_BATCH):
             stop = start + DEVICE_VAL_BATCH
-            yield to_unit(self.inputs[start:stop]), self.targets[start:stop]
+            yield self.to_unit(self.inputs[start:stop], torch.contiguous_format), self.targets[start:stop]
 

@@ -56,7 +56,7 @@ def choose_precision(
         dtype = resolve_precision(config.precision, device)
         return PrecisionChoice(dtype, f"precision = {config.precision}", cuda=device.type == "cuda")
     if device.type != "cuda":
-        return PrecisionChoice(torch.float32, f"{device.type}: fp32 (reduced precision is for GPUs)", cuda=False)
+        return PrecisionChoice(torch.float32, f"{device.type}: reduced precision is for GPUs", cuda=False)
     gpu = torch.cuda.get_device_name(device)
     if stored and stored.get("gpu") == gpu and stored.get("batch_size") == config.batch_size:
         return PrecisionChoice(
@@ -65,7 +65,7 @@ def choose_precision(
             stored,
         )
     if not torch.cuda.is_bf16_supported():
-        return PrecisionChoice(torch.float32, "fp32: this GPU has no bf16")
+        return PrecisionChoice(torch.float32, "this GPU has no bf16")
     started = time.perf_counter()
     rates = {}
     for name in CANDIDATES:

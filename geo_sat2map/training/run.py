@@ -355,10 +355,10 @@ class _Run:
             self.device, self.precision.label, self.norm_mode,
         )
         setup = self.setup
-        log.info("precision %s: %s", setup["precision"], setup["precision_reason"])
-        log.info("step %s: %s", setup["step"], setup["step_reason"])
-        uploaded = f" (decoded in {setup['upload_seconds']:.1f} s)" if "upload_seconds" in setup else ""
-        log.info("data %s: %s%s", setup["data"], setup["data_reason"], uploaded)
+        log.info("precision: %s (%s)", setup["precision"], setup["precision_reason"])
+        log.info("step: %s (%s)", setup["step"], setup["step_reason"])
+        uploaded = f", decoded in {setup['upload_seconds']:.1f} s" if "upload_seconds" in setup else ""
+        log.info("data: %s (%s%s)", setup["data"], setup["data_reason"], uploaded)
         if not info.val:
             log.warning("%s has no val/ tiles: no validation metrics and no best generator", info.root)
 

@@ -41,7 +41,7 @@ def plan_graph(config: TrainConfig, device: torch.device, dtype: torch.dtype, ct
         return False, "fp16: the gradient scaler reads an inf check on the host every step (bf16 needs no scaler)"
     if config.compile:
         return False, "compile = true: torch.compile's kernels run instead (set compile = false to capture the step)"
-    return True, "the whole step is one CUDA graph, replayed every step"
+    return True, "G, D and both Adam updates launched as one graph per step"
 
 
 class EagerStep:
