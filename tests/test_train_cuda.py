@@ -58,7 +58,7 @@ def test_gpu_batches_are_the_worker_samples_bit_for_bit(data):
     tiles = DeviceTiles(dataset, CUDA, workers=2)
     feed = DeviceFeed(tiles, EpochKeyedSampler(dataset, seed=2), 4, torch.channels_last)
     keys = [(epoch, index) for epoch in range(2) for index in range(len(dataset))]
-    params = tiles.params(keys)
+    params = tiles.params(keys).to(CUDA)  # the step runner's copy
     crops = tiles.crops(params).cpu()
     A, B = feed.prepare((params,))
     assert A.is_cuda and A.is_contiguous(memory_format=torch.channels_last)

@@ -3,16 +3,18 @@
 The train tiles are decoded and resized to ``load_size`` once (the resize draws nothing at random, and it is
 the very function the worker path runs), into one uint8 ``(N, 6, L, L)`` tensor. Each step then crops, flips
 and rotates its batch with one gather whose indices come from ``draw_sample(seed, epoch, tile)``, the draws
-the worker path makes. So both paths feed the step bit-identical batches; this one needs no host work per
-step, static shapes and no host synchronisation, which lets it be captured in a CUDA graph with the step.
+the worker path makes, and scales it to [-1, 1] by table lookup. So both paths feed the step bit-identical
+batches. Per step the host only draws three numbers per tile; the device work has static shapes and no host
+synchronisation, so it is captured in the step's CUDA graph.
 
 Both paths present the same interface to the loop (``WorkerFeed`` and ``DeviceFeed``): an iterable of *raw*
-batches (tuples of tensors, moved to the device as they are) and ``prepare(raw)``, device-only tensor ops that
-turn a raw batch into the step's ``(A, B)``.
+batches (tuples of host tensors, copied to the device by the step runner) and ``prepare(raw)``, device-only
+tensor ops that turn a raw batch on the device into the step's ``(A, B)``.
 """
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -22,7 +24,6 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from geo_sat2map.training.data import (
-    Augmentation,
     EpochKeyedSampler,
     PairDataset,
     draw_sample,
@@ -152,14 +153,15 @@ class DeviceTiles:
         self.upload_seconds = time.perf_counter() - started
 
     def params(self, keys: Sequence[tuple[int, int]]) -> torch.Tensor:
-        """(n, 3) int64 on the device: per key ``(epoch, index)``, the tile, its crop's flat corner offset in the
-        resized tile and its orientation code; drawn on the host once per epoch, uploaded in one copy."""
+        """(n, 3) int64 on the host (pinned for an asynchronous copy on CUDA): per key ``(epoch, index)``, the
+        tile, its crop's flat corner offset in the resized tile and its orientation code."""
         size = self.augment.load_size
         rows = []
         for epoch, index in keys:
             draw = draw_sample(self.augment, self.seed, epoch, index)
             rows.append((index, draw.y * size + draw.x, draw.orientation))
-        return torch.tensor(rows, dtype=torch.int64).reshape(-1, 3).to(self.data.device, non_blocking=True)
+        params = torch.tensor(rows, dtype=torch.int64).reshape(-1, 3)
+        return params.pin_memory() if self.data.is_cuda else params
 
     def crops(self, params: torch.Tensor) -> torch.Tensor:
         """uint8 (b, 6, crop, crop) for a batch of ``params`` rows: tensor ops only (no host sync, static shapes)."""
@@ -171,16 +173,17 @@ class DeviceTiles:
 
 
 class DeviceFeed:
-    """Batches cut from ``DeviceTiles`` in the sampler's order; a raw batch is ``(params,)`` on the device."""
+    """Batches cut from ``DeviceTiles`` in the sampler's order. A raw batch is ``(params,)``, drawn on the host
+    batch by batch (about 50 us a tile) while the GPU runs earlier steps; the step runner copies it over."""
 
     def __init__(self, tiles: DeviceTiles, sampler: EpochKeyedSampler, batch_size: int,
                  memory_format: torch.memory_format) -> None:
         self.tiles, self.sampler, self.batch_size, self.memory_format = tiles, sampler, batch_size, memory_format
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
-        params = self.tiles.params(list(self.sampler))
-        for start in range(0, len(params), self.batch_size):
-            yield (params[start : start + self.batch_size],)
+        keys = iter(self.sampler)
+        while batch := list(itertools.islice(keys, self.batch_size)):
+            yield (self.tiles.params(batch),)
 
     def prepare(self, raw: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         pair = self.tiles.crops(raw[0])

@@ -380,11 +380,15 @@ class _Run:
         first_step = step
         started = time.perf_counter()
         try:
-            for raw in self.feed:
+            batches = iter(self.feed)
+            raw = next(batches, None)
+            while raw is not None:
                 losses = self.stepper(raw)  # also adds them to self.loss_sum, on the device
+                size = raw[0].shape[0]
+                raw = next(batches, None)  # prepared on the host while the GPU runs this step, even before a sync
                 step += 1
                 self.global_step += 1
-                self.epoch_samples += raw[0].shape[0]
+                self.epoch_samples += size
                 bar.update(1)
                 if step % sync_every and step != self.steps_per_epoch:
                     continue
