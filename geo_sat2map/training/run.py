@@ -15,8 +15,8 @@ import shutil
 import signal
 import threading
 import time
-from dataclasses import asdict, dataclass, field
 from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -230,20 +230,20 @@ class _Run:
         distributed.barrier(ctx)
         self.model = Pix2Pix(config, self.device, self.dtype, ctx, graphed=self.graphed)
         seed_everything(config.seed + ctx.rank)  # dropout draws differ between processes
-        self._build_loaders()
         if self.stored:
             self._restore(self.stored)
             self.stored = None  # the weights now live in the model; let the loaded copy go
             if ctx.is_main and self.history:  # drop lines of an epoch whose checkpoint was never written
                 report.write_metrics(self.run_dir / METRICS, self.history)
-        self.stepper = (
-            GraphedStep(self.model, self.feed.prepare, self.loss_sum, config.batch_size) if self.graphed
-            else EagerStep(self.model, self.feed.prepare, self.loss_sum)
-        )
         if self.epoch >= config.total_epochs:
             log.info("%s is already trained for %d epochs; raise --epochs/--epochs-decay to continue",
                      self.run_dir, self.epoch)
             return self._summary(interrupted=False)
+        self._build_loaders()  # after the restore: nothing here draws from the random streams
+        self.stepper: GraphedStep | EagerStep = (
+            GraphedStep(self.model, self.feed.prepare, self.loss_sum, config.batch_size) if self.graphed
+            else EagerStep(self.model, self.feed.prepare, self.loss_sum)
+        )
         self._log_start()
         with StopRequest() as stop:
             while self.epoch < config.total_epochs:
@@ -505,7 +505,7 @@ class _Run:
         distributed.barrier(self.ctx)
 
     def _summary(self, interrupted: bool, digests: list[str] | None = None) -> TrainSummary:
-        stepper = getattr(self, "stepper", None)
+        stepper = getattr(self, "stepper", None)  # none when there was nothing left to train
         if stepper is not None and stepper.capture_seconds is not None:
             self.setup["capture_seconds"] = stepper.capture_seconds
         if self.device.type == "cuda":
