@@ -1,7 +1,7 @@
 """Training throughput.
 
     .venv/bin/python benchmarks/train_bench.py [--tiles 12] [--repeats 3] [--ngf 64 16] [--threads N]
-    python benchmarks/train_bench.py --device cuda [--tiles 512] [--batches 1 16] [--baseline]
+    python benchmarks/train_bench.py --device cuda [--tiles 512] [--batches 1 16] [--baseline] [--nchw]
 
 CPU (default): geo-sat2map's loop against a plain, straightforward pix2pix loop (same nets, same data). Both
 train on the same random A|B PNG tiles with the recipe's augmentation (resize 286, crop 256, flip), batch 1.
@@ -13,7 +13,8 @@ excluded). "plain" is the loop below. Each is run `--repeats` times, alternating
 `--device cuda` (or `--table`): the GPU acceptance table. `train` with its defaults (tiles decoded once into GPU
 memory, the step as one CUDA graph, precision "auto" measured) at each `--batches` size, ngf/ndf 64, the
 recipe's augmentation; with `--baseline` also the eager step fed by DataLoader workers (the path before the
-GPU work; fp32 at batch 1, bf16 above, as measured then). Rates are epoch 2's (`--epochs`); one-time costs
+GPU work; fp32 at batch 1, bf16 above, as measured then), with `--nchw` the default path with
+`channels_last = false`. Rates are epoch 2's (`--epochs`); one-time costs
 (precision measurement, tile upload, graph capture) and the peak GPU memory are listed beside them.
 `--device cpu --table` runs the same table on the CPU (tiles kept in memory, eager step), e.g. with
 `--tiles 4 --ngf 8` as a quick check that the script works.
@@ -143,7 +144,8 @@ def acceptance_table(args: argparse.Namespace) -> list[dict[str, object]]:
     with tempfile.TemporaryDirectory() as tmp:
         data = make_tiles(Path(tmp) / "tiles", args.tiles)
         for batch in args.batches:
-            variants = [("ours", {"device_data": "auto" if cuda else "on"})]
+            ours = {"device_data": "auto" if cuda else "on"}
+            variants = [("ours", ours)] + ([("ours, NCHW", {**ours, "channels_last": False})] if args.nchw else [])
             if args.baseline:
                 before = "bf16" if cuda and batch > 1 else "fp32"
                 variants.append(("before", {"cuda_graph": False, "device_data": "off", "precision": before,
@@ -193,6 +195,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=2, help="table: epochs per run; the last one's rate is shown")
     parser.add_argument("--workers", type=int, default=4, help="table: DataLoader workers (upload, baseline)")
     parser.add_argument("--baseline", action="store_true", help="table: add the eager + DataLoader-workers rows")
+    parser.add_argument("--nchw", action="store_true", help="table: add rows with channels_last = false")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: PyTorch's choice); 1 gives "
                         "stable numbers on a machine shared with other jobs")
     args = parser.parse_args(argv)

@@ -72,6 +72,7 @@ class TrainConfig:
     device_data_share: float = 0.25
     cuda_graph: bool = True  # ... the whole step captured once as a CUDA graph (single process, bf16/fp32) ...
     deterministic: bool = False  # ... and deterministic cuDNN kernels: bit-exact --resume on CUDA, a little slower
+    channels_last: bool = True  # CUDA: NHWC activations and weights (cuDNN's tensor-core layout)
     val_max_tiles: int = 200  # validate on at most this many val tiles (evenly spaced), 0 = all
     sample_tiles: int = 4  # rows in samples/epoch_NNN.png
 

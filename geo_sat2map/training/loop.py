@@ -77,7 +77,7 @@ class Pix2Pix:
             # are asked for (timing may pick other kernels in another process; some sum in varying order).
             torch.backends.cudnn.benchmark = not config.deterministic
             torch.backends.cudnn.deterministic = config.deterministic
-        self.memory_format = torch.channels_last if cuda else torch.contiguous_format
+        self.memory_format = torch.channels_last if cuda and config.channels_last else torch.contiguous_format
         torch.manual_seed(config.seed)  # identical initial weights in every process
         self.G = build_generator(config.arch, config.ngf)
         self.D = PatchGAN(in_channels=6, ndf=config.ndf)
