@@ -133,6 +133,11 @@ class WindowGrid:
         start = self.row_starts[row]
         return max(start, 0), min(start + self.tile, self.height)
 
+    def new_rows(self, row: int) -> tuple[int, int]:
+        """Scene rows [first, end) that window row ``row`` needs beyond those of the rows before it (read once)."""
+        end = self.rows_in_scene(row)[1]
+        return (self.rows_in_scene(row - 1)[1] if row else 0), end
+
     def finished_rows(self, row: int) -> int:
         """Scene rows [0, result) are final once window rows 0..``row`` are merged (no later window touches them)."""
         if row + 1 >= len(self.row_starts):
@@ -230,3 +235,20 @@ class RowAssembler:
             buffer[rest:] = 0
         self._base, self._used = end, rest
         return out
+
+
+def to_rgba(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Generator-range (3, H, W) float32 values (overwritten) and a validity mask -> planar RGBA uint8.
+
+    Same rounding as ``metrics.to_uint8``; masked pixels are 0 in every band.
+    """
+    np.clip(values, -1.0, 1.0, out=values)
+    values += 1.0
+    values *= 127.5
+    np.rint(values, out=values)
+    rgba = np.empty((4, *valid.shape), dtype=np.uint8)
+    np.copyto(rgba[:3], values, casting="unsafe")
+    rgba[:3] *= valid
+    rgba[3] = valid
+    rgba[3] *= 255
+    return rgba
