@@ -2,7 +2,7 @@
 
 ``StreamEngine`` is fed the scene's raw rows in order (``add_rows``) and processed one window row at a time
 (``process_window_row``). Everything per pixel happens on the engine's device, in torch: scaling, reflection
-padding, mask fill, window extraction (a view: ``unfold``), batching, the generator, blend weighting and
+padding, mask fill, window extraction (slices of one padded strip per window row), batching, the generator, blend weighting and
 overlap-add (``fold``) into full-width row accumulators, normalisation, masking, quantisation to RGBA uint8 and
 the overview pyramid. Finished rows leave through ``emit(level, rows)``; nothing is read back to the host, so
 on CUDA the host only queues work. Decisions that need the mask (which windows to run, whether to fill) use a
@@ -43,8 +43,13 @@ class DeviceRowAssembler:
         self.stride = grid.col_starts[1] - grid.col_starts[0] if len(grid.col_starts) > 1 else tile
         self.span = grid.col_starts[-1] + tile - grid.col_starts[0]
         self.crop = slice(-grid.col_starts[0], -grid.col_starts[0] + grid.width)  # scene columns in the span
-        self.row_weights = torch.from_numpy(np.stack(axis_weights(grid.row_starts, tile, blend))).to(device)
-        self.col_weights = torch.from_numpy(np.stack(axis_weights(grid.col_starts, tile, blend))).to(device)
+        row_weights = np.stack(axis_weights(grid.row_starts, tile, blend))
+        col_weights = np.stack(axis_weights(grid.col_starts, tile, blend))
+        self.row_weights = torch.from_numpy(row_weights).to(device)
+        self.col_weights = torch.from_numpy(col_weights).to(device)
+        # Plain tiles (--overlap 0 with feather or average): every weight is 1 and windows do not overlap, so
+        # merging a window row is a reshape instead of a weighted fold.
+        self.plain = self.stride == tile and bool((row_weights == 1).all() and (col_weights == 1).all())
         self._base = 0  # scene row held in buffer row 0
         self._used = 0
         self._mask_end = 0
@@ -90,6 +95,14 @@ class DeviceRowAssembler:
         if outputs is None:
             return
         columns = outputs.shape[0]
+        b0, b1 = r0 - self._base, r1 - self._base
+        rows = slice(r0 - top, r1 - top)
+        if self.plain:
+            sums = outputs[:, :, rows].permute(1, 2, 0, 3).reshape(3, r1 - r0, self.span)
+            weights = ran.repeat_interleave(tile)[None]
+            self._sums[:, b0:b1] += sums[:, :, self.crop]
+            self._weights[b0:b1] += weights[:, self.crop]
+            return
         row_w = self.row_weights[row]
         col_w = self.col_weights * ran[:, None]
         weighted = outputs * (row_w[:, None] * col_w[:, None, :])[:, None]
@@ -97,9 +110,8 @@ class DeviceRowAssembler:
                       kernel_size=(tile, tile), stride=(1, self.stride))[0]
         col_sum = F.fold(col_w.T[None], output_size=(1, self.span), kernel_size=(1, tile), stride=(1, self.stride))
         weights = row_w[:, None] * col_sum[0, 0]
-        b0, b1 = r0 - self._base, r1 - self._base
-        self._sums[:, b0:b1] += sums[:, r0 - top:r1 - top, self.crop]
-        self._weights[b0:b1] += weights[r0 - top:r1 - top, self.crop]
+        self._sums[:, b0:b1] += sums[:, rows, self.crop]
+        self._weights[b0:b1] += weights[rows, self.crop]
 
     def release(self, row: int) -> tuple[int, torch.Tensor] | None:
         """After window row ``row`` is merged: (row_off, (rows, width, 4) RGBA uint8) of newly finished rows."""
@@ -111,7 +123,8 @@ class DeviceRowAssembler:
             raise ValueError(f"rows up to {end} finished but the mask only reaches row {self._mask_end}")
         weights = self._weights[:count]
         covered = weights > 0
-        values = torch.where(covered, self._sums[:, :count] / weights.clamp(min=torch.finfo(torch.float32).tiny), 0.0)
+        scale = torch.where(covered, weights.reciprocal(), 0.0)  # a pixel no window covered stays 0 (and masked)
+        values = self._sums[:, :count] * scale
         rgba = quantize_rgba(values, self._valid[:count] & covered)
         out = (self._base, rgba)
         rest = self._used - count
@@ -159,7 +172,8 @@ class _PendingRow:
     """A window row whose windows are (partly) still in the batch buffer."""
 
     row: int
-    columns: torch.Tensor  # (runs,) on the device: indices of the window columns that run
+    host_columns: np.ndarray  # indices of the window columns that run
+    columns: torch.Tensor  # the same on the device
     outputs: torch.Tensor | None  # (all columns, 3, tile, tile), filled as batches finish
     remaining: int
 
@@ -186,7 +200,10 @@ class StreamEngine:
         self.assembler = DeviceRowAssembler(grid, blend, device)
         self.pyramid = OverviewPyramid(overview_levels) if overview_levels else None
         tile = grid.tile
-        self._col_index = to_device(reflect_index(grid.col_starts[0], grid.col_starts[-1] + tile, grid.width), device)
+        first, end = grid.padded_cols  # lattice columns; those outside [0, width) are reflected
+        self._left_index = to_device(reflect_index(first, 0, grid.width), device) if first < 0 else None
+        self._right_index = (to_device(reflect_index(grid.width, end, grid.width), device)
+                             if end > grid.width else None)
         self._batch = torch.empty((batch_size, 3, tile, tile), device=device)
         # Segments of the batch buffer: (row, first position in the row's runs, first slot, count).
         self._segments: list[tuple[_PendingRow, int, int, int]] = []
@@ -238,15 +255,13 @@ class StreamEngine:
         columns = self._columns_to_run(valid_host)
         self.windows_skipped += len(grid.col_starts) - len(columns)
         if not len(columns):
-            self._pending.append(_PendingRow(row, torch.empty(0), None, 0))
+            self._pending.append(_PendingRow(row, columns, torch.empty(0), None, 0))
         else:
-            index = to_device(columns, self.device)
-            pending = _PendingRow(row, index, None, len(columns))
+            pending = _PendingRow(row, columns, to_device(columns, self.device), None, len(columns))
             self._pending.append(pending)
             with self.clock("device"):
-                windows = self._windows(row, self._raw[:, local], self._valid_dev[local], not valid_host.all())
-                windows = windows.index_select(0, index)
-            self._queue_windows(pending, windows)
+                strip = self._strip(row, self._raw[:, local], self._valid_dev[local], not valid_host.all())
+            self._queue_windows(pending, strip)
         self._release_finished()
 
     def _columns_to_run(self, valid_host: np.ndarray) -> np.ndarray:
@@ -257,28 +272,46 @@ class StreamEngine:
         first, last = np.clip(starts, 0, grid.width), np.clip(starts + tile, 0, grid.width)
         return np.flatnonzero(counts[last] > counts[first])
 
-    def _windows(self, row: int, raw: torch.Tensor, valid: torch.Tensor, needs_fill: bool) -> torch.Tensor:
-        """(columns, 3, tile, tile) generator inputs of window row ``row``: a view into one padded strip."""
+    def _strip(self, row: int, raw: torch.Tensor, valid: torch.Tensor, needs_fill: bool) -> torch.Tensor:
+        """(3, tile, span) generator-range strip of window row ``row``: the scene rows it covers, reflection-padded
+        to the whole lattice span, scaled, masked pixels filled. Interior rows and columns are plain slices; only
+        the padding is gathered."""
         grid, tile = self.grid, self.grid.tile
         top = grid.row_starts[row]
         r0, r1 = grid.rows_in_scene(row)
-        row_index = to_device(reflect_index(top - r0, top - r0 + tile, r1 - r0), self.device)
-        strip = raw.index_select(1, row_index).index_select(2, self._col_index)
-        strip = scale_to_unit(strip, self.scaling)
+        if top >= 0 and top + tile <= grid.height:
+            raw_rows, valid_rows = raw, valid
+        else:
+            row_index = to_device(reflect_index(top - r0, top - r0 + tile, r1 - r0), self.device)
+            raw_rows, valid_rows = raw.index_select(1, row_index), valid.index_select(0, row_index)
+        strip = scale_to_unit(self._pad_columns(raw_rows, 2), self.scaling)
         if needs_fill:
-            strip_valid = valid.index_select(0, row_index).index_select(1, self._col_index)
-            strip = fill_invalid(strip, strip_valid)
-        return strip.unfold(2, tile, self.assembler.stride).permute(2, 0, 1, 3)
+            strip = fill_invalid(strip, self._pad_columns(valid_rows, 1))
+        return strip
 
-    def _queue_windows(self, pending: _PendingRow, windows: torch.Tensor) -> None:
-        done = 0
-        while done < windows.shape[0]:
-            take = min(self.batch_size - self._filled, windows.shape[0] - done)
+    def _pad_columns(self, rows: torch.Tensor, dim: int) -> torch.Tensor:
+        if self._left_index is None and self._right_index is None:
+            return rows
+        parts = [rows]
+        if self._left_index is not None:
+            parts.insert(0, rows.index_select(dim, self._left_index))
+        if self._right_index is not None:
+            parts.append(rows.index_select(dim, self._right_index))
+        return torch.cat(parts, dim=dim)
+
+    def _queue_windows(self, pending: _PendingRow, strip: torch.Tensor) -> None:
+        """Copy the row's windows to run from the strip into the batch buffer; run every full batch."""
+        tile, stride = self.grid.tile, self.assembler.stride
+        position = 0
+        while position < len(pending.host_columns):
+            take = min(self.batch_size - self._filled, len(pending.host_columns) - position)
             with self.clock("device"):
-                self._batch[self._filled:self._filled + take].copy_(windows[done:done + take])
-            self._segments.append((pending, done, self._filled, take))
+                for offset, column in enumerate(pending.host_columns[position:position + take]):
+                    left = int(column) * stride
+                    self._batch[self._filled + offset].copy_(strip[:, :, left:left + tile])
+            self._segments.append((pending, position, self._filled, take))
             self._filled += take
-            done += take
+            position += take
             if self._filled == self.batch_size:
                 self._run_batch()
 
@@ -293,11 +326,20 @@ class StreamEngine:
         with self.clock("device"):
             for pending, position, slot, count in self._segments:
                 if pending.outputs is None:
-                    pending.outputs = torch.zeros((columns, *outputs.shape[1:]), device=self.device)
+                    pending.outputs = self._row_outputs(pending, outputs.shape[1:])
                 pending.outputs.index_copy_(0, pending.columns[position:position + count], outputs[slot:slot + count])
                 pending.remaining -= count
         self._segments, self._filled = [], 0
         self._release_finished()
+
+    def _row_outputs(self, pending: _PendingRow, shape: torch.Size) -> torch.Tensor:
+        """Output buffer of a whole window row; windows that do not run are zeros (no weight in the merge)."""
+        columns = len(self.grid.col_starts)
+        outputs = torch.empty((columns, *shape), device=self.device)
+        if len(pending.host_columns) < columns:
+            idle = np.setdiff1d(np.arange(columns), pending.host_columns)
+            outputs.index_fill_(0, to_device(idle, self.device), 0.0)
+        return outputs
 
     def _release_finished(self) -> None:
         while self._pending and self._pending[0].remaining == 0:

@@ -84,41 +84,32 @@ def fill_invalid(data: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
 
 
 def quantize_rgba(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """(3, H, W) generator-range floats and a validity mask -> (H, W, 4) pixel-interleaved RGBA uint8.
-
-    Same rounding as ``windows.to_rgba`` (round half to even); masked pixels are 0 in every band.
-    """
-    rgb = values.clamp(-1.0, 1.0).add_(1.0).mul_(127.5).round_().to(torch.uint8)
-    rgb = rgb * valid.to(torch.uint8)
-    alpha = valid.to(torch.uint8) * 255
-    return torch.cat([rgb, alpha[None]]).permute(1, 2, 0).contiguous()
+    """(3, H, W) generator-range floats (overwritten) and a validity mask -> (H, W, 4) pixel-interleaved RGBA
+    uint8. Same rounding as ``windows.to_rgba`` (round half to even); masked pixels are 0 in every band."""
+    values.clamp_(-1.0, 1.0).add_(1.0).mul_(127.5).round_().mul_(valid)
+    rgba = torch.empty((*valid.shape, 4), dtype=torch.uint8, device=values.device)
+    rgba[..., :3].copy_(values.permute(1, 2, 0))
+    rgba[..., 3] = valid
+    rgba[..., 3] *= 255
+    return rgba
 
 
 def downsample_rgba(rows: torch.Tensor, last: bool = False) -> torch.Tensor:
     """Alpha-weighted 2x2 average of (2k [+1 if last], W, 4) RGBA uint8 rows -> (k [+1], ceil(W/2), 4).
 
     Colour is the alpha-weighted mean (transparent pixels do not darken the edge), alpha the plain mean of the
-    pixels that exist (an odd last row or column averages over fewer pixels), rounded half up as GDAL's
-    average resampling does. ``last``: an odd final row is averaged on its own.
+    pixels that exist (``avg_pool2d`` with ``ceil_mode`` averages an odd last row or column over the pixels
+    it has), rounded half up as GDAL's average resampling does. ``last``: an odd final row is averaged alone.
     """
-    count, width = rows.shape[0], rows.shape[1]
-    if count % 2 and not last:
+    if rows.shape[0] % 2 and not last:
         raise ValueError("an odd number of rows can only be downsampled at the end of the image")
-    pixels = rows.to(torch.float32)
-    if count % 2 or width % 2:
-        pixels = F.pad(pixels, (0, 0, 0, width % 2, 0, count % 2))
-    exists = torch.zeros(pixels.shape[:2], dtype=torch.float32, device=rows.device)
-    exists[:count, :width] = 1.0
-    h2, w2 = pixels.shape[0] // 2, pixels.shape[1] // 2
-    blocks = pixels.reshape(h2, 2, w2, 2, 4)
-    alpha = blocks[..., 3]
-    alpha_sum = alpha.sum(dim=(1, 3))
-    colour = (blocks[..., :3] * alpha[..., None]).sum(dim=(1, 3))
-    colour = torch.where(alpha_sum[..., None] > 0, colour / alpha_sum.clamp(min=1.0)[..., None], 0.0)
-    present = exists.reshape(h2, 2, w2, 2).sum(dim=(1, 3))
-    mean_alpha = alpha_sum / present
-    out = torch.cat([colour, mean_alpha[..., None]], dim=-1)
-    return out.add_(0.5).floor_().clamp_(0, 255).to(torch.uint8)
+    planes = rows.permute(2, 0, 1).to(torch.float32)
+    alpha = planes[3:]
+    pooled = F.avg_pool2d(torch.cat([planes[:3] * alpha, alpha])[None], 2, 2, ceil_mode=True)[0]
+    mean_alpha = pooled[3:]
+    colour = torch.where(mean_alpha > 0, pooled[:3] / mean_alpha.clamp(min=1e-30), 0.0)
+    out = torch.cat([colour, mean_alpha]).add_(0.5).floor_().clamp_(0, 255).to(torch.uint8)
+    return out.permute(1, 2, 0).contiguous()
 
 
 def level_sizes(width: int, height: int, blocksize: int) -> list[tuple[int, int]]:
