@@ -36,18 +36,20 @@ def torch_generator(model):
     return run
 
 
-def run_engine(data, valid, grid, blend, scaling, model, batch_size=3, overview_levels=0, fixed_batch=False):
+def run_engine(data, valid, grid, blend, scaling, model, batch_size=3, overview_levels=0, fixed_batch=False,
+               device="cpu"):
     """Stream ``data`` through the engine exactly as translate does (new rows per window row); gather levels."""
+    device = torch.device(device)
     levels: dict[int, list[np.ndarray]] = {}
-    engine = StreamEngine(grid=grid, blend=blend, scaling=scaling, generator=torch_generator(model),
-                          device=torch.device("cpu"), batch_size=batch_size, overview_levels=overview_levels,
+    engine = StreamEngine(grid=grid, blend=blend, scaling=scaling, generator=torch_generator(model.to(device)),
+                          device=device, batch_size=batch_size, overview_levels=overview_levels,
                           fixed_batch=fixed_batch, emit=lambda level, rows: levels.setdefault(level, []).append(
-                              rows.numpy().copy()))
+                              rows.cpu().numpy().copy()))
     raw = data.astype(np.int32) if data.dtype == np.uint16 else data
     for row in range(grid.shape[0]):
         start, stop = grid.new_rows(row)
-        engine.add_rows(torch.from_numpy(np.ascontiguousarray(raw[:, start:stop])), valid[start:stop],
-                        torch.from_numpy(valid[start:stop]))
+        engine.add_rows(torch.from_numpy(np.ascontiguousarray(raw[:, start:stop])).to(device), valid[start:stop],
+                        torch.from_numpy(valid[start:stop]).to(device))
         engine.process_window_row(row)
     engine.finish()
     return {level: np.concatenate(chunks) for level, chunks in levels.items()}, engine
