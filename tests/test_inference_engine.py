@@ -11,7 +11,7 @@ from geo_sat2map.inference.ops import downsample_rgba, fill_invalid, level_sizes
 from geo_sat2map.fill import fill_invalid as fill_reference
 from geo_sat2map.models import build_generator, prepare_for_inference
 from geo_sat2map.scaling import InputScaling, percentile_scaling
-from geo_sat2map.windows import WindowGrid
+from geo_sat2map.windows import RowBand, WindowGrid
 
 from .conftest import randomise
 from .inference_oracle import reference_translate
@@ -37,17 +37,18 @@ def torch_generator(model):
 
 
 def run_engine(data, valid, grid, blend, scaling, model, batch_size=3, overview_levels=0, fixed_batch=False,
-               device="cpu"):
+               device="cpu", band=None):
     """Stream ``data`` through the engine exactly as translate does (new rows per window row); gather levels."""
     device = torch.device(device)
     levels: dict[int, list[np.ndarray]] = {}
     engine = StreamEngine(grid=grid, blend=blend, scaling=scaling, generator=torch_generator(model.to(device)),
                           device=device, batch_size=batch_size, overview_levels=overview_levels,
-                          fixed_batch=fixed_batch, emit=lambda level, rows: levels.setdefault(level, []).append(
-                              rows.cpu().numpy().copy()))
+                          fixed_batch=fixed_batch, band=band, emit=lambda level, rows: levels.setdefault(
+                              level, []).append(rows.cpu().numpy().copy()))
     raw = data.astype(np.int32) if data.dtype == np.uint16 else data
-    for row in range(grid.shape[0]):
-        start, stop = grid.new_rows(row)
+    band = band or RowBand.whole(grid)
+    for row in range(band.process_from, band.end):
+        start, stop = band.new_rows(row)
         engine.add_rows(torch.from_numpy(np.ascontiguousarray(raw[:, start:stop])).to(device), valid[start:stop],
                         torch.from_numpy(valid[start:stop]).to(device))
         engine.process_window_row(row)
@@ -178,3 +179,16 @@ def test_downsample_handles_odd_last_rows_and_columns():
     assert out[1, 1].tolist() == [7, 7, 7, 255]
     with pytest.raises(ValueError):
         downsample_rgba(rows)
+
+
+@pytest.mark.parametrize("parts", [2, 3, 5])
+def test_bands_of_window_rows_tile_the_output_exactly(model, parts):
+    data, valid = scene(900, 300, seed=8), holes(900, 300, seed=8)
+    grid = WindowGrid.build(900, 300, 256, 64)
+    whole, _ = run_engine(data, valid, grid, "feather", InputScaling.uint8(3), model, batch_size=4, fixed_batch=True)
+    bands = RowBand.split(grid, parts)
+    assert bands[0].output_rows[0] == 0 and bands[-1].output_rows[1] == 900
+    assert all(a.output_rows[1] == b.output_rows[0] for a, b in zip(bands, bands[1:]))
+    pieces = [run_engine(data, valid, grid, "feather", InputScaling.uint8(3), model, batch_size=4, fixed_batch=True,
+                         band=band)[0][0] for band in bands]
+    assert np.array_equal(np.concatenate(pieces), whole[0])  # the same pixels, whatever the split

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from geo_sat2map.inference.runner import StageClock
 from geo_sat2map.inference.ops import downsample_rgba, fill_invalid, quantize_rgba, reflect_index, scale_to_unit
 from geo_sat2map.scaling import InputScaling
-from geo_sat2map.windows import WindowGrid, axis_weights
+from geo_sat2map.windows import RowBand, WindowGrid, axis_weights
 
 Emit = Callable[[int, torch.Tensor], None]  # (level, (rows, width, 4) uint8 RGBA on the engine's device)
 Generator = Callable[[torch.Tensor], torch.Tensor]  # (n, 3, tile, tile) float32 in [-1, 1] -> same shape
@@ -37,7 +37,8 @@ class DeviceRowAssembler:
     ``fold`` per window row instead of one add per window.
     """
 
-    def __init__(self, grid: WindowGrid, blend: str, device: torch.device) -> None:
+    def __init__(self, grid: WindowGrid, blend: str, device: torch.device, first_row: int = 0) -> None:
+        """``first_row``: the first scene row it will be given (a band of the scene starts there)."""
         self.grid, self.device = grid, device
         tile = grid.tile
         self.stride = grid.col_starts[1] - grid.col_starts[0] if len(grid.col_starts) > 1 else tile
@@ -50,9 +51,9 @@ class DeviceRowAssembler:
         # Plain tiles (--overlap 0 with feather or average): every weight is 1 and windows do not overlap, so
         # merging a window row is a reshape instead of a weighted fold.
         self.plain = self.stride == tile and bool((row_weights == 1).all() and (col_weights == 1).all())
-        self._base = 0  # scene row held in buffer row 0
+        self._base = first_row  # scene row held in buffer row 0
         self._used = 0
-        self._mask_end = 0
+        self._mask_end = first_row
         self._sums = torch.zeros((3, 0, grid.width), device=device)
         self._weights = torch.zeros((0, grid.width), device=device)
         self._valid = torch.zeros((0, grid.width), dtype=torch.bool, device=device)
@@ -192,12 +193,16 @@ class StreamEngine:
     def __init__(
         self, *, grid: WindowGrid, blend: str, scaling: InputScaling, generator: Generator, device: torch.device,
         batch_size: int, emit: Emit, overview_levels: int = 0, fixed_batch: bool = False,
-        clock: StageClock | None = None,
+        clock: StageClock | None = None, band: RowBand | None = None,
     ) -> None:
+        """``band``: only these window rows' output rows are emitted (level 0 rows counted from the band's first
+        output row); default the whole scene."""
         self.grid, self.scaling, self.generator, self.device = grid, scaling, generator, device
         self.clock = clock or StageClock(device)
         self.batch_size, self.emit, self.fixed_batch = batch_size, emit, fixed_batch
-        self.assembler = DeviceRowAssembler(grid, blend, device)
+        self.band = band or RowBand.whole(grid)
+        first_scene_row = grid.rows_in_scene(self.band.process_from)[0]
+        self.assembler = DeviceRowAssembler(grid, blend, device, first_scene_row)
         self.pyramid = OverviewPyramid(overview_levels) if overview_levels else None
         tile = grid.tile
         first, end = grid.padded_cols  # lattice columns; those outside [0, width) are reflected
@@ -210,7 +215,7 @@ class StreamEngine:
         self._filled = 0
         self._pending: deque[_PendingRow] = deque()
         # Raw scene rows [_rows_start, _rows_end) on the device, and their validity on both sides.
-        self._rows_start = self._rows_end = 0
+        self._rows_start = self._rows_end = first_scene_row
         self._raw: torch.Tensor | None = None
         self._valid_dev: torch.Tensor | None = None
         self._valid_host = np.zeros((0, grid.width), dtype=bool)
@@ -352,19 +357,29 @@ class StreamEngine:
                 self.assembler.add_row(pending.row, pending.outputs, ran)
                 released = self.assembler.release(pending.row)
             if released is not None:
-                self.emit(0, released[1])
-                if self.pyramid is not None:
-                    with self.clock("overviews"):
-                        overviews = self.pyramid.push(released[1])
-                    for level, rows in overviews:
-                        self.emit(level, rows)
+                self._emit_owned(*released)
+
+    def _emit_owned(self, row_off: int, rgba: torch.Tensor) -> None:
+        """Emit the released rows that belong to this engine's band, and their overview rows."""
+        start, stop = self.band.output_rows
+        first, last = max(row_off, start), min(row_off + rgba.shape[0], stop)
+        if last <= first:
+            return
+        rows = rgba[first - row_off:last - row_off]
+        self.emit(0, rows)
+        if self.pyramid is not None:
+            with self.clock("overviews"):
+                overviews = self.pyramid.push(rows)
+            for level, level_rows in overviews:
+                self.emit(level, level_rows)
 
     def finish(self) -> None:
         """Run the last partial batch and flush every remaining row and overview row."""
         self._run_batch()
         self._release_finished()
-        if self._pending or self.assembler.released != self.grid.height:
-            raise RuntimeError(f"internal error: {self.assembler.released} of {self.grid.height} rows finished")
+        stop = self.band.output_rows[1]
+        if self._pending or self.assembler.released != stop:
+            raise RuntimeError(f"internal error: {self.assembler.released} of {stop} rows finished")
         if self.pyramid is not None:
             with self.clock("overviews"):
                 overviews = self.pyramid.finish(self.grid.width, self.device)

@@ -24,7 +24,7 @@ import torch
 
 from geo_sat2map.inference.runner import StageClock
 from geo_sat2map.raster_io.strips import RowReader
-from geo_sat2map.windows import WindowGrid
+from geo_sat2map.windows import RowBand
 
 POLL_SECONDS = 0.1  # how often a blocked thread looks at the stop flag
 
@@ -51,9 +51,9 @@ class ChunkReader:
     """Reads the new rows of each window row in order, ``ahead`` chunks ahead on ``workers`` threads."""
 
     def __init__(
-        self, reader: RowReader, grid: WindowGrid, dtype: np.dtype, *, pin: bool, workers: int = 1, ahead: int = 3,
+        self, reader: RowReader, band: RowBand, dtype: np.dtype, *, pin: bool, workers: int = 1, ahead: int = 3,
     ) -> None:
-        self.reader, self.grid, self.dtype, self.pin = reader, grid, dtype, pin
+        self.reader, self.band, self.dtype, self.pin = reader, band, dtype, pin
         self.workers, self.ahead = max(1, workers), max(1, ahead, workers)
         self.seconds = 0.0  # summed over threads
         self._lock = threading.Lock()
@@ -62,8 +62,7 @@ class ChunkReader:
         pool = ThreadPoolExecutor(self.workers, thread_name_prefix="translate-read")
         futures: deque[Future[RawChunk]] = deque()
         try:
-            rows = iter(range(self.grid.shape[0]))
-            for row in rows:
+            for row in range(self.band.process_from, self.band.end):
                 futures.append(pool.submit(self._read, row))
                 if len(futures) >= self.ahead:
                     yield futures.popleft().result()
@@ -74,13 +73,14 @@ class ChunkReader:
 
     def _read(self, row: int) -> RawChunk:
         started = time.perf_counter()
-        start, stop = self.grid.new_rows(row)
-        shape = (len(self.reader.bands), stop - start, self.grid.width)
+        start, stop = self.band.new_rows(row)
+        width = self.band.grid.width
+        shape = (len(self.reader.bands), stop - start, width)
         buffer = torch.empty(shape, dtype=_TORCH_DTYPES[self.dtype], pin_memory=self.pin)
         if stop > start:
             _, valid = self.reader.read(start, stop - start, out=buffer.numpy())
         else:
-            valid = np.zeros((0, self.grid.width), dtype=bool)
+            valid = np.zeros((0, width), dtype=bool)
         with self._lock:
             self.seconds += time.perf_counter() - started
         return RawChunk(row, start, buffer, valid)

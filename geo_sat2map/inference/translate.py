@@ -42,7 +42,7 @@ from geo_sat2map.raster_io.output import (
 )
 from geo_sat2map.raster_io.strips import RowReader, streaming_dtype
 from geo_sat2map.scaling import UINT8_KIND, InputScaling
-from geo_sat2map.windows import BLEND_MODES, DEFAULT_BLEND, WindowGrid
+from geo_sat2map.windows import BLEND_MODES, DEFAULT_BLEND, RowBand, WindowGrid
 
 log = logging.getLogger("geo_sat2map")
 
@@ -263,7 +263,7 @@ def _stream(config: TranslateConfig, run: _Run, sink: Any) -> _StreamResult:
         fixed_batch=device.type == "cuda" or config.compile, clock=clock,
     )
     threads = config.read_threads or READ_THREADS.get(device.type, 1)
-    reader = ChunkReader(RowReader(config.input, run.bands), grid, streaming_dtype(run.info.dtype),
+    reader = ChunkReader(RowReader(config.input, run.bands), RowBand.whole(grid), streaming_dtype(run.info.dtype),
                          pin=device.type == "cuda", workers=threads, ahead=threads + 2)
     bar = tqdm(total=len(grid), unit="win", desc="translate", disable=not config.progress, dynamic_ncols=True)
     counted = 0
