@@ -45,5 +45,5 @@ if [ "${1:-}" = quick ]; then
 fi
 step tests 300 python3 -m pytest -q -p no:cacheprovider -m "cuda or not slow" tests
 step translate_bench 300 python3 benchmarks/translate_bench.py --device cuda --size 16384 --seconds 3
-step train_bench 240 python3 benchmarks/train_bench.py --device cuda
+step train_bench 240 python3 benchmarks/train_bench.py --device cuda --baseline
 exit $status
