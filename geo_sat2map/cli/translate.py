@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from geo_sat2map.cli.options import device_opt, overwrite_opt, parse_bands, precision_opt, quiet
+
+if TYPE_CHECKING:
+    from geo_sat2map.inference import BatchConfig
 
 # Kept in sync with geo_sat2map.windows / inference.translate / raster_io.output / models (imported lazily: fast --help).
 BLEND_CHOICES = ("feather", "hann", "average")
@@ -29,9 +34,14 @@ def parse_creation_options(
 
 
 @click.command("translate")
-@click.argument("input_path", metavar="INPUT", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Map GeoTIFF to write (RGBA: the alpha band is the input's footprint).")
+@click.argument("inputs", nargs=-1, metavar="INPUT...", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(),
+              help="Map GeoTIFF to write (RGBA: the alpha band is the input's footprint); map.vrt: a VRT over "
+                   "COG parts in map.parts/. With several inputs, or ending in /: a folder for <stem>.tif maps.")
+@click.option("--input-list", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Text file of input paths, one a line (relative to the file's folder), besides any INPUT.")
+@click.option("--vrt", "vrt", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="With an output folder: also write this VRT of all the maps (one layer in QGIS; one CRS).")
 @click.option("-w", "--weights", required=True, type=click.Path(path_type=Path),
               help="Generator checkpoint: geo-sat2map generator.pt, pix2pix *_net_G.pth or seed gen.pth.tar.")
 @click.option("--tile-size", type=int, default=None,
@@ -68,23 +78,65 @@ def parse_creation_options(
               help="Accept an input without CRS or geotransform (the output has none either).")
 @overwrite_opt
 @click.pass_context
-def command(ctx: click.Context, input_path: Path, output: Path, weights: Path, tile_size: int | None,
+def command(ctx: click.Context, inputs: tuple[Path, ...], output: str, input_list: Path | None,
+            vrt: Path | None, weights: Path, tile_size: int | None,
             overlap: int | None, blend: str, batch_size: int | None, device: str, precision: str, compile_model: bool,
             norm_stats: str | None, bands: tuple[int, int, int] | None, scaling: str, compress: str, cog: bool,
             creation_options: dict[str, str], allow_ungeoreferenced: bool, overwrite: bool) -> None:
-    """Translate a georeferenced satellite scene INPUT into a map GeoTIFF on exactly the same grid.
+    """Translate georeferenced satellite scenes into map GeoTIFFs on exactly the same grid.
+
+    \b
+    One scene:    geo-sat2map translate scene.tif -o map.tif -w G.pt
+    Many scenes:  geo-sat2map translate a.tif b.tif ... -o maps/ -w G.pt [--vrt maps.vrt]
+    Many GPUs:    torchrun --nproc-per-node N -m geo_sat2map translate ... (see README, Large jobs)
 
     Any size: the scene is streamed through overlapping windows whose outputs are blended, so memory does not
     grow with the scene and no tile grid shows. Masked input pixels (nodata, alpha, mask bands) stay
-    transparent in the output.
+    transparent in the output. Many scenes: a scene whose map is already finished with the same model and
+    settings is skipped (rerun to resume), a failing scene does not stop the others. Under torchrun one scene is
+    split into bands of rows, one per process (the same pixels as one process), and many scenes are shared.
     """
+    from geo_sat2map.inference import BatchConfig, TranslateConfig, read_input_list, translate
+    from geo_sat2map.inference.parts import runs_in_parts, translate_in_parts
     from geo_sat2map.raster_io.output import OutputOptions
-    from geo_sat2map.inference import TranslateConfig, translate
 
-    translate(TranslateConfig(
-        input=input_path, output=output, weights=weights, tile_size=tile_size, overlap=overlap, blend=blend,
+    scenes = list(inputs) + (read_input_list(input_list) if input_list is not None else [])
+    if not scenes:
+        raise click.UsageError("Missing argument 'INPUT...' (or --input-list FILE).")
+    to_folder = len(scenes) > 1 or output.endswith(("/", os.sep))
+    if not to_folder and Path(output).is_dir():
+        raise click.BadParameter(f"File {output!r} is a directory.", param_hint="'-o' / '--output'")
+    if vrt is not None and not to_folder:
+        raise click.BadParameter("needs an output folder: several inputs, or -o ending in /", param_hint="'--vrt'")
+    if vrt is not None and vrt.suffix.lower() != ".vrt":
+        raise click.BadParameter(f"{vrt}: the mosaic file must end in .vrt", param_hint="'--vrt'")
+    config = TranslateConfig(
+        input=scenes[0], output=Path(output), weights=weights, tile_size=tile_size, overlap=overlap, blend=blend,
         batch_size=batch_size, device=device, precision=precision, compile=compile_model, norm_stats=norm_stats, bands=bands,
         scaling=scaling,
         output_options=OutputOptions(compress=compress, cog=cog, creation_options=creation_options),
         overwrite=overwrite, allow_ungeoreferenced=allow_ungeoreferenced, progress=not quiet(ctx),
-    ))
+    )
+    if to_folder:
+        _translate_folder(ctx, BatchConfig(tuple(scenes), Path(output), config, vrt))
+    elif runs_in_parts(config.output):
+        translate_in_parts(config)
+    else:
+        translate(config)
+
+
+def _translate_folder(ctx: click.Context, config: BatchConfig) -> None:
+    """Many scenes: the summary table from rank 0; exit 1 if any scene failed (each was reported as it failed)."""
+    from geo_sat2map.inference import translate_many
+    from geo_sat2map.inference.ranks import is_main_process
+
+    try:
+        report = translate_many(config)
+    except KeyboardInterrupt:
+        click.echo("Interrupted: finished maps are kept (a rerun skips them); the scene in progress left nothing.",
+                   err=True)
+        ctx.exit(130)
+    if is_main_process() and not quiet(ctx):
+        click.echo(report.table())
+    if report.failed:
+        ctx.exit(1)

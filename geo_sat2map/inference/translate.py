@@ -25,10 +25,11 @@ from tqdm import tqdm
 
 from geo_sat2map import __version__
 from geo_sat2map.atomic import atomic_output, check_output_path, file_sha256
-from geo_sat2map.checkpoint import GeneratorMeta, load_generator
+from geo_sat2map.checkpoint import GeneratorMeta, LoadedGenerator, load_generator
 from geo_sat2map.device import precision_name, resolve_device, resolve_precision
 from geo_sat2map.errors import UserError
 from geo_sat2map.inference.engine import StreamEngine, to_device
+from geo_sat2map.inference.identity import RUN_ID_TAG, run_id
 from geo_sat2map.inference.runner import GeneratorRunner, StageClock
 from geo_sat2map.inference.stages import ChunkReader, RowWriter
 from geo_sat2map.models import NORM_MODES, InferenceGenerator
@@ -74,6 +75,9 @@ class TranslateConfig:
     allow_ungeoreferenced: bool = False
     progress: bool = True
     read_threads: int | None = None  # default: 1 on CPU, 4 on CUDA
+    # Every generator call gets a full batch (the last one padded), as on CUDA: on the CPU a batch of another
+    # size can move results by float ulps, so runs that must agree to the bit (split across processes) use it.
+    fixed_batch: bool = False
 
 
 @dataclass(frozen=True)
@@ -122,23 +126,13 @@ def default_overlap(tile_size: int) -> int:
     return tile_size // 4
 
 
-def translate(config: TranslateConfig) -> TranslateReport:
-    """Translate ``config.input`` into an RGBA map at ``config.output`` (same CRS, transform and size)."""
+def translate(config: TranslateConfig, model: LoadedGenerator | None = None) -> TranslateReport:
+    """Translate ``config.input`` into an RGBA map at ``config.output`` (same CRS, transform and size).
+
+    ``model``: the checkpoint ``config.weights`` already loaded (with its SHA-256), to reuse over many scenes."""
     started = time.perf_counter()
-    run = _prepare(config)
-    options = config.output_options
-    cache = streaming_cache_bytes(run.info.width, run.grid.tile, options.blocksize)
-    with streaming_gdal_env(cache), atomic_output(run.output, overwrite=config.overwrite, what="output") as tmp:
-        tags = _output_tags(config, run, run.sha256.result())
-        sink = open_map_sink(tmp, run.info, tags, options)
-        try:
-            stream = _stream(config, run, sink)
-            log.info("finishing %s", "the Cloud-Optimized GeoTIFF" if options.cog else "the GeoTIFF")
-            sink.close()
-        except BaseException:
-            sink.abort()
-            raise
-    stages = {**stream.stages, **{key: value for key, value in sink.stats.items()}}
+    run = _prepare(config, model)
+    stream, stages = _write_map(config, run, run.output, run.info, _output_tags(config, run))
     report = TranslateReport(
         output=run.output, width=run.info.width, height=run.info.height, tile_size=run.grid.tile,
         overlap=run.grid.overlap, blend=config.blend, batch_size=run.batch_size, device=str(run.device),
@@ -154,6 +148,27 @@ def translate(config: TranslateConfig) -> TranslateReport:
              100 * report.generator_busy)
     log.info("stages (s): %s", ", ".join(f"{name} {seconds:.2f}" for name, seconds in stages.items()))
     return report
+
+
+def _write_map(
+    config: TranslateConfig, run: _Run, output: Path, info: RasterInfo, tags: dict[str, str],
+    band: RowBand | None = None, overwrite: bool | None = None,
+) -> tuple[_StreamResult, dict[str, float]]:
+    """Stream ``band`` (default: the whole scene) into a map at ``output`` with the raster layout ``info``,
+    written beside it and renamed on success. Returns the stream result and seconds per stage."""
+    options = config.output_options
+    overwrite = config.overwrite if overwrite is None else overwrite
+    cache = streaming_cache_bytes(info.width, run.grid.tile, options.blocksize)
+    with streaming_gdal_env(cache), atomic_output(output, overwrite=overwrite, what="output") as tmp:
+        sink = open_map_sink(tmp, info, tags, options)
+        try:
+            stream = _stream(config, run, sink, band)
+            log.info("finishing %s", "the Cloud-Optimized GeoTIFF" if options.cog else "the GeoTIFF")
+            sink.close()
+        except BaseException:
+            sink.abort()
+            raise
+    return stream, {**stream.stages, **sink.stats}
 
 
 @dataclass
@@ -176,8 +191,9 @@ class _Run:
     scaling_source: str
 
 
-def _prepare(config: TranslateConfig) -> _Run:
-    """Validate options, output path, input and weights (cheapest first); load the model; plan the grid.
+def _prepare(config: TranslateConfig, model: LoadedGenerator | None = None) -> _Run:
+    """Validate options, output path, input and weights (cheapest first); load the model (unless ``model`` is
+    the checkpoint already loaded); plan the grid.
 
     Slow start-up work overlaps: the device starts (CUDA context) and the checkpoint is hashed on threads while
     the checkpoint is unpickled and the network built."""
@@ -191,8 +207,11 @@ def _prepare(config: TranslateConfig) -> _Run:
     with open_raster(config.input) as ds:
         require_georeferenced(ds, config.allow_ungeoreferenced)
         info = raster_info(ds)
-        sha256 = hasher.submit(_sha256_or_empty, config.weights)
-        loaded = load_generator(config.weights, hash_file=False)
+        if model is None:
+            sha256 = hasher.submit(_sha256_or_empty, config.weights)
+            loaded = load_generator(config.weights, hash_file=False)
+        else:
+            sha256, loaded = _done(model.sha256), model
         bands = resolve_bands(ds, config.bands or loaded.meta.bands)
         if len(bands) != 3:
             raise UserError(f"{config.weights}: the checkpoint's bands {bands} are not three; pass --bands R,G,B")
@@ -217,6 +236,12 @@ def _prepare(config: TranslateConfig) -> _Run:
              config.blend)
     return _Run(output, info, bands, scaling, grid, loaded.for_inference(norm_mode), loaded.meta, loaded.path.name,
                 sha256, device, dtype, batch_size, norm_mode, scaling_source)
+
+
+def _done(value: str) -> Future[str]:
+    future: Future[str] = Future()
+    future.set_result(value)
+    return future
 
 
 def _sha256_or_empty(path: Path) -> str:
@@ -245,8 +270,8 @@ class _StreamResult:
     peak_device_bytes: int
 
 
-def _stream(config: TranslateConfig, run: _Run, sink: Any) -> _StreamResult:
-    """Read -> device engine -> write, for every window row of the grid."""
+def _stream(config: TranslateConfig, run: _Run, sink: Any, band: RowBand | None = None) -> _StreamResult:
+    """Read -> device engine -> write, for every window row of ``band`` (default: the whole grid)."""
     device, grid = run.device, run.grid
     clock = StageClock(device)
     if device.type == "cuda":
@@ -260,12 +285,13 @@ def _stream(config: TranslateConfig, run: _Run, sink: Any) -> _StreamResult:
     engine = StreamEngine(
         grid=grid, blend=config.blend, scaling=run.scaling, generator=runner, device=device,
         batch_size=run.batch_size, emit=writer.submit, overview_levels=sink.overview_levels,
-        fixed_batch=device.type == "cuda" or config.compile, clock=clock,
+        fixed_batch=device.type == "cuda" or config.compile or config.fixed_batch, clock=clock, band=band,
     )
     threads = config.read_threads or READ_THREADS.get(device.type, 1)
-    reader = ChunkReader(RowReader(config.input, run.bands), RowBand.whole(grid), streaming_dtype(run.info.dtype),
+    band = band or RowBand.whole(grid)
+    reader = ChunkReader(RowReader(config.input, run.bands), band, streaming_dtype(run.info.dtype),
                          pin=device.type == "cuda", workers=threads, ahead=threads + 2)
-    bar = tqdm(total=len(grid), unit="win", desc="translate", disable=not config.progress, dynamic_ncols=True)
+    bar = tqdm(total=(band.end - band.process_from) * grid.shape[1], unit="win", desc="translate", disable=not config.progress, dynamic_ncols=True)
     counted = 0
     try:
         with runner.active():
@@ -353,7 +379,8 @@ def _warn_on_resolution(info: RasterInfo, meta: GeneratorMeta) -> None:
         )
 
 
-def _output_tags(config: TranslateConfig, run: _Run, model_sha256: str) -> dict[str, str]:
+def _output_tags(config: TranslateConfig, run: _Run) -> dict[str, str]:
+    model_sha256 = run.sha256.result()
     return {
         "TIFFTAG_SOFTWARE": f"geo-sat2map {__version__}",
         "GEO_SAT2MAP_VERSION": __version__,
@@ -366,5 +393,6 @@ def _output_tags(config: TranslateConfig, run: _Run, model_sha256: str) -> dict[
         "INPUT_BANDS": ",".join(map(str, run.bands)),
         "INPUT_SCALING": json.dumps(run.scaling.to_dict()),
         "SOURCE": Path(config.input).name,
+        RUN_ID_TAG: run_id(config, model_sha256, precision_name(run.dtype)),
     }
 

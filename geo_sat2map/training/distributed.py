@@ -51,16 +51,20 @@ def context_from_env() -> DistContext:
     return DistContext(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
 
 
-def start(ctx: DistContext, device: torch.device) -> torch.device:
-    """Join the process group; on CUDA each process takes the GPU of its local rank."""
+def start(
+    ctx: DistContext, device: torch.device, backend: str | None = None, timeout: timedelta = timedelta(hours=1)
+) -> torch.device:
+    """Join the process group (``backend`` default: NCCL on CUDA, gloo otherwise); on CUDA each process takes
+    the GPU of its local rank. ``timeout``: how long a process may wait for the others in a collective."""
     if not ctx.enabled:
         return device
     if device.type == "cuda":
         device = torch.device("cuda", ctx.local_rank)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        # Rank 0 validates and writes while the others wait in a collective: allow for a long validation.
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(hours=1))
+        # Training: rank 0 validates and writes while the others wait in a collective (the default timeout
+        # allows for a long validation).
+        dist.init_process_group(backend or ("nccl" if device.type == "cuda" else "gloo"), timeout=timeout)
     return device
 
 

@@ -1,0 +1,193 @@
+"""One scene across processes: each torchrun rank translates a contiguous band of window rows into a part.
+
+The window lattice never depends on the split (``windows.RowBand``) and every generator call gets a full
+batch (``fixed_batch``), so the parts hold exactly the pixels of a one-process run. Parts are maps of their
+own (COGs of scene rows [start, stop), transform derived from the scene's), written in a work folder beside
+the output, each renamed only when complete and tagged with the run's identity and its rows:
+
+- ``-o map.tif``: once every rank is done, rank 0 assembles one map from the parts through a VRT, renames it
+  onto ``map.tif`` and removes the work folder;
+- ``-o map.vrt``: the work folder becomes ``map.parts/`` and ``map.vrt`` lists the parts (no serial
+  re-encode: for mosaics too large for one host to encode).
+
+After a crash or a torchrun restart, a part whose tags and layout match this run is reused; anything else in
+the work folder (half-written files, parts of another split) is removed first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from geo_sat2map.atomic import atomic_output, check_output_path
+from geo_sat2map.errors import UserError
+from geo_sat2map.inference.identity import tags_match
+from geo_sat2map.inference.ranks import launched_by_torchrun, process_group
+from geo_sat2map.inference.translate import TranslateConfig, _output_tags, _prepare, _Run, _write_map
+from geo_sat2map.raster_io.mosaic import assemble_map, part_info, read_finished, write_vrt
+from geo_sat2map.training import distributed
+from geo_sat2map.windows import RowBand
+
+log = logging.getLogger("geo_sat2map")
+
+PART_ROWS_TAG = "PART_ROWS"
+PARTS_VRT = "parts.vrt"  # the VRT rank 0 assembles from, inside the work folder
+
+
+def runs_in_parts(output: Path) -> bool:
+    """One scene goes through parts under torchrun, and for a VRT output (its parts are the map)."""
+    return launched_by_torchrun() or output.suffix.lower() == ".vrt"
+
+
+def work_folder(output: Path) -> Path:
+    return output.parent / f".{output.name}.work"
+
+
+def parts_folder(output: Path) -> Path:
+    """Where the parts of ``-o map.vrt`` stay: ``map.parts/`` beside it."""
+    return output.parent / f"{output.stem}.parts"
+
+
+def part_name(band: RowBand) -> str:
+    start, stop = band.output_rows
+    return f"rows-{start:08d}-{stop:08d}.tif"
+
+
+@dataclass(frozen=True)
+class PartResult:
+    rank: int
+    name: str
+    rows: tuple[int, int]
+    reused: bool
+    seconds: float  # writing the part (0 when reused)
+    windows_run: int
+
+
+@dataclass(frozen=True)
+class PartsReport:
+    """A split run, on any rank: every rank's part, and this rank's times."""
+
+    output: Path
+    width: int
+    height: int
+    processes: int
+    parts: list[PartResult]
+    seconds: float  # the whole call on this rank
+    assemble_seconds: float  # rank 0's serial step after the parts: assembly (-o .tif) or listing (-o .vrt)
+
+    @property
+    def reused(self) -> list[PartResult]:
+        return [part for part in self.parts if part.reused]
+
+    @property
+    def megapixels_per_second(self) -> float:
+        return self.width * self.height / 1e6 / self.seconds if self.seconds > 0 else float("inf")
+
+
+def translate_in_parts(config: TranslateConfig) -> PartsReport:
+    """Translate one scene with every torchrun process (or one, for ``-o map.vrt`` without torchrun)."""
+    started = time.perf_counter()
+    output = Path(config.output)
+    as_vrt = output.suffix.lower() == ".vrt"
+    check_output_path(output, config.overwrite, "output")
+    if as_vrt and parts_folder(output).exists() and not config.overwrite:
+        raise UserError(f"{parts_folder(output)} already exists (the parts of a VRT map); pass --overwrite to "
+                        "replace it")
+    work = work_folder(output)
+    with process_group(config.device) as (ctx, device):
+        config = replace(config, device=str(device), fixed_batch=True, progress=config.progress and ctx.is_main)
+        run = _prepare(config)
+        bands = RowBand.split(run.grid, ctx.world_size)
+        tags = _output_tags(config, run)
+        names = [part_name(band) for band in bands]
+        if ctx.is_main:
+            _clear_work_folder(work, names)
+            log.info("%d processes: %d parts of window rows in %s", ctx.world_size, len(bands), work)
+        distributed.barrier(ctx)
+        mine = _part(config, run, bands[ctx.rank], work, tags, ctx.rank) if ctx.rank < len(bands) else None
+        parts = [part for part in distributed.gather(ctx, mine) if part is not None]
+        assemble_seconds = 0.0
+        if ctx.is_main:
+            for part in parts:
+                if part.reused:
+                    log.info("reused finished part %s (rows %d-%d; tags and layout verified)", part.name, *part.rows)
+            finished = time.perf_counter()
+            if as_vrt:
+                _publish_vrt(output, work, names, tags, config.overwrite)
+            else:
+                _assemble(output, work, names, tags, config)
+            assemble_seconds = time.perf_counter() - finished
+    report = PartsReport(output, run.info.width, run.info.height, ctx.world_size, parts,
+                         time.perf_counter() - started, assemble_seconds)
+    if ctx.is_main:
+        slowest = max((part.seconds for part in parts), default=0.0)
+        log.info("wrote %s from %d parts (%d reused) in %.1f s (%.1f Mpx/s): slowest part %.1f s, %s %.1f s "
+                 "(%.0f %% of the run)", output, len(parts), len(report.reused), report.seconds,
+                 report.megapixels_per_second, slowest, "VRT" if as_vrt else "assembly", assemble_seconds,
+                 100 * assemble_seconds / report.seconds if report.seconds else 0.0)
+    return report
+
+
+def _clear_work_folder(work: Path, keep: list[str]) -> None:
+    """Create the work folder, or empty it of everything but the parts this split may reuse."""
+    work.mkdir(exist_ok=True)
+    for entry in work.iterdir():
+        if entry.name in keep:
+            continue
+        log.debug("removing %s (not a part of this split)", entry)
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink(missing_ok=True)
+
+
+def _part(
+    config: TranslateConfig, run: _Run, band: RowBand, work: Path, tags: dict[str, str], rank: int
+) -> PartResult:
+    """This rank's part: reused when a finished one matches the run, else translated."""
+    start, stop = band.output_rows
+    path = work / part_name(band)
+    expected = {**tags, PART_ROWS_TAG: f"{start},{stop}"}
+    found = read_finished(path)
+    if found is not None and tags_match(found.tags, expected) and (
+            found.info.width, found.info.height) == (run.info.width, stop - start):
+        return PartResult(rank, path.name, (start, stop), True, 0.0, 0)
+    if found is not None:
+        log.info("%s is not a part of this run (other model, settings or source); translating it again", path.name)
+    started = time.perf_counter()
+    stream, _ = _write_map(config, run, path, part_info(run.info, start, stop), expected, band=band, overwrite=True)
+    return PartResult(rank, path.name, (start, stop), False,
+                      time.perf_counter() - started, stream.windows_run)
+
+
+def _assemble(output: Path, work: Path, names: list[str], tags: dict[str, str], config: TranslateConfig) -> None:
+    vrt = work / PARTS_VRT
+    write_vrt(vrt, [work / name for name in names], composite=False, tags=tags, overwrite=True)
+    log.info("assembling %s from %d parts", output, len(names))
+    with atomic_output(output, overwrite=config.overwrite, what="output") as tmp:
+        assemble_map(vrt, tmp, config.output_options)
+    shutil.rmtree(work)
+
+
+def _publish_vrt(output: Path, work: Path, names: list[str], tags: dict[str, str], overwrite: bool) -> None:
+    """List the parts in a VRT, move the work folder to ``<stem>.parts/`` and the VRT onto ``output``, in that
+    order: the output path appears last, when everything it points to is in place."""
+    parts = parts_folder(output)
+    staged = work / output.name
+    write_vrt(staged, [work / name for name in names], composite=False, tags=tags, overwrite=True,
+              names=[f"{parts.name}/{name}" for name in names])
+    old = None
+    if parts.exists():  # allowed by --overwrite (checked up front)
+        old = Path(tempfile.mkdtemp(prefix=f".{parts.name}.old.", dir=output.parent))
+        os.replace(parts, old / parts.name)
+    os.replace(work, parts)
+    os.replace(parts / output.name, output)
+    if old is not None:
+        with contextlib.suppress(OSError):
+            shutil.rmtree(old)

@@ -1,0 +1,185 @@
+"""Maps made of several files: parts of one scene, mosaics of scenes (GDAL VRTs), and checks of finished files.
+
+- ``part_info``: the raster layout of rows [start, stop) of a scene (its transform derives from the scene's);
+- ``read_finished``: tags and layout of a finished map, or ``None`` when it is missing or unreadable;
+- ``write_vrt``: a VRT over north-up rasters of one CRS, placed by their geotransforms (parts stacked, or
+  scenes composited through their alpha bands so transparent edges do not hide a neighbour);
+- ``assemble_map``: one COG (or tiled GeoTIFF) from a VRT, re-encoded by GDAL.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import xml.etree.ElementTree as ET
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import rasterio
+import rasterio.shutil
+from affine import Affine
+from rasterio.errors import RasterioError
+
+from geo_sat2map.atomic import atomic_output
+from geo_sat2map.errors import UserError
+from geo_sat2map.raster_io.core import RasterInfo, open_raster, raster_info
+from geo_sat2map.raster_io.output import OutputOptions, finish_output
+
+# Offsets closer than this to a whole pixel are whole pixels (float noise of transforms derived by products).
+SNAP_PIXELS = 1e-6
+
+
+def part_info(info: RasterInfo, start: int, stop: int) -> RasterInfo:
+    """The layout of scene rows [start, stop): the scene's transform moved down ``start`` rows."""
+    return RasterInfo(info.path, info.width, stop - start, info.count, info.dtype, info.crs,
+                      info.transform * Affine.translation(0, start), info.georeferenced)
+
+
+@dataclass(frozen=True)
+class FinishedRaster:
+    """What is needed to verify a finished map and to place it in a VRT."""
+
+    path: Path
+    tags: dict[str, str]
+    info: RasterInfo
+    block: tuple[int, int]  # (x, y) block size of band 1
+    colorinterp: tuple[str, ...]
+
+
+def read_finished(path: str | os.PathLike[str]) -> FinishedRaster | None:
+    """Open ``path`` and read its tags and layout; ``None`` if it is missing or not a readable raster."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        with rasterio.open(path) as ds:
+            return FinishedRaster(path, dict(ds.tags()), raster_info(ds), tuple(ds.block_shapes[0][::-1]),
+                                  tuple(c.name.capitalize() for c in ds.colorinterp))
+    except RasterioError:
+        return None
+
+
+def raster_header(path: str | os.PathLike[str]) -> RasterInfo:
+    """The layout of a raster (a UserError naming it when it cannot be read)."""
+    with open_raster(path) as ds:
+        return raster_info(ds)
+
+
+def check_mosaic(rasters: Sequence[tuple[str | os.PathLike[str], RasterInfo]]) -> None:
+    """A VRT can place these rasters: all georeferenced, north-up, in one CRS (else a UserError naming two)."""
+    first_path, first = rasters[0]
+    for path, info in rasters:
+        if not info.georeferenced:
+            raise UserError(f"{path}: has no CRS or geotransform; it cannot be placed in a mosaic")
+        t = info.transform
+        if t.b or t.d or t.a <= 0 or t.e >= 0:
+            raise UserError(f"{path}: is not north-up (geotransform {tuple(t)[:6]}); warp it first (gdalwarp)")
+        if info.crs != first.crs:
+            raise UserError(
+                f"the maps are in different CRS ({first_path}: {_crs_name(first.crs)}; {path}: "
+                f"{_crs_name(info.crs)}); one VRT needs one CRS: warp the scenes to one CRS or leave out --vrt"
+            )
+
+
+def _crs_name(crs: rasterio.crs.CRS | None) -> str:
+    if crs is None:
+        return "none"
+    epsg = crs.to_epsg()
+    return f"EPSG:{epsg}" if epsg else crs.to_string()
+
+
+def write_vrt(
+    dest: str | os.PathLike[str], sources: Sequence[str | os.PathLike[str]], *, composite: bool,
+    tags: Mapping[str, str] | None = None, names: Sequence[str] | None = None, overwrite: bool = False,
+) -> None:
+    """Write a VRT at ``dest`` (atomically) over ``sources`` at their georeferenced places, on the finest
+    source resolution. ``composite``: sources may overlap, so each band uses the source's mask (its alpha band)
+    and a transparent pixel never covers an earlier source's pixel; otherwise plain copies (parts of a scene).
+    ``names``: how the VRT refers to each source, relative to ``dest``'s folder (default: their paths there).
+    """
+    dest = Path(dest)
+    found = [read_finished(path) for path in sources]
+    for path, raster in zip(sources, found):
+        if raster is None:
+            raise UserError(f"{path}: missing or not a readable raster; cannot add it to {dest.name}")
+    rasters: list[FinishedRaster] = found  # type: ignore[assignment]
+    check_mosaic([(r.path, r.info) for r in rasters])
+    if names is None:
+        names = [os.path.relpath(os.path.abspath(r.path), os.path.abspath(dest.parent)) for r in rasters]
+    res_x = min(r.info.transform.a for r in rasters)
+    res_y = min(-r.info.transform.e for r in rasters)
+    left = min(r.info.transform.c for r in rasters)
+    top = max(r.info.transform.f for r in rasters)
+    right = max(r.info.transform.c + r.info.transform.a * r.info.width for r in rasters)
+    bottom = min(r.info.transform.f + r.info.transform.e * r.info.height for r in rasters)
+    width, height = _pixels((right - left) / res_x), _pixels((top - bottom) / res_y)
+
+    root = ET.Element("VRTDataset", rasterXSize=str(width), rasterYSize=str(height))
+    ET.SubElement(root, "SRS").text = rasters[0].info.crs.to_wkt()
+    ET.SubElement(root, "GeoTransform").text = ", ".join(repr(float(v)) for v in (left, res_x, 0, top, 0, -res_y))
+    if tags:
+        metadata = ET.SubElement(root, "Metadata")
+        for key, value in tags.items():
+            ET.SubElement(metadata, "MDI", key=key).text = value
+    first = rasters[0]
+    for band in range(1, first.info.count + 1):
+        element = ET.SubElement(root, "VRTRasterBand", dataType=_gdal_type(first.info.dtype), band=str(band))
+        ET.SubElement(element, "ColorInterp").text = first.colorinterp[band - 1]
+        for raster, name in zip(rasters, names):
+            _add_source(element, raster, name, band, composite,
+                        ((raster.info.transform.c - left) / res_x, (top - raster.info.transform.f) / res_y,
+                         raster.info.width * raster.info.transform.a / res_x,
+                         raster.info.height * -raster.info.transform.e / res_y))
+    ET.indent(root)
+    with atomic_output(dest, overwrite=overwrite, what="VRT") as tmp:
+        ET.ElementTree(root).write(tmp, encoding="unicode")
+
+
+def _add_source(
+    band_element: ET.Element, raster: FinishedRaster, name: str, band: int, composite: bool,
+    dst: tuple[float, float, float, float],
+) -> None:
+    info = raster.info
+    source = ET.SubElement(band_element, "ComplexSource" if composite else "SimpleSource")
+    ET.SubElement(source, "SourceFilename", relativeToVRT="0" if os.path.isabs(name) else "1").text = name
+    ET.SubElement(source, "SourceBand").text = str(band)
+    # Declared so that opening the VRT does not open every source.
+    ET.SubElement(source, "SourceProperties", RasterXSize=str(info.width), RasterYSize=str(info.height),
+                  DataType=_gdal_type(info.dtype), BlockXSize=str(raster.block[0]), BlockYSize=str(raster.block[1]))
+    ET.SubElement(source, "SrcRect", xOff="0", yOff="0", xSize=str(info.width), ySize=str(info.height))
+    ET.SubElement(source, "DstRect", **dict(zip(("xOff", "yOff", "xSize", "ySize"), map(_offset, dst))))
+    if composite:
+        ET.SubElement(source, "UseMaskBand").text = "true"
+
+
+def _pixels(value: float) -> int:
+    return max(1, math.ceil(value - SNAP_PIXELS))
+
+
+def _offset(value: float) -> str:
+    whole = round(value)
+    return str(whole) if abs(value - whole) < SNAP_PIXELS else repr(value)
+
+
+def _gdal_type(dtype: str) -> str:
+    return {"uint8": "Byte", "uint16": "UInt16", "int16": "Int16", "uint32": "UInt32", "int32": "Int32",
+            "float32": "Float32", "float64": "Float64"}[dtype]
+
+
+def assemble_map(vrt: str | os.PathLike[str], dest: str | os.PathLike[str], options: OutputOptions) -> None:
+    """Encode the raster behind ``vrt`` into ``dest``: a COG, or (``options.cog`` off) a tiled GeoTIFF with
+    internal overviews. The VRT's metadata becomes the file's tags."""
+    if options.cog:
+        finish_output(vrt, dest, options)
+        return
+    try:
+        with rasterio.Env(GDAL_NUM_THREADS="ALL_CPUS"):
+            rasterio.shutil.copy(
+                str(vrt), str(dest), driver="GTiff", TILED="YES", BLOCKXSIZE=str(options.blocksize),
+                BLOCKYSIZE=str(options.blocksize), PHOTOMETRIC="RGB", ALPHA="YES", NUM_THREADS="ALL_CPUS",
+                **options.gdal_options(),
+            )
+    except RasterioError as exc:
+        raise UserError(f"{dest}: could not write the output ({exc})") from exc
+    finish_output(dest, dest, options)
