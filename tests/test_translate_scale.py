@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+import rasterio.shutil
 from affine import Affine
 from click.testing import CliRunner
 
@@ -166,7 +167,7 @@ def test_finished_parts_are_verified_before_reuse_and_leftovers_removed(tmp_path
     result = invoke(tall_scene, "-o", out, "-w", weights)
     assert result.exit_code == 0, result.output
     assert "reused finished part rows-00000000-00000700.tif" in result.output
-    assert sorted(p.name for p in (tmp_path / "map.parts").iterdir()) == [part.name]
+    assert sorted(p.name for p in (tmp_path / "map.parts").iterdir()) == ["map.x2.vrt", part.name]  # leftovers gone
     # A part of another run (another blend here) is translated again, not reused.
     out.unlink()
     shutil.move(tmp_path / "map.parts", work)
@@ -336,3 +337,44 @@ def test_run_identity_follows_what_changes_the_map(tmp_path, weights):
     assert run_id(base, "other", "fp32") != key and run_id(base, "sha", "bf16") != key
     os.utime(src, ns=(1, 1))  # the source changed
     assert run_id(base, "sha", "fp32") != key
+
+
+def _rgba_cog(path: Path, data: np.ndarray, transform: Affine) -> Path:
+    """An RGBA COG with internal overviews (alpha: band 4)."""
+    plain = write_raster(path.with_suffix(".plain.tif"), data[:3], alpha=data[3] > 0, transform=transform)
+    rasterio.shutil.copy(plain, path, driver="COG", BLOCKSIZE="256", OVERVIEW_RESAMPLING="AVERAGE")
+    return path
+
+
+def test_a_vrt_of_several_maps_has_overviews_made_of_theirs(tmp_path):
+    from geo_sat2map.raster_io.mosaic import write_vrt
+
+    rgba = np.concatenate([texture(700, 600, seed=40), np.full((1, 700, 600), 255, np.uint8)])
+    rgba[3, :50] = 0  # a transparent strip along the top of the lower map: it must not hide the upper one
+    upper = _rgba_cog(tmp_path / "upper.tif", rgba, UTM)
+    lower = _rgba_cog(tmp_path / "lower.tif", rgba, UTM * Affine.translation(0, 650))
+    write_vrt(tmp_path / "m.vrt", [upper, lower], composite=True, overview_dir=tmp_path)
+    with rasterio.open(tmp_path / "m.vrt") as ds:
+        assert (ds.width, ds.height, ds.transform) == (600, 1350, UTM) and ds.overviews(1) == [2, 4]
+        full = ds.read()
+        assert np.array_equal(full[:, 650:700], rgba[:, 650:700])  # the overlap shows the upper map
+        assert np.array_equal(full[:, 700:], rgba[:, 50:])
+        half = ds.read(out_shape=(4, 675, 300)).astype(float)
+    coarse = full.astype(float).reshape(4, 675, 2, 300, 2).mean(axis=(2, 4))
+    outside_overlap = np.r_[0:325, 350:675]  # read from the maps' overviews, which average 2 x 2 blocks
+    assert np.abs(half - coarse)[:, outside_overlap].max() <= 1
+
+
+def test_a_vrt_needs_one_crs_and_north_up_maps(tmp_path):
+    from geo_sat2map.errors import UserError
+    from geo_sat2map.raster_io.mosaic import write_vrt
+
+    data = np.concatenate([texture(60, 60), np.full((1, 60, 60), 255, np.uint8)])
+    a = write_raster(tmp_path / "a.tif", data)
+    b = write_raster(tmp_path / "b.tif", data, crs="EPSG:4326", transform=Affine(0.001, 0, 12, 0, -0.001, 45))
+    rotated = write_raster(tmp_path / "r.tif", data, transform=Affine(10, 2, 500_000, 2, -10, 4_000_000))
+    with pytest.raises(UserError, match="different CRS"):
+        write_vrt(tmp_path / "m.vrt", [a, b], composite=True)
+    with pytest.raises(UserError, match="not north-up"):
+        write_vrt(tmp_path / "m.vrt", [a, rotated], composite=True)
+    assert not (tmp_path / "m.vrt").exists()

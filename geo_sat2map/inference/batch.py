@@ -216,6 +216,6 @@ def _write_mosaic(vrt: Path, results: list[SceneResult], overwrite: bool) -> Pat
         log.warning("--vrt %s not written: %d scene(s) failed; rerun once they are fixed (finished maps are "
                     "skipped)", vrt, len(failed))
         return None
-    write_vrt(vrt, [r.output for r in results], composite=True, overwrite=overwrite)
+    write_vrt(vrt, [r.output for r in results], composite=True, overwrite=overwrite, overview_dir=vrt.parent)
     log.info("wrote %s: a mosaic of %d maps", vrt, len(results))
     return vrt

@@ -16,7 +16,6 @@ the work folder (half-written files, parts of another split) is removed first.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import shutil
@@ -176,18 +175,22 @@ def _assemble(output: Path, work: Path, names: list[str], tags: dict[str, str], 
 
 
 def _publish_vrt(output: Path, work: Path, names: list[str], tags: dict[str, str], overwrite: bool) -> None:
-    """List the parts in a VRT, move the work folder to ``<stem>.parts/`` and the VRT onto ``output``, in that
-    order: the output path appears last, when everything it points to is in place."""
+    """Move the work folder to ``<stem>.parts/`` and list the parts (with overview levels) in the VRT at
+    ``output``, which appears last. If that fails, the parts go back to the work folder for the rerun."""
     parts = parts_folder(output)
-    staged = work / output.name
-    write_vrt(staged, [work / name for name in names], composite=False, tags=tags, overwrite=True,
-              names=[f"{parts.name}/{name}" for name in names])
     old = None
     if parts.exists():  # allowed by --overwrite (checked up front)
         old = Path(tempfile.mkdtemp(prefix=f".{parts.name}.old.", dir=output.parent))
         os.replace(parts, old / parts.name)
     os.replace(work, parts)
-    os.replace(parts / output.name, output)
-    if old is not None:
-        with contextlib.suppress(OSError):
-            shutil.rmtree(old)
+    try:
+        write_vrt(output, [parts / name for name in names], composite=False, tags=tags, overwrite=overwrite,
+                  overview_dir=parts)
+    except BaseException:
+        os.replace(parts, work)
+        if old is not None:
+            os.replace(old / parts.name, parts)
+        raise
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)

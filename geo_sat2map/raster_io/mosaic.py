@@ -3,7 +3,9 @@
 - ``part_info``: the raster layout of rows [start, stop) of a scene (its transform derives from the scene's);
 - ``read_finished``: tags and layout of a finished map, or ``None`` when it is missing or unreadable;
 - ``write_vrt``: a VRT over north-up rasters of one CRS, placed by their geotransforms (parts stacked, or
-  scenes composited through their alpha bands so transparent edges do not hide a neighbour);
+  scenes composited through their alpha bands so transparent edges do not hide a neighbour), with overview
+  levels made of the sources' own overviews (GDAL gives a VRT of several sources none by itself, so a large
+  mosaic would otherwise be read at full resolution to display it zoomed out);
 - ``assemble_map``: one COG (or tiled GeoTIFF) from a VRT, re-encoded by GDAL.
 """
 
@@ -13,7 +15,7 @@ import math
 import os
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import rasterio
@@ -45,6 +47,11 @@ class FinishedRaster:
     info: RasterInfo
     block: tuple[int, int]  # (x, y) block size of band 1
     colorinterp: tuple[str, ...]
+    overview_sizes: tuple[tuple[int, int], ...]  # (width, height) of each internal overview level
+
+    @property
+    def overview_count(self) -> int:
+        return len(self.overview_sizes)
 
 
 def read_finished(path: str | os.PathLike[str]) -> FinishedRaster | None:
@@ -54,8 +61,14 @@ def read_finished(path: str | os.PathLike[str]) -> FinishedRaster | None:
         return None
     try:
         with rasterio.open(path) as ds:
-            return FinishedRaster(path, dict(ds.tags()), raster_info(ds), tuple(ds.block_shapes[0][::-1]),
-                                  tuple(c.name.capitalize() for c in ds.colorinterp))
+            finished = FinishedRaster(path, dict(ds.tags()), raster_info(ds), tuple(ds.block_shapes[0][::-1]),
+                                      tuple(c.name.capitalize() for c in ds.colorinterp), ())
+            levels = len(ds.overviews(1))
+        sizes = []
+        for level in range(levels):
+            with rasterio.open(path, overview_level=level) as ds:
+                sizes.append((ds.width, ds.height))
+        return replace(finished, overview_sizes=tuple(sizes))
     except RasterioError:
         return None
 
@@ -91,12 +104,15 @@ def _crs_name(crs: rasterio.crs.CRS | None) -> str:
 
 def write_vrt(
     dest: str | os.PathLike[str], sources: Sequence[str | os.PathLike[str]], *, composite: bool,
-    tags: Mapping[str, str] | None = None, names: Sequence[str] | None = None, overwrite: bool = False,
+    tags: Mapping[str, str] | None = None, overwrite: bool = False, overview_dir: str | os.PathLike[str] | None = None,
 ) -> None:
-    """Write a VRT at ``dest`` (atomically) over ``sources`` at their georeferenced places, on the finest
-    source resolution. ``composite``: sources may overlap, so each band uses the source's mask (its alpha band)
-    and a transparent pixel never covers an earlier source's pixel; otherwise plain copies (parts of a scene).
-    ``names``: how the VRT refers to each source, relative to ``dest``'s folder (default: their paths there).
+    """Write a VRT at ``dest`` (atomically, last) over ``sources`` at their georeferenced places, on the finest
+    source resolution, referring to them relative to ``dest``.
+
+    ``composite``: sources may overlap, so each band uses the source's mask (its alpha band) and a transparent
+    pixel never covers an earlier source's pixel; otherwise plain copies (parts of one scene).
+    ``overview_dir``: where to write one VRT per overview level (``<dest stem>.x<factor>.vrt``), each over the
+    sources' overviews of that level, listed as the VRT's overviews; default no overviews.
     """
     dest = Path(dest)
     found = [read_finished(path) for path in sources]
@@ -105,19 +121,41 @@ def write_vrt(
             raise UserError(f"{path}: missing or not a readable raster; cannot add it to {dest.name}")
     rasters: list[FinishedRaster] = found  # type: ignore[assignment]
     check_mosaic([(r.path, r.info) for r in rasters])
-    if names is None:
-        names = [os.path.relpath(os.path.abspath(r.path), os.path.abspath(dest.parent)) for r in rasters]
     res_x = min(r.info.transform.a for r in rasters)
     res_y = min(-r.info.transform.e for r in rasters)
     left = min(r.info.transform.c for r in rasters)
     top = max(r.info.transform.f for r in rasters)
     right = max(r.info.transform.c + r.info.transform.a * r.info.width for r in rasters)
     bottom = min(r.info.transform.f + r.info.transform.e * r.info.height for r in rasters)
-    width, height = _pixels((right - left) / res_x), _pixels((top - bottom) / res_y)
+    size = ((right - left) / res_x, (top - bottom) / res_y)
+    places = [((r.info.transform.c - left) / res_x, (top - r.info.transform.f) / res_y,
+               r.info.width * r.info.transform.a / res_x, r.info.height * -r.info.transform.e / res_y) for r in rasters]
+    overviews = []
+    if overview_dir is not None:
+        for level in range(1, max(r.overview_count for r in rasters) + 1):
+            path = Path(overview_dir) / f"{dest.stem}.x{2 ** level}.vrt"
+            document = _vrt_document(rasters, path.parent, places, size, (left, res_x, top, res_y), level, composite)
+            _write_document(document, path, overwrite=True)
+            overviews.append(os.path.relpath(path, dest.parent))
+    document = _vrt_document(rasters, dest.parent, places, size, (left, res_x, top, res_y), 0, composite, tags,
+                             overviews)
+    _write_document(document, dest, overwrite)
 
-    root = ET.Element("VRTDataset", rasterXSize=str(width), rasterYSize=str(height))
+
+def _vrt_document(
+    rasters: list[FinishedRaster], folder: Path, places: list[tuple[float, float, float, float]],
+    size: tuple[float, float], origin: tuple[float, float, float, float], level: int, composite: bool,
+    tags: Mapping[str, str] | None = None, overviews: Sequence[str] = (),
+) -> ET.Element:
+    """The VRT of ``rasters`` at overview ``level`` (0: full resolution; level l halves the size l times and
+    reads each source's l-th overview, or its last one). Sources are named relative to ``folder``."""
+    factor = 2**level
+    left, res_x, top, res_y = origin
+    root = ET.Element("VRTDataset", rasterXSize=str(_pixels(size[0] / factor)),
+                      rasterYSize=str(_pixels(size[1] / factor)))
     ET.SubElement(root, "SRS").text = rasters[0].info.crs.to_wkt()
-    ET.SubElement(root, "GeoTransform").text = ", ".join(repr(float(v)) for v in (left, res_x, 0, top, 0, -res_y))
+    ET.SubElement(root, "GeoTransform").text = ", ".join(
+        repr(float(v)) for v in (left, res_x * factor, 0, top, 0, -res_y * factor))
     if tags:
         metadata = ET.SubElement(root, "Metadata")
         for key, value in tags.items():
@@ -126,28 +164,40 @@ def write_vrt(
     for band in range(1, first.info.count + 1):
         element = ET.SubElement(root, "VRTRasterBand", dataType=_gdal_type(first.info.dtype), band=str(band))
         ET.SubElement(element, "ColorInterp").text = first.colorinterp[band - 1]
-        for raster, name in zip(rasters, names):
-            _add_source(element, raster, name, band, composite,
-                        ((raster.info.transform.c - left) / res_x, (top - raster.info.transform.f) / res_y,
-                         raster.info.width * raster.info.transform.a / res_x,
-                         raster.info.height * -raster.info.transform.e / res_y))
+        for overview in overviews:
+            listed = ET.SubElement(element, "Overview")
+            ET.SubElement(listed, "SourceFilename", relativeToVRT="1").text = overview
+            ET.SubElement(listed, "SourceBand").text = str(band)
+        for raster, place in zip(rasters, places):
+            name = os.path.relpath(os.path.abspath(raster.path), os.path.abspath(folder))
+            _add_source(element, raster, name, band, composite, min(level, raster.overview_count),
+                        tuple(value / factor for value in place))
+    return root
+
+
+def _write_document(root: ET.Element, dest: Path, overwrite: bool) -> None:
     ET.indent(root)
     with atomic_output(dest, overwrite=overwrite, what="VRT") as tmp:
         ET.ElementTree(root).write(tmp, encoding="unicode")
 
 
 def _add_source(
-    band_element: ET.Element, raster: FinishedRaster, name: str, band: int, composite: bool,
-    dst: tuple[float, float, float, float],
+    band_element: ET.Element, raster: FinishedRaster, name: str, band: int, composite: bool, level: int,
+    dst: tuple[float, ...],
 ) -> None:
     info = raster.info
     source = ET.SubElement(band_element, "ComplexSource" if composite else "SimpleSource")
-    ET.SubElement(source, "SourceFilename", relativeToVRT="0" if os.path.isabs(name) else "1").text = name
+    ET.SubElement(source, "SourceFilename", relativeToVRT="1").text = name
+    if level:
+        options = ET.SubElement(source, "OpenOptions")
+        ET.SubElement(options, "OOI", key="OVERVIEW_LEVEL").text = str(level - 1)
     ET.SubElement(source, "SourceBand").text = str(band)
-    # Declared so that opening the VRT does not open every source.
-    ET.SubElement(source, "SourceProperties", RasterXSize=str(info.width), RasterYSize=str(info.height),
-                  DataType=_gdal_type(info.dtype), BlockXSize=str(raster.block[0]), BlockYSize=str(raster.block[1]))
-    ET.SubElement(source, "SrcRect", xOff="0", yOff="0", xSize=str(info.width), ySize=str(info.height))
+    width, height = raster.overview_sizes[level - 1] if level else (info.width, info.height)
+    if not level:  # declared so that opening the VRT does not open every source
+        ET.SubElement(source, "SourceProperties", RasterXSize=str(width), RasterYSize=str(height),
+                      DataType=_gdal_type(info.dtype), BlockXSize=str(raster.block[0]),
+                      BlockYSize=str(raster.block[1]))
+    ET.SubElement(source, "SrcRect", xOff="0", yOff="0", xSize=str(width), ySize=str(height))
     ET.SubElement(source, "DstRect", **dict(zip(("xOff", "yOff", "xSize", "ySize"), map(_offset, dst))))
     if composite:
         ET.SubElement(source, "UseMaskBand").text = "true"
