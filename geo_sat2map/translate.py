@@ -38,6 +38,7 @@ from geo_sat2map.device import precision_name, resolve_device, resolve_precision
 from geo_sat2map.errors import UserError
 from geo_sat2map.fill import fill_invalid
 from geo_sat2map.models import NORM_MODES, InferenceGenerator
+from geo_sat2map.progress import progress_bar
 from geo_sat2map.raster_io import (
     RasterInfo,
     open_raster,
@@ -413,7 +414,7 @@ class _Pipeline:
     def run(self, progress: bool = True) -> tuple[int, float]:
         """Stream the whole scene; returns (windows run through the generator, seconds)."""
         started = time.perf_counter()
-        bar = tqdm(total=len(self.grid), unit="win", desc="translate", disable=not progress, dynamic_ncols=True)
+        bar = progress_bar(total=len(self.grid), unit="win", desc="translate", disable=not progress, dynamic_ncols=True)
         try:
             self.writer.start()
             self.reader.start()

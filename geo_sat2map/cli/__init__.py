@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 import traceback
 
 import click
 
-from geo_sat2map import __version__
+from geo_sat2map import __version__, progress
 from geo_sat2map.errors import UserError
 
 log = logging.getLogger("geo_sat2map")
@@ -29,23 +30,56 @@ class _Group(click.Group):
             ctx.exit(130)
 
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+class _EventGroup(_Group):
+    """With --progress json, every failure also arrives as an ``error`` event (the Error: line stays as it is)."""
+
+    def invoke(self, ctx: click.Context):  # type: ignore[override]
+        try:
+            return super().invoke(ctx)
+        except click.ClickException as exc:
+            progress.emit("error", message=exc.format_message(), exit_code=exc.exit_code)
+            raise
+        except click.exceptions.Exit as exc:
+            if exc.exit_code:
+                message = "interrupted" if exc.exit_code == 130 else f"stopped with exit status {exc.exit_code}"
+                progress.emit("error", message=message, exit_code=exc.exit_code)
+            raise
+        except Exception as exc:  # a bug: the traceback follows as plain text
+            progress.emit("error", message=f"{type(exc).__name__}: {exc}", exit_code=1)
+            raise
+
+
+@click.group(cls=_EventGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="geo-sat2map")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging; show tracebacks on errors.")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors; no progress bars.")
+@click.option("--progress", "progress_mode", type=click.Choice(["bar", "json"]), default="bar", show_default=True,
+              help="json: progress, log messages, the result and errors as JSON lines on stderr, for programs "
+                   "(the QGIS plugin) instead of people.")
 @click.pass_context
-def cli(ctx: click.Context, verbose: bool, quiet: bool) -> None:
+def cli(ctx: click.Context, verbose: bool, quiet: bool, progress_mode: str) -> None:
     """Turn georeferenced satellite imagery into map rasters with pix2pix, and train the model."""
     if verbose and quiet:
         raise click.UsageError("-v/--verbose and -q/--quiet are mutually exclusive")
     ctx.meta["verbose"] = verbose
     ctx.meta["quiet"] = quiet
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
-    handler = logging.StreamHandler(sys.stderr)
+    handler: logging.Handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
+    if progress_mode == "json":
+        handler = _start_json_events(ctx)
     log.handlers[:] = [handler]
     log.setLevel(level)
     log.propagate = False
+
+
+def _start_json_events(ctx: click.Context) -> logging.Handler:
+    """Send events to stderr until the command ends; returns the log handler that makes records events."""
+    writer = ctx.with_resource(progress.json_events(sys.stderr))
+    if hasattr(signal, "SIGBREAK"):  # Windows: a caller can only interrupt a child's process group with Ctrl-Break
+        signal.signal(signal.SIGBREAK, signal.default_int_handler)
+    writer.emit("start", command=ctx.invoked_subcommand, version=__version__)
+    return progress.JsonLogHandler(writer)
 
 
 def _register() -> None:

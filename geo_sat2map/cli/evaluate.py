@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from geo_sat2map import progress
 from geo_sat2map.cli.options import device_opt, overwrite_opt, precision_opt, quiet
 from geo_sat2map.evaluate import EvaluateConfig, run_evaluation
 
@@ -78,6 +79,7 @@ def command(
         progress=not quiet(ctx),
     )
     report = run_evaluation(config)
+    progress.emit("result", command="evaluate", result=report)
     click.echo(report.table())
     if json_out:
         click.echo(f"report written to {json_out}", err=True)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from geo_sat2map import progress
 from geo_sat2map.cli.options import device_opt, overwrite_opt, parse_bands, precision_opt, quiet
 
 # Kept in sync with geo_sat2map.windows / translate / raster_io.output / models (imported lazily: fast --help).
@@ -78,10 +79,11 @@ def command(ctx: click.Context, input_path: Path, output: Path, weights: Path, t
     from geo_sat2map.raster_io.output import OutputOptions
     from geo_sat2map.translate import TranslateConfig, translate
 
-    translate(TranslateConfig(
+    report = translate(TranslateConfig(
         input=input_path, output=output, weights=weights, tile_size=tile_size, overlap=overlap, blend=blend,
         batch_size=batch_size, device=device, precision=precision, norm_stats=norm_stats, bands=bands,
         scaling=scaling,
         output_options=OutputOptions(compress=compress, cog=cog, creation_options=creation_options),
         overwrite=overwrite, allow_ungeoreferenced=allow_ungeoreferenced, progress=not quiet(ctx),
     ))
+    progress.emit("result", command="translate", result=report)
