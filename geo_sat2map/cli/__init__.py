@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import sys
+import threading
 import traceback
+from collections.abc import Iterator
 
 import click
 
@@ -76,16 +79,32 @@ def cli(ctx: click.Context, verbose: bool, quiet: bool, progress_mode: str) -> N
 def _start_json_events(ctx: click.Context) -> logging.Handler:
     """Send events to stderr until the command ends; returns the log handler that makes records events."""
     writer = ctx.with_resource(progress.json_events(sys.stderr))
-    if hasattr(signal, "SIGBREAK"):  # Windows: a caller can only interrupt a child's process group with Ctrl-Break
-        signal.signal(signal.SIGBREAK, signal.default_int_handler)
+    ctx.with_resource(_interrupt_signals())
     writer.emit("start", command=ctx.invoked_subcommand, version=__version__)
     return progress.JsonLogHandler(writer)
 
 
-def _register() -> None:
-    from geo_sat2map.cli import evaluate, make_tiles, train, translate
+@contextlib.contextmanager
+def _interrupt_signals() -> Iterator[None]:
+    """A calling program cancels us like Ctrl-C: make SIGINT raise KeyboardInterrupt even where it was inherited
+    as ignored, and on Windows treat Ctrl-Break (all a program can send to a child's process group) the same."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+    signals = [getattr(signal, name) for name in ("SIGINT", "SIGBREAK") if hasattr(signal, name)]
+    previous = [signal.signal(s, signal.default_int_handler) for s in signals]
+    try:
+        yield
+    finally:
+        for s, handler in zip(signals, previous):
+            if handler is not None:  # None: set outside Python, cannot be restored from here
+                signal.signal(s, handler)
 
-    for module in (translate, make_tiles, train, evaluate):
+
+def _register() -> None:
+    from geo_sat2map.cli import evaluate, make_tiles, qgis, train, translate
+
+    for module in (translate, make_tiles, train, evaluate, qgis):
         cli.add_command(module.command)
 
 

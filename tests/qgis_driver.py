@@ -1,0 +1,110 @@
+"""Drives the installed QGIS plugin in a real headless QGIS; run by tests/test_qgis_plugin.py with QGIS's Python.
+
+Usage: /usr/bin/python3 tests/qgis_driver.py SPEC.json OBSERVED.json. SPEC names the profiles folder (where
+`geo-sat2map qgis install` put the plugin) and the files to use; OBSERVED receives what happened, for pytest to
+judge. Runs under QGIS's Python: no torch, no geo_sat2map, no pytest.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+from qgis.core import (  # noqa: E402 - after the Qt platform is chosen
+    QgsApplication,
+    QgsProcessingException,
+    QgsProcessingFeedback,
+    QgsProject,
+    QgsRasterLayer,
+    QgsSettings,
+)
+from qgis.PyQt.QtCore import QCoreApplication, QSettings  # noqa: E402
+
+PLUGIN = "geo_sat2map_qgis"
+
+
+class CancelOnProgress(QgsProcessingFeedback):
+    """Asks for a cancel as soon as the child reports real progress: mid-run."""
+
+    def setProgress(self, progress: float) -> None:  # noqa: N802
+        super().setProgress(progress)
+        if progress > 0:
+            self.cancel()
+
+
+def main(spec_path: str, observed_path: str) -> None:
+    spec = json.loads(open(spec_path, encoding="utf-8").read())
+    profile_dir = os.path.join(spec["profiles_path"], "profiles", "default")
+    # As the QGIS desktop does at start-up: settings come from the profile's QGIS/QGIS3.ini.
+    QCoreApplication.setOrganizationName("QGIS")
+    QCoreApplication.setApplicationName("QGIS3")
+    QSettings.setDefaultFormat(QSettings.IniFormat)
+    QSettings.setPath(QSettings.IniFormat, QSettings.UserScope, profile_dir)
+    app = QgsApplication([], False, profile_dir)
+    app.initQgis()
+    observed: dict = {"settings_dir": QgsApplication.qgisSettingsDirPath()}
+    try:
+        run_checks(spec, observed)
+    except Exception:
+        observed["crash"] = traceback.format_exc()
+    with open(observed_path, "w", encoding="utf-8") as fh:
+        json.dump(observed, fh, indent=2, default=str)
+    app.exitQgis()
+
+
+def run_checks(spec: dict, observed: dict) -> None:
+    sys.path.append(os.path.join(QgsApplication.pkgDataPath(), "python", "plugins"))
+    import processing
+    import qgis.utils
+    from processing.core.Processing import Processing
+
+    Processing.initialize()
+    # What QGIS does at start-up: look for plugins in the profile, start the enabled ones.
+    qgis.utils.plugin_paths = [os.path.join(QgsApplication.qgisSettingsDirPath(), "python", "plugins")]
+    sys.path[:0] = qgis.utils.plugin_paths
+    qgis.utils.updateAvailablePlugins()
+    observed["available"] = PLUGIN in qgis.utils.available_plugins
+    observed["enabled"] = QgsSettings().value(f"PythonPlugins/{PLUGIN}", False, type=bool)
+    observed["started"] = qgis.utils.loadPlugin(PLUGIN) and qgis.utils.startProcessingPlugin(PLUGIN)
+    provider = QgsApplication.processingRegistry().providerById("geosat2map")
+    observed["algorithms"] = sorted(a.id() for a in provider.algorithms()) if provider else []
+
+    translate = {"INPUT": spec["input"], "WEIGHTS": spec["weights"], "BATCH_SIZE": 2, "DEVICE": "cpu",
+                 "OUTPUT": spec["output"]}
+    processing.runAndLoadResults("geosat2map:translate", translate)
+    layers = QgsProject.instance().mapLayersByName("Map")
+    layer = layers[0] if layers else QgsRasterLayer(spec["output"], "map")
+    renderer = layer.renderer()
+    observed["translate"] = {
+        "valid": layer.isValid(), "crs": layer.crs().authid(), "source": layer.source(),
+        "renderer": renderer.type() if renderer else None,
+        "rgb_alpha": [renderer.redBand(), renderer.greenBand(), renderer.blueBand(), renderer.alphaBand()]
+        if renderer and renderer.type() == "multibandcolor" else None,
+    }
+
+    try:
+        processing.run("geosat2map:translate", {**translate, "WEIGHTS": spec["bad_weights"],
+                                                "OUTPUT": spec["bad_output"]})
+        observed["bad_weights_error"] = None
+    except QgsProcessingException as exc:
+        observed["bad_weights_error"] = str(exc)
+
+    feedback = CancelOnProgress()
+    try:
+        processing.run("geosat2map:translate", {**translate, "INPUT": spec["big_input"],
+                                                "OUTPUT": spec["cancel_output"]}, feedback=feedback)
+        observed["cancel_error"] = None
+    except QgsProcessingException as exc:
+        observed["cancel_error"] = str(exc)
+    observed["cancel_requested"] = feedback.isCanceled()
+
+    scores = processing.run("geosat2map:evaluate", {"PREDICTION": spec["output"], "REFERENCE": spec["reference"]})
+    observed["evaluate"] = {key: value for key, value in scores.items()}
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
