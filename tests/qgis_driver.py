@@ -16,11 +16,14 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 from qgis.core import (  # noqa: E402 - after the Qt platform is chosen
     QgsApplication,
+    QgsFeature,
+    QgsGeometry,
     QgsProcessingException,
     QgsProcessingFeedback,
     QgsProject,
     QgsRasterLayer,
     QgsSettings,
+    QgsVectorLayer,
 )
 from qgis.PyQt.QtCore import QCoreApplication, QSettings  # noqa: E402
 
@@ -103,7 +106,17 @@ def run_checks(spec: dict, observed: dict) -> None:
     observed["cancel_requested"] = feedback.isCanceled()
 
     scores = processing.run("geosat2map:evaluate", {"PREDICTION": spec["output"], "REFERENCE": spec["reference"]})
-    observed["evaluate"] = {key: value for key, value in scores.items()}
+    observed["evaluate"] = dict(scores)
+
+    aoi = QgsVectorLayer(f"Polygon?crs={spec['aoi_crs']}", "aoi", "memory")
+    feature = QgsFeature()
+    feature.setGeometry(QgsGeometry.fromWkt(spec["aoi_wkt"]))
+    aoi.dataProvider().addFeatures([feature])
+    tiles = processing.run("geosat2map:maketiles", {
+        "IMAGES": [spec["tiles_image"]], "MAPS": [spec["tiles_map"]], "VAL_FRACTION": 0.5, "AOI": aoi,
+        "OUTPUT": spec["tiles_output"],
+    })
+    observed["make_tiles"] = dict(tiles)
 
 
 if __name__ == "__main__":
