@@ -25,7 +25,6 @@ from qgis.core import (  # noqa: E402 - after the Qt platform is chosen
     QgsSettings,
     QgsVectorLayer,
 )
-from qgis.PyQt.QtCore import QCoreApplication, QSettings  # noqa: E402
 
 PLUGIN = "geo_sat2map_qgis"
 
@@ -42,37 +41,30 @@ class CancelOnProgress(QgsProcessingFeedback):
 def main(spec_path: str, observed_path: str) -> None:
     spec = json.loads(open(spec_path, encoding="utf-8").read())
     profile_dir = os.path.join(spec["profiles_path"], "profiles", "default")
-    # As the QGIS desktop does at start-up: settings come from the profile's QGIS/QGIS3.ini.
-    QCoreApplication.setOrganizationName("QGIS")
-    QCoreApplication.setApplicationName("QGIS3")
-    QSettings.setDefaultFormat(QSettings.IniFormat)
-    QSettings.setPath(QSettings.IniFormat, QSettings.UserScope, profile_dir)
-    app = QgsApplication([], False, profile_dir)
-    app.initQgis()
-    observed: dict = {"settings_dir": QgsApplication.qgisSettingsDirPath()}
+    sys.path.insert(0, os.path.join(profile_dir, "python", "plugins"))  # the installed copy, as QGIS finds it
+    from geo_sat2map_qgis.headless import start_qgis
+
+    observed: dict = {}
+    app = None
     try:
+        app = start_qgis(profile_dir)
         run_checks(spec, observed)
     except Exception:
         observed["crash"] = traceback.format_exc()
     with open(observed_path, "w", encoding="utf-8") as fh:
         json.dump(observed, fh, indent=2, default=str)
-    app.exitQgis()
+    if app is not None:
+        app.exitQgis()
 
 
 def run_checks(spec: dict, observed: dict) -> None:
-    sys.path.append(os.path.join(QgsApplication.pkgDataPath(), "python", "plugins"))
     import processing
     import qgis.utils
-    from processing.core.Processing import Processing
 
-    Processing.initialize()
-    # What QGIS does at start-up: look for plugins in the profile, start the enabled ones.
-    qgis.utils.plugin_paths = [os.path.join(QgsApplication.qgisSettingsDirPath(), "python", "plugins")]
-    sys.path[:0] = qgis.utils.plugin_paths
-    qgis.utils.updateAvailablePlugins()
+    observed["settings_dir"] = QgsApplication.qgisSettingsDirPath()
     observed["available"] = PLUGIN in qgis.utils.available_plugins
     observed["enabled"] = QgsSettings().value(f"PythonPlugins/{PLUGIN}", False, type=bool)
-    observed["started"] = qgis.utils.loadPlugin(PLUGIN) and qgis.utils.startProcessingPlugin(PLUGIN)
+    observed["started"] = PLUGIN in qgis.utils.active_plugins
     provider = QgsApplication.processingRegistry().providerById("geosat2map")
     observed["algorithms"] = sorted(a.id() for a in provider.algorithms()) if provider else []
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -24,6 +25,8 @@ from .translate_fixtures import UTM, save_small_generator, texture, write_raster
 QGIS_PYTHON = os.environ.get("GEO_SAT2MAP_QGIS_PYTHON", "/usr/bin/python3")
 DRIVER = Path(__file__).with_name("qgis_driver.py")
 DRIVER_TIMEOUT = 600  # seconds; the whole session takes ~20 s on an idle 2-core machine
+# QGIS's command-line Processing runner; Debian's qgis_process wrapper adds an option the binary rejects (3.22).
+QGIS_PROCESS = shutil.which("qgis_process.bin") or shutil.which("qgis_process")
 
 
 def qgis_environment(home: Path) -> dict[str, str]:
@@ -141,3 +144,18 @@ def test_make_tiles_cuts_the_pairs_within_the_aoi_layer(session):
     assert (tiles["TRAIN_TILES"], tiles["VAL_TILES"], tiles["TEST_TILES"]) == (1, 1, 0)
     dataset = json.loads((Path(spec["tiles_output"]) / "dataset.json").read_text())
     assert dataset["skipped"]["outside_aoi"] == 2
+
+
+@pytest.mark.skipif(QGIS_PROCESS is None, reason="qgis_process not found")
+def test_qgis_itself_loads_the_installed_plugin_from_the_profile(tmp_path):
+    """QGIS's own start-up (qgis_process, on the profiles folder it is given) finds the plugin enabled."""
+    installed = CliRunner().invoke(cli, ["qgis", "install", "--profiles-path", str(tmp_path / "config")])
+    assert installed.exit_code == 0, installed.output
+    env = {**qgis_environment(tmp_path), "QGIS_CUSTOM_CONFIG_PATH": str(tmp_path / "config")}
+    listed = subprocess.run([QGIS_PROCESS, "list"], capture_output=True, text=True, timeout=300, env=env)
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    lines = [line.strip() for line in listed.stdout.splitlines()]
+    provider = lines.index("geo-sat2map")
+    assert [line.split()[0] for line in lines[provider + 1:provider + 4]] == [
+        "geosat2map:evaluate", "geosat2map:maketiles", "geosat2map:translate"
+    ]
