@@ -31,7 +31,7 @@ from qgis.core import (  # noqa: E402 - after the Qt platform is chosen
 from qgis.PyQt.QtCore import QLineF, QPointF, QSize, Qt  # noqa: E402
 from qgis.PyQt.QtGui import QColor, QFont, QImage, QPainter, QPen  # noqa: E402
 
-WIDTH = 900  # pixels of the screenshot; the height follows the scene's aspect
+WIDTH = 720  # pixels of the screenshot; the height follows the scene's aspect
 
 
 def main() -> int:
@@ -60,7 +60,9 @@ def main() -> int:
         })
         (map_layer,) = QgsProject.instance().mapLayersByName("Map")
         satellite = QgsRasterLayer(os.path.abspath(args.image), "satellite")
-        swipe_image(satellite, map_layer).save(args.out)
+        image = swipe_image(satellite, map_layer)
+        # 256 colours: a third of the size, for the repository; the render itself is QGIS's.
+        image.convertToFormat(QImage.Format_Indexed8, Qt.AvoidDither).save(args.out)
         del map_layer, satellite
         QgsProject.instance().clear()
         app.exitQgis()
@@ -93,9 +95,9 @@ def swipe_image(satellite: QgsRasterLayer, map_layer: QgsMapLayer) -> QImage:
     painter.drawImage(QPointF(middle, 0), translated.copy(middle, 0, size.width() - middle, size.height()))
     painter.setPen(QPen(QColor("white"), 3))
     painter.drawLine(QLineF(middle, 0, middle, size.height()))
-    painter.setFont(QFont("DejaVu Sans", 13, QFont.Bold))
+    painter.setFont(QFont("DejaVu Sans", 11, QFont.Bold))
     for text, x, align in (("satellite image", middle - 12, Qt.AlignRight),
-                           ("geo-sat2map translate (QGIS Processing)", middle + 12, Qt.AlignLeft)):
+                           ("map: geosat2map:translate", middle + 12, Qt.AlignLeft)):
         box = painter.boundingRect(0, 0, 0, 0, align, text)
         left = x - box.width() if align == Qt.AlignRight else x
         painter.fillRect(left - 6, 10, box.width() + 12, box.height() + 6, QColor(0, 0, 0, 150))
