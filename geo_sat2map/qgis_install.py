@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from geo_sat2map import __version__
-from geo_sat2map.atomic import atomic_output
+from geo_sat2map.atomic import atomic_output, swap_folder
 from geo_sat2map.errors import UserError
 from geo_sat2map.qgis_plugin.child import EXECUTABLE_NAME, SETTINGS_FILE
 
@@ -116,7 +116,9 @@ def install_plugin(
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc", SETTINGS_FILE))
         settings = {"executable": str(program), "geo_sat2map_version": __version__}
         (staging / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
-        replaced = _swap_into_place(staging, location.plugin_dir)
+        aside = plugins / f".{PLUGIN_FOLDER}.old"  # hidden from QGIS like the staging folder
+        shutil.rmtree(aside, ignore_errors=True)  # left by an install that was killed
+        replaced = swap_folder(staging, location.plugin_dir, aside)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -185,20 +187,3 @@ def _refuse_foreign(plugin_dir: Path) -> None:
         pass
     if parser.get("general", "name", fallback=None) != PLUGIN_DISPLAY_NAME:
         raise UserError(f"{plugin_dir} exists and is not the geo-sat2map plugin; remove or rename it first")
-
-
-def _swap_into_place(staging: Path, dest: Path) -> bool:
-    """Rename ``staging`` to ``dest``; an existing ``dest`` is moved aside first and removed after."""
-    if not dest.exists():
-        os.replace(staging, dest)
-        return False
-    old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".old", dir=dest.parent))
-    old.rmdir()  # only its unique name is needed
-    os.replace(dest, old)
-    try:
-        os.replace(staging, dest)
-    except BaseException:
-        os.replace(old, dest)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-    return True

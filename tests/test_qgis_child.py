@@ -18,6 +18,13 @@ from geo_sat2map.qgis_plugin import child, commands
 from .translate_fixtures import save_small_generator, texture, write_raster
 
 
+def _recorder(kind: str):
+    def record(self: RecordingFeedback, text: str, *_: object) -> None:
+        self.messages.append((kind, text))
+
+    return record
+
+
 class RecordingFeedback:
     """Receives what QgsProcessingFeedback would; asks for a cancel once real progress is reported, if told to."""
 
@@ -35,26 +42,13 @@ class RecordingFeedback:
         if self.cancel_on_progress and progress > 0:
             self.cancelled = True
 
-    def setProgressText(self, text: str) -> None:  # noqa: N802
-        self.messages.append(("task", text))
-
-    def pushInfo(self, info: str) -> None:  # noqa: N802
-        self.messages.append(("info", info))
-
-    def pushWarning(self, warning: str) -> None:  # noqa: N802
-        self.messages.append(("warning", warning))
-
-    def pushDebugInfo(self, info: str) -> None:  # noqa: N802
-        self.messages.append(("debug", info))
-
-    def pushConsoleInfo(self, info: str) -> None:  # noqa: N802
-        self.messages.append(("console", info))
-
-    def pushCommandInfo(self, info: str) -> None:  # noqa: N802
-        self.messages.append(("command", info))
-
-    def reportError(self, error: str, fatalError: bool = False) -> None:  # noqa: N802, N803
-        self.messages.append(("error", error))
+    setProgressText = _recorder("task")  # noqa: N815
+    pushInfo = _recorder("info")  # noqa: N815
+    pushWarning = _recorder("warning")  # noqa: N815
+    pushDebugInfo = _recorder("debug")  # noqa: N815
+    pushConsoleInfo = _recorder("console")  # noqa: N815
+    pushCommandInfo = _recorder("command")  # noqa: N815
+    reportError = _recorder("error")  # noqa: N815
 
 
 @pytest.fixture(scope="module")

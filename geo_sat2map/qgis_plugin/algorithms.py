@@ -53,9 +53,22 @@ SPLITS = ("train", "val", "test")
 
 
 class _GeoSat2MapAlgorithm(QgsProcessingAlgorithm):
-    """Shared pieces: running the CLI, file paths of layers, optional numbers, advanced parameters."""
+    """Shared pieces: names and help, running the CLI, file paths of layers, optional numbers, advanced parameters."""
 
-    def createInstance(self):  # noqa: N802 - QGIS's names
+    NAME = ""  # the id after "geosat2map:"
+    TITLE = ""
+    HELP = ""
+
+    def name(self) -> str:
+        return self.NAME
+
+    def displayName(self) -> str:  # noqa: N802 - QGIS's names
+        return self.TITLE
+
+    def shortHelpString(self) -> str:  # noqa: N802
+        return self.HELP
+
+    def createInstance(self):  # noqa: N802
         return type(self)()
 
     def run_cli(self, args: list[str], feedback: QgsProcessingFeedback) -> dict[str, Any]:
@@ -86,20 +99,15 @@ class _GeoSat2MapAlgorithm(QgsProcessingAlgorithm):
 
 
 class TranslateAlgorithm(_GeoSat2MapAlgorithm):
-    def name(self) -> str:
-        return "translate"
-
-    def displayName(self) -> str:  # noqa: N802
-        return "Translate satellite image to map"
-
-    def shortHelpString(self) -> str:  # noqa: N802
-        return (
-            "Runs a pix2pix generator over a georeferenced satellite raster of any size and writes an RGBA map "
-            "GeoTIFF (Cloud-Optimized) on exactly the input's grid. The scene is streamed through overlapping "
-            "windows that are blended, so no tile grid shows; masked input pixels stay transparent (alpha band).\n\n"
-            "Weights: generator.pt from geo-sat2map train, a pix2pix *_net_G.pth or a seed gen.pth.tar. Empty "
-            "options take the checkpoint's or the device's defaults (see `geo-sat2map translate --help`)."
-        )
+    NAME = "translate"
+    TITLE = "Translate satellite image to map"
+    HELP = (
+        "Runs a pix2pix generator over a georeferenced satellite raster of any size and writes an RGBA map "
+        "GeoTIFF (Cloud-Optimized) on exactly the input's grid. The scene is streamed through overlapping "
+        "windows that are blended, so no tile grid shows; masked input pixels stay transparent (alpha band).\n\n"
+        "Weights: generator.pt from geo-sat2map train, a pix2pix *_net_G.pth or a seed gen.pth.tar. Empty "
+        "options take the checkpoint's or the device's defaults (see `geo-sat2map translate --help`)."
+    )
 
     def initAlgorithm(self, config=None) -> None:  # noqa: N802
         self.addParameter(QgsProcessingParameterRasterLayer("INPUT", "Satellite image"))
@@ -167,20 +175,15 @@ class RgbaStyle(QgsProcessingLayerPostProcessorInterface):
 
 
 class MakeTilesAlgorithm(_GeoSat2MapAlgorithm):
-    def name(self) -> str:
-        return "maketiles"
-
-    def displayName(self) -> str:  # noqa: N802
-        return "Make training tiles"
-
-    def shortHelpString(self) -> str:  # noqa: N802
-        return (
-            "Cuts aligned satellite/map raster pairs into A|B training tiles with a spatial train/val/test split. "
-            "The n-th satellite image is paired with the n-th map; maps may be in any CRS and resolution (8-bit "
-            "RGB, RGBA or paletted) and are resampled onto the satellite grid. Writes the dataset folder for "
-            "`geo-sat2map train` and loads the tile footprints, coloured by split.\n\n"
-            "An existing output folder is only replaced if it holds a previous make-tiles dataset."
-        )
+    NAME = "maketiles"
+    TITLE = "Make training tiles"
+    HELP = (
+        "Cuts aligned satellite/map raster pairs into A|B training tiles with a spatial train/val/test split. "
+        "The n-th satellite image is paired with the n-th map; maps may be in any CRS and resolution (8-bit "
+        "RGB, RGBA or paletted) and are resampled onto the satellite grid. Writes the dataset folder for "
+        "`geo-sat2map train` and loads the tile footprints, coloured by split.\n\n"
+        "An existing output folder is only replaced if it holds a previous make-tiles dataset."
+    )
 
     def initAlgorithm(self, config=None) -> None:  # noqa: N802
         self.addParameter(QgsProcessingParameterMultipleLayers(
@@ -262,20 +265,15 @@ class MakeTilesAlgorithm(_GeoSat2MapAlgorithm):
 
 
 class EvaluateAlgorithm(_GeoSat2MapAlgorithm):
-    def name(self) -> str:
-        return "evaluate"
-
-    def displayName(self) -> str:  # noqa: N802
-        return "Evaluate map against reference"
-
-    def shortHelpString(self) -> str:  # noqa: N802
-        return (
-            "Scores a predicted map raster against a reference map over the pixels valid in both (the reference "
-            "is warped onto the prediction's grid, nearest neighbour, when the grids differ): L1, RMSE, PSNR, SSIM "
-            "and acc(d) = share of pixels whose worst channel is off by less than d levels. With a palette JSON "
-            '({"classes": [{"name", "color": [r, g, b]}]}) also map-class accuracy and mIoU. The scores are '
-            "written to the log and returned as outputs."
-        )
+    NAME = "evaluate"
+    TITLE = "Evaluate map against reference"
+    HELP = (
+        "Scores a predicted map raster against a reference map over the pixels valid in both (the reference "
+        "is warped onto the prediction's grid, nearest neighbour, when the grids differ): L1, RMSE, PSNR, SSIM "
+        "and acc(d) = share of pixels whose worst channel is off by less than d levels. With a palette JSON "
+        '({"classes": [{"name", "color": [r, g, b]}]}) also map-class accuracy and mIoU. The scores are '
+        "written to the log and returned as outputs."
+    )
 
     def initAlgorithm(self, config=None) -> None:  # noqa: N802
         self.addParameter(QgsProcessingParameterRasterLayer("PREDICTION", "Predicted map"))
