@@ -84,6 +84,7 @@ def test_cancel_interrupts_the_child_like_ctrl_c_and_leaves_nothing(tmp_path, we
                                                                     device="cpu"), feedback)
     assert feedback.cancelled and 0 < feedback.progress[-1] < 100  # cancelled mid-run
     assert outcome.cancelled and outcome.exit_code == 130 and not outcome.succeeded
+    assert outcome.error == "interrupted"  # the CLI's own error event for Ctrl-C
     assert outcome.failure_message().startswith("Cancelled")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.tif", "g.pt"]  # no output, no partial file
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import configparser
 import json
+import sys
 from pathlib import Path
 
 from click.testing import CliRunner, Result
@@ -117,3 +119,17 @@ def test_plugin_metadata_version_is_the_package_version():
     parser.read(PLUGIN_SOURCE / "metadata.txt")
     assert parser.get("general", "version") == __version__
     assert parser.get("general", "hasProcessingProvider") == "yes"
+
+
+def test_the_plugin_imports_only_qgis_and_the_standard_library():
+    """It runs in QGIS's Python, which has neither torch nor geo_sat2map: everything else must be relative."""
+    allowed = {"qgis", "processing", *sys.stdlib_module_names}
+    for source in PLUGIN_SOURCE.glob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text())):
+            if isinstance(node, ast.Import):
+                roots = [alias.name.split(".")[0] for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                roots = [node.module.split(".")[0]]
+            else:
+                continue
+            assert set(roots) <= allowed, f"{source.name}:{node.lineno} imports {roots}"
