@@ -16,6 +16,7 @@ from geo_sat2map import __version__, progress
 from geo_sat2map.errors import UserError
 
 log = logging.getLogger("geo_sat2map")
+_EVENTS = "geo_sat2map.events"  # ctx.meta key of the JSON event writer (--progress json)
 
 
 class _Group(click.Group):
@@ -40,16 +41,23 @@ class _EventGroup(_Group):
         try:
             return super().invoke(ctx)
         except click.ClickException as exc:
-            progress.emit("error", message=exc.format_message(), exit_code=exc.exit_code)
+            _error_event(ctx, exc.format_message(), exc.exit_code)
             raise
         except click.exceptions.Exit as exc:
             if exc.exit_code:
                 message = "interrupted" if exc.exit_code == 130 else f"stopped with exit status {exc.exit_code}"
-                progress.emit("error", message=message, exit_code=exc.exit_code)
+                _error_event(ctx, message, exc.exit_code)
             raise
         except Exception as exc:  # a bug: the traceback follows as plain text
-            progress.emit("error", message=f"{type(exc).__name__}: {exc}", exit_code=1)
+            _error_event(ctx, f"{type(exc).__name__}: {exc}", 1)
             raise
+
+
+def _error_event(ctx: click.Context, message: str, exit_code: int) -> None:
+    """Through the command's own writer: ctx.exit() (Ctrl-C) has already closed the JSON mode by now."""
+    writer = ctx.meta.get(_EVENTS)
+    if writer is not None:
+        writer.emit("error", message=message, exit_code=exit_code)
 
 
 @click.group(cls=_EventGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -78,7 +86,7 @@ def cli(ctx: click.Context, verbose: bool, quiet: bool, progress_mode: str) -> N
 
 def _start_json_events(ctx: click.Context) -> logging.Handler:
     """Send events to stderr until the command ends; returns the log handler that makes records events."""
-    writer = ctx.with_resource(progress.json_events(sys.stderr))
+    writer = ctx.meta[_EVENTS] = ctx.with_resource(progress.json_events(sys.stderr))
     ctx.with_resource(_interrupt_signals())
     writer.emit("start", command=ctx.invoked_subcommand, version=__version__)
     return progress.JsonLogHandler(writer)
