@@ -58,7 +58,7 @@ def main() -> int:
         processing.runAndLoadResults("geosat2map:translate", {
             "INPUT": os.path.abspath(args.image), "WEIGHTS": os.path.abspath(args.weights), "OUTPUT": str(output),
         })
-        (map_layer,) = QgsProject.instance().mapLayersByName("Map")
+        (map_layer,) = QgsProject.instance().mapLayers().values()  # the translated map Processing loaded
         satellite = QgsRasterLayer(os.path.abspath(args.image), "satellite")
         image = swipe_image(satellite, map_layer)
         # 256 colours: a third of the size, for the repository; the render itself is QGIS's.

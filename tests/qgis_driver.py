@@ -71,11 +71,11 @@ def run_checks(spec: dict, observed: dict) -> None:
     translate = {"INPUT": spec["input"], "WEIGHTS": spec["weights"], "BATCH_SIZE": 2, "DEVICE": "cpu",
                  "OUTPUT": spec["output"]}
     processing.runAndLoadResults("geosat2map:translate", translate)
-    layers = QgsProject.instance().mapLayersByName("Map")
+    layers = QgsProject.instance().mapLayersByName("scene map")  # named after the input layer
     layer = layers[0] if layers else QgsRasterLayer(spec["output"], "map")
     renderer = layer.renderer()
     observed["translate"] = {
-        "valid": layer.isValid(), "crs": layer.crs().authid(), "source": layer.source(),
+        "loaded": bool(layers), "valid": layer.isValid(), "crs": layer.crs().authid(), "source": layer.source(),
         "renderer": renderer.type() if renderer else None,
         "rgb_alpha": [renderer.redBand(), renderer.greenBand(), renderer.blueBand(), renderer.alphaBand()]
         if renderer and renderer.type() == "multibandcolor" else None,

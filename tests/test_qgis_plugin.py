@@ -109,7 +109,7 @@ def test_translate_gives_the_cli_pixels_as_a_valid_rgba_styled_layer(session, tm
     with rasterio.open(spec["output"]) as got, rasterio.open(expected) as want:
         assert got.count == 4 and np.array_equal(got.read(), want.read())
         assert got.crs == want.crs and got.transform == want.transform == UTM
-    assert layer["valid"] and layer["crs"] == "EPSG:32633" and layer["source"] == spec["output"]
+    assert layer["loaded"] and layer["valid"] and layer["crs"] == "EPSG:32633" and layer["source"] == spec["output"]
     assert layer["renderer"] == "multibandcolor" and layer["rgb_alpha"] == [1, 2, 3, 4]
 
 

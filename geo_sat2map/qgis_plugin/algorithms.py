@@ -82,11 +82,11 @@ class _GeoSat2MapAlgorithm(QgsProcessingAlgorithm):
             raise QgsProcessingException(outcome.failure_message())
         return outcome.result or {}
 
-    def raster_path(self, parameters: dict, name: str, context: QgsProcessingContext) -> str:
+    def raster_layer(self, parameters: dict, name: str, context: QgsProcessingContext) -> QgsRasterLayer:
         layer = self.parameterAsRasterLayer(parameters, name, context)
         if layer is None:
             raise QgsProcessingException(self.invalidRasterError(parameters, name))
-        return file_source(layer)
+        return layer
 
     def optional_int(self, parameters: dict, name: str, context: QgsProcessingContext) -> int | None:
         if parameters.get(name) in (None, ""):
@@ -139,9 +139,10 @@ class TranslateAlgorithm(_GeoSat2MapAlgorithm):
         bands = self.parameterAsInts(parameters, "BANDS", context)
         if bands and len(bands) != 3:
             raise QgsProcessingException(f"Bands: choose exactly three (R, G, B), not {len(bands)}")
+        source = self.raster_layer(parameters, "INPUT", context)
         output = self.parameterAsOutputLayer(parameters, "OUTPUT", context)
         self.run_cli(translate_args(
-            self.raster_path(parameters, "INPUT", context), output,
+            file_source(source), output,
             self.parameterAsFile(parameters, "WEIGHTS", context),
             tile_size=self.optional_int(parameters, "TILE_SIZE", context),
             overlap=self.optional_int(parameters, "OVERLAP", context),
@@ -152,7 +153,9 @@ class TranslateAlgorithm(_GeoSat2MapAlgorithm):
             bands=bands or None,
         ), feedback)
         if context.willLoadLayerOnCompletion(output):
-            context.layerToLoadOnCompletionDetails(output).setPostProcessor(RgbaStyle.create())
+            details = context.layerToLoadOnCompletionDetails(output)
+            details.name = f"{source.name()} map"  # in batch mode: one distinct layer per scene
+            details.setPostProcessor(RgbaStyle.create())
         return {"OUTPUT": output}
 
 
@@ -290,7 +293,8 @@ class EvaluateAlgorithm(_GeoSat2MapAlgorithm):
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         report = self.parameterAsFileOutput(parameters, "REPORT", context) or None
         result = self.run_cli(evaluate_args(
-            self.raster_path(parameters, "PREDICTION", context), self.raster_path(parameters, "REFERENCE", context),
+            file_source(self.raster_layer(parameters, "PREDICTION", context)),
+            file_source(self.raster_layer(parameters, "REFERENCE", context)),
             palette=self.parameterAsFile(parameters, "PALETTE", context) or None, json_report=report,
         ), feedback)
         found = scores(result)
