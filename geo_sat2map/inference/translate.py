@@ -279,6 +279,7 @@ def _stream(config: TranslateConfig, run: _Run, sink: Any) -> _StreamResult:
                 bar.update(done - counted)
                 counted = done
             engine.finish()
+            bar.update(engine.windows_run + engine.windows_skipped - counted)  # the last partial batch runs in finish()
         writer.close()
     except torch.cuda.OutOfMemoryError:
         writer.abandon()
