@@ -21,6 +21,7 @@ import contextlib
 import errno
 import math
 import os
+import queue
 import struct
 import tempfile
 import threading
@@ -32,7 +33,6 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 import rasterio
@@ -95,10 +95,18 @@ class COGWriterStats:
     tiles: int = 0
     raw_bytes: int = 0  # tile bytes before compression (edge tiles padded)
     compressed_bytes: int = 0  # tile payloads after compression
-    encode_seconds: float = 0.0  # summed over the pool's threads: predictor + compression
+    encode_seconds: float = 0.0  # CPU seconds of the pool's threads in predictor + compression (summed)
     wait_seconds: float = 0.0  # caller blocked on the pool (backpressure and close's final drain)
     assemble_seconds: float = 0.0  # close(): header, IFDs and byte copies of the spill files
     file_bytes: int = 0
+
+
+@dataclass
+class _BlockRow:
+    """A complete block row of one level, owned by the pool until all its tiles are stored."""
+
+    buffer: np.ndarray  # (blocksize, padded width, 4)
+    pending: int  # tiles not yet stored
 
 
 @dataclass
@@ -106,10 +114,11 @@ class _LevelStream:
     width: int
     height: int
     spill_path: Path
-    spill: BinaryIO
+    spill_fd: int
     rows_received: int = 0
-    block: np.ndarray | None = None  # the block row being filled: (blocksize, padded width, 4)
+    block: np.ndarray | None = None  # the block row being filled
     filled: int = 0  # rows of ``block`` filled
+    free: deque[np.ndarray] = field(default_factory=deque)  # encoded block rows' buffers, for reuse
     spill_bytes: int = 0
     tile_offsets: list[int] = field(default_factory=list)  # of each payload within the spill file
     tile_sizes: list[int] = field(default_factory=list)
@@ -121,9 +130,11 @@ class StreamingCOGWriter:
 
     ``path`` is a temporary path chosen by the caller (the atomic rename happens outside); spill files go
     beside it under hidden names and are always removed. Levels are independent streams: rows of each level
-    arrive in order, and the caller interleaves levels as it likes. Memory stays bounded: at most
-    ``2 * threads`` tiles are in flight, and each level holds one block row. Use as a context manager (abort on
-    an exception, close otherwise) or call ``close()`` / ``abort()``. Not thread-safe: one producer thread.
+    arrive in order, and the caller interleaves levels as it likes. The caller's thread only copies rows into
+    block-row buffers; a pool of ``threads`` compresses tiles and one more thread appends them, in order, to
+    the level's spill file. Memory stays bounded: at most ``2 * threads`` tiles are in flight (write_rows
+    blocks beyond that) and block-row buffers are reused. Use as a context manager (abort on an exception,
+    close otherwise) or call ``close()`` / ``abort()``. One producer thread.
     """
 
     def __init__(
@@ -162,32 +173,34 @@ class StreamingCOGWriter:
         self._codec = codec
         self._compress = codec.make(level if level is not None else codec.default_level)
         self._predictor = predictor and compress.lower() != "none"
-        self.levels: list[tuple[int, int]] = [(width, height)] + [
-            (math.ceil(width / f), math.ceil(height / f)) for f in overview_factors(width, height, blocksize)
-        ]
+        self.levels = level_sizes(width, height, blocksize)
         self.stats = COGWriterStats()
         self._geo_tags = georeferencing_tags(crs, transform, tags)
         self._streams: list[_LevelStream] = []
         self._state = "open"
         self._output_started = False
+        self._error: BaseException | None = None  # first failure seen by the storing thread
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="cog-encode")
-        self._max_in_flight = 2 * threads
-        self._in_flight: deque[tuple[_LevelStream, Future[tuple[bytes, float]]]] = deque()
+        self._slots = threading.BoundedSemaphore(2 * threads)  # tiles in flight (backpressure)
+        self._finished: queue.SimpleQueue[tuple[_LevelStream, _BlockRow, Future] | None] = queue.SimpleQueue()
+        self._storer = threading.Thread(target=self._store_in_order, name="cog-store", daemon=True)
         try:
             for index, (w, h) in enumerate(self.levels):
                 fd, name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=f".level{index}.tiles",
                                             dir=self.path.parent)
-                self._streams.append(_LevelStream(w, h, Path(name), os.fdopen(fd, "wb", buffering=1 << 20)))
+                self._streams.append(_LevelStream(w, h, Path(name), fd))
         except BaseException:
             self.abort()
             raise
+        self._storer.start()
 
     # ----------------------------------------------------------------------------------------- streaming
 
     def write_rows(self, level: int, rgba: np.ndarray, row_off: int | None = None) -> None:
         """(rows, level_width, 4) uint8, pixel-interleaved; rows of each level arrive in order.
 
-        ``row_off`` (optional) is the first row's index, checked against the rows received so far.
+        ``row_off`` (optional) is the first row's index, checked against the rows received so far. The rows
+        are copied: the caller may reuse its buffer as soon as this returns.
         """
         if self._state != "open":
             raise ValueError(f"write_rows on a writer that is {self._state}")
@@ -203,10 +216,11 @@ class StreamingCOGWriter:
         if stream.rows_received + rgba.shape[0] > stream.height:
             raise ValueError(f"level {level}: {stream.rows_received + rgba.shape[0]} rows written, "
                              f"but it has {stream.height}")
+        self._raise_failure()
         done = 0
         while done < rgba.shape[0]:
             if stream.block is None:
-                stream.block = self._new_block(stream)
+                stream.block = self._block_buffer(stream)
             take = min(rgba.shape[0] - done, self.blocksize - stream.filled)
             stream.block[stream.filled:stream.filled + take, :stream.width] = rgba[done:done + take]
             stream.filled += take
@@ -215,23 +229,29 @@ class StreamingCOGWriter:
             if stream.filled == self.blocksize or stream.rows_received == stream.height:
                 self._submit_block_row(stream)
 
-    def _new_block(self, stream: _LevelStream) -> np.ndarray:
+    def _block_buffer(self, stream: _LevelStream) -> np.ndarray:
+        if stream.free:  # reuse: fresh pages would cost a page fault each
+            return stream.free.popleft()
         tiles_across = -(-stream.width // self.blocksize)
         block = np.empty((self.blocksize, tiles_across * self.blocksize, SAMPLES), np.uint8)
-        block[:, stream.width:] = 0  # TIFF edge tiles are whole tiles; pad with zeros (transparent)
+        block[:, stream.width:] = 0  # TIFF edge tiles are whole tiles: zeros (transparent) beyond the edge
         return block
 
     def _submit_block_row(self, stream: _LevelStream) -> None:
-        block, stream.block = stream.block, None  # the tasks own it now; the next rows go to a new one
-        block[stream.filled:] = 0
-        stream.filled = 0
-        for col in range(block.shape[1] // self.blocksize):
-            self._in_flight.append((stream, self._pool.submit(self._encode_tile, block, col)))
-            self._drain(self._max_in_flight)
+        row = _BlockRow(stream.block, pending=stream.block.shape[1] // self.blocksize)
+        if stream.filled < self.blocksize:  # the last block row: zeros below the edge too
+            row.buffer[stream.filled:] = 0
+        stream.block, stream.filled = None, 0
+        for col in range(row.pending):
+            if not self._slots.acquire(blocking=False):
+                start = time.perf_counter()
+                self._slots.acquire()
+                self.stats.wait_seconds += time.perf_counter() - start
+            self._finished.put((stream, row, self._pool.submit(self._encode_tile, row.buffer, col)))
 
     def _encode_tile(self, block: np.ndarray, col: int) -> tuple[bytes, float]:
         """Runs in the pool: horizontal predictor (TIFF predictor 2, per tile row) and compression."""
-        start = time.perf_counter()
+        start = time.thread_time()  # CPU time: what a tile costs a core, however busy the machine is
         tile = block[:, col * self.blocksize:(col + 1) * self.blocksize]
         if self._predictor:
             payload = np.empty_like(tile)
@@ -239,32 +259,48 @@ class StreamingCOGWriter:
             np.subtract(tile[:, 1:], tile[:, :-1], out=payload[:, 1:])  # uint8 wraps modulo 256, as TIFF wants
         else:
             payload = np.ascontiguousarray(tile)
-        return self._compress(payload), time.perf_counter() - start
+        return self._compress(payload), time.thread_time() - start
 
-    def _drain(self, keep: int) -> None:
-        """Store finished tiles in submission order until at most ``keep`` are in flight."""
-        while len(self._in_flight) > keep:
-            stream, future = self._in_flight.popleft()
-            start = time.perf_counter()
-            data, seconds = future.result()
-            self.stats.wait_seconds += time.perf_counter() - start
-            self.stats.encode_seconds += seconds
-            self.stats.tiles += 1
-            self.stats.raw_bytes += self.blocksize * self.blocksize * SAMPLES
-            self.stats.compressed_bytes += len(data)
-            self._store(stream, data)
+    def _store_in_order(self) -> None:
+        """The storing thread: appends finished tiles to their level's spill file in submission order."""
+        while (item := self._finished.get()) is not None:
+            stream, row, future = item
+            try:
+                if self._error is None:
+                    data, seconds = future.result()
+                    self._store(stream, data)
+                    self.stats.encode_seconds += seconds
+                    self.stats.tiles += 1
+                    self.stats.raw_bytes += self.blocksize * self.blocksize * SAMPLES
+                    self.stats.compressed_bytes += len(data)
+            except OSError as exc:
+                self._error = UserError(f"{self.path}: could not write the map ({exc.strerror or exc})")
+                self._error.__cause__ = exc
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread by _raise_failure
+                self._error = self._error or exc
+            finally:
+                row.pending -= 1
+                if row.pending == 0:
+                    stream.free.append(row.buffer)
+                self._slots.release()
 
     def _store(self, stream: _LevelStream, data: bytes) -> None:
-        if self.cog:  # GDAL's block leader: the payload size; trailer: its last 4 bytes again
-            stream.spill.write(struct.pack("<I", len(data)))
-            stream.spill_bytes += 4
-        stream.tile_offsets.append(stream.spill_bytes)
+        if self.cog:  # GDAL's block leader (payload size) and trailer (its last 4 bytes again)
+            parts = [struct.pack("<I", len(data)), data, data[-4:]]
+            stream.tile_offsets.append(stream.spill_bytes + 4)
+        else:
+            parts = [data]
+            stream.tile_offsets.append(stream.spill_bytes)
         stream.tile_sizes.append(len(data))
-        stream.spill.write(data)
-        stream.spill_bytes += len(data)
-        if self.cog:
-            stream.spill.write(data[-4:])
-            stream.spill_bytes += 4
+        total = sum(len(part) for part in parts)
+        written = os.writev(stream.spill_fd, parts)
+        if written < total:  # a short write: finish it plainly
+            _write_all(stream.spill_fd, b"".join(parts)[written:])
+        stream.spill_bytes += total
+
+    def _raise_failure(self) -> None:
+        if self._error is not None:
+            raise self._error
 
     # ----------------------------------------------------------------------------------------- finishing
 
@@ -277,8 +313,10 @@ class StreamingCOGWriter:
                        for i, s in enumerate(self._streams) if s.rows_received != s.height]
             if missing:
                 raise ValueError("close() before all rows were written (" + "; ".join(missing) + ")")
-            self._drain(0)
-            self._pool.shutdown(wait=True)
+            start = time.perf_counter()
+            self._stop_threads(cancel=False)
+            self.stats.wait_seconds += time.perf_counter() - start
+            self._raise_failure()
             start = time.perf_counter()
             self._assemble()
             self.stats.assemble_seconds = time.perf_counter() - start
@@ -293,8 +331,7 @@ class StreamingCOGWriter:
         if self._state in ("aborted", "closed"):
             return
         self._state = "aborted"
-        self._pool.shutdown(wait=True, cancel_futures=True)
-        self._in_flight.clear()
+        self._stop_threads(cancel=True)
         self._remove_spills()
         if self._output_started:
             with contextlib.suppress(FileNotFoundError):
@@ -309,16 +346,23 @@ class StreamingCOGWriter:
         elif self._state == "open":
             self.close()
 
+    def _stop_threads(self, cancel: bool) -> None:
+        """Let the pool finish (or cancel what has not started) and the storing thread store what is done."""
+        self._pool.shutdown(wait=True, cancel_futures=cancel)
+        if self._storer.is_alive():
+            self._finished.put(None)
+            self._storer.join()
+
     def _remove_spills(self) -> None:
         for stream in self._streams:
-            with contextlib.suppress(OSError):
-                stream.spill.close()
+            if stream.spill_fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(stream.spill_fd)
+                stream.spill_fd = -1
             with contextlib.suppress(FileNotFoundError):
                 stream.spill_path.unlink()
 
     def _assemble(self) -> None:
-        for stream in self._streams:
-            stream.spill.flush()
         data_order = list(range(len(self.levels)))[::-1]  # smallest overview first, full resolution last
         bigtiff = bool(self._bigtiff)
         head = self._layout(bigtiff, data_order)
@@ -331,9 +375,8 @@ class StreamingCOGWriter:
                 out.write(head)
                 for index in data_order:
                     stream = self._streams[index]
-                    stream.spill.close()
-                    with open(stream.spill_path, "rb") as src:
-                        _copy_bytes(src.fileno(), out.fileno(), stream.spill_bytes)
+                    os.lseek(stream.spill_fd, 0, os.SEEK_SET)
+                    _copy_bytes(stream.spill_fd, out.fileno(), stream.spill_bytes)
                 self.stats.file_bytes = out.tell()
         except OSError as exc:
             raise UserError(f"{self.path}: could not write the map ({exc.strerror or exc})") from exc
@@ -403,6 +446,13 @@ class StreamingCOGWriter:
 _TILE_INDEX_TAGS = (tf.TILE_OFFSETS, tf.TILE_BYTE_COUNTS)
 
 
+def level_sizes(width: int, height: int, blocksize: int) -> list[tuple[int, int]]:
+    """(width, height) of full resolution and of each overview: halved (rounding up) until one block holds it,
+    as GDAL's COG driver does (``overview_factors``)."""
+    return [(width, height)] + [(math.ceil(width / f), math.ceil(height / f))
+                                for f in overview_factors(width, height, blocksize)]
+
+
 def georeferencing_tags(
     crs: rasterio.crs.CRS | str | None, transform: Affine, tags: Mapping[str, str]
 ) -> list[tf.Tag]:
@@ -440,10 +490,14 @@ def _copy_bytes(src: int, dst: int, count: int) -> None:
         chunk = os.read(src, min(8 << 20, count - copied))
         if not chunk:
             raise OSError(errno.EIO, f"spill file ended {count - copied} bytes early")
-        view = memoryview(chunk)
-        while view:
-            view = view[os.write(dst, view):]
+        _write_all(dst, chunk)
         copied += len(chunk)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 # ---------------------------------------------------------------------------------------------- checker
