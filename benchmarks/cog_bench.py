@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 from affine import Affine
 
+from geo_sat2map.raster_io import cog
 from geo_sat2map.raster_io.cog import FAST_CODECS, StreamingCOGWriter, check_cog_layout, level_sizes
 from geo_sat2map.raster_io.output import (
     OutputOptions,
@@ -127,7 +128,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=8192, help="side of the square map (pixels)")
     parser.add_argument("--threads", default="", help="comma-separated pool sizes (default: 1 and all CPUs)")
-    parser.add_argument("--deflate-levels", default="1,6", help="zlib levels for our DEFLATE runs")
+    parser.add_argument("--deflate-levels", default="1,6", help="levels for our DEFLATE runs")
+    parser.add_argument("--engines", default="isa-l,zlib",
+                        help="DEFLATE engines to compare at levels 1-3 (isa-l needs the isal package)")
     parser.add_argument("--zstd-levels", default="1", help="zstd levels (if the zstandard package is installed)")
     parser.add_argument("--noise", type=float, default=1.0, help="std of the Gaussian noise on RGB (0: clean)")
     parser.add_argument("--band", type=int, default=256, help="full-resolution rows per write")
@@ -159,14 +162,20 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="cog-bench-", dir=args.tmp) as tmp_dir:
         tmp = Path(tmp_dir)
-        cases = [("deflate", int(level)) for level in args.deflate_levels.split(",") if level]
+        engines = [e for e in args.engines.split(",") if e != "isa-l" or cog.isal_zlib is not None]
+        cases = []
+        for level in (int(level) for level in args.deflate_levels.split(",") if level):
+            for engine in engines if level <= 3 else ["zlib"]:
+                cases.append(("deflate", level, engine))
         if "zstd" in FAST_CODECS:
-            cases += [("zstd", int(level)) for level in args.zstd_levels.split(",") if level]
-        for codec, level in cases:
+            cases += [("zstd", int(level), "zstd") for level in args.zstd_levels.split(",") if level]
+        for codec, level, engine in cases:
+            cog.ISAL_DEFLATE = engine == "isa-l"
             for n in threads:
                 path = tmp / "ours.tif"
                 result = run_ours(levels, path, args.band, compress=codec, level=level, threads=n)
-                row("ours", f"{codec} {level}", str(n), result, path)
+                label = f"{codec} {level}" + (f" ({engine})" if codec == "deflate" else "")
+                row("ours", label, str(n), result, path)
         if not args.skip_gdal:
             bands_first = np.ascontiguousarray(image.transpose(2, 0, 1))
             for level in args.gdal_levels.split(","):

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import errno
+import functools
+import http.server
 import os
+import re
 import threading
 from pathlib import Path
 
@@ -15,6 +18,7 @@ from affine import Affine
 from rasterio.enums import ColorInterp, Resampling
 
 from geo_sat2map.errors import UserError
+from geo_sat2map.raster_io import cog
 from geo_sat2map.raster_io import tiff_format as tf
 from geo_sat2map.raster_io.cog import FAST_CODECS, StreamingCOGWriter, check_cog_layout
 from geo_sat2map.raster_io.output import overview_factors
@@ -135,17 +139,20 @@ def test_georeferencing_and_metadata_are_exactly_what_gdal_writes(tmp_path, crs,
 
 
 @pytest.mark.parametrize(
-    ("options", "compression"),
+    ("options", "compression", "isal"),
     [
-        ({"compress": "deflate", "level": 6}, "DEFLATE"),
-        ({"compress": "deflate", "predictor": False}, "DEFLATE"),
-        ({"compress": "none"}, None),
-        ({"compress": "zstd", "level": 3}, "ZSTD"),
+        ({"compress": "deflate"}, "DEFLATE", True),  # ISA-L where installed
+        ({"compress": "deflate", "level": 2}, "DEFLATE", False),  # zlib forced
+        ({"compress": "deflate", "level": 6}, "DEFLATE", True),  # zlib: beyond ISA-L's levels
+        ({"compress": "deflate", "predictor": False}, "DEFLATE", True),
+        ({"compress": "none"}, None, True),
+        ({"compress": "zstd", "level": 3}, "ZSTD", True),
     ],
 )
-def test_codecs_read_back_exact(tmp_path, options, compression):
+def test_codecs_read_back_exact(tmp_path, monkeypatch, options, compression, isal):
     if options["compress"] not in FAST_CODECS:
         pytest.skip(f"{options['compress']} needs an optional package that is not installed")
+    monkeypatch.setattr(cog, "ISAL_DEFLATE", isal and cog.isal_zlib is not None)
     image = map_like(150, 130, seed=3)
     path = tmp_path / "map.tif"
     writer = write_map(path, image, blocksize=32, threads=3, **options)
@@ -156,6 +163,14 @@ def test_codecs_read_back_exact(tmp_path, options, compression):
     for level in range(len(writer.levels)):
         np.testing.assert_array_equal(read_level(path, level), level_image(image, level))
     assert check_cog_layout(path) == []
+
+
+def test_deflate_engine_choice(monkeypatch):
+    monkeypatch.setattr(cog, "ISAL_DEFLATE", True)
+    assert cog.deflate_engine(1) == ("isa-l" if cog.isal_zlib is not None else "zlib")
+    assert cog.deflate_engine(6) == "zlib"
+    monkeypatch.setattr(cog, "ISAL_DEFLATE", False)
+    assert cog.deflate_engine(1) == "zlib"
 
 
 def test_compressed_sizes_follow_the_codec_and_level(tmp_path):
@@ -207,6 +222,60 @@ def test_non_contiguous_rows_are_accepted(tmp_path):
     with StreamingCOGWriter(path, 48, 64, "EPSG:32633", UTM, {}, blocksize=64) as writer:
         writer.write_rows(0, np.asfortranarray(image))
     np.testing.assert_array_equal(read_level(path, 0), image)
+
+
+class _RangeHandler(http.server.SimpleHTTPRequestHandler):
+    """Static files with HTTP Range support (what cloud storage offers and GDAL's /vsicurl/ relies on)."""
+
+    served: list[int]
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def do_HEAD(self) -> None:
+        self._respond(body=False)
+
+    def do_GET(self) -> None:
+        self._respond(body=True)
+
+    def _respond(self, body: bool) -> None:
+        data = Path(self.translate_path(self.path)).read_bytes()
+        match = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
+        start, end = (int(match[1]), min(len(data), int(match[2] or len(data) - 1) + 1)) if match else (0, len(data))
+        self.send_response(206 if match else 200)
+        self.send_header("Accept-Ranges", "bytes")
+        self.send_header("Content-Length", str(end - start if body else len(data)))
+        if match:
+            self.send_header("Content-Range", f"bytes {start}-{end - 1}/{len(data)}")
+        self.end_headers()
+        if body:
+            self.wfile.write(data[start:end])
+            self.served.append(end - start)
+
+
+def test_gdal_reads_it_over_http_as_a_cog_fetching_only_what_it_needs(tmp_path, monkeypatch):
+    """GDAL's cloud reader (/vsicurl/ with range requests) sees a COG and reads an overview from a few KB."""
+    image = map_like(1300, 1100, seed=12)
+    path = tmp_path / "map.tif"
+    write_map(path, image)
+    served: list[int] = []
+    handler = functools.partial(type("Handler", (_RangeHandler,), {"served": served}), directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.setenv(name, "127.0.0.1")
+    try:
+        url = f"/vsicurl/http://127.0.0.1:{server.server_address[1]}/map.tif"
+        with rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR", GDAL_HTTP_MULTIRANGE="NO"):
+            with rasterio.open(url) as ds:
+                assert ds.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG" and ds.overviews(1) == [2, 4]
+            with rasterio.open(url, overview_level=1) as ds:
+                np.testing.assert_array_equal(ds.read().transpose(1, 2, 0), level_image(image, 2))
+    finally:
+        server.shutdown()
+        thread.join()
+    assert 0 < sum(served) < path.stat().st_size / 4
 
 
 # ----------------------------------------------------------------------------------------- COG checker
