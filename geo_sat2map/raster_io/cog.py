@@ -414,7 +414,7 @@ class StreamingCOGWriter:
             for tag in tags:
                 if tag.code in _TILE_INDEX_TAGS and not tag.inline(bigtiff):
                     far_at[-1][tag.code] = position
-                    position += len(tag.data) + (len(tag.data) & 1)
+                    position += tf.word_aligned(len(tag.data))
         section_at = {}
         for index in data_order:
             section_at[index] = position
@@ -428,7 +428,7 @@ class StreamingCOGWriter:
             head += tf.encode_ifd(tags, ifd_at[i], bigtiff, next_ifd, far=far_at[i])
             for tag in sorted(tags, key=lambda t: t.code):
                 if tag.code in far_at[i]:
-                    arrays += tag.data + b"\0" * (len(tag.data) & 1)
+                    arrays += tag.data.ljust(tf.word_aligned(len(tag.data)), b"\0")
         head += arrays
         assert len(head) == section_at[data_order[0]], "layout size mismatch"
         return bytes(head)

@@ -114,7 +114,7 @@ def ifd_byte_size(tags: Iterable[Tag], bigtiff: bool, far: Iterable[int] = ()) -
     """Bytes of an IFD plus the out-of-line values stored right after it (all but those in ``far``)."""
     tags, far = list(tags), set(far)
     size = (8 + 20 * len(tags) + 8) if bigtiff else (2 + 12 * len(tags) + 4)
-    return size + sum(_even(len(t.data)) for t in tags if not t.inline(bigtiff) and t.code not in far)
+    return size + sum(word_aligned(len(t.data)) for t in tags if not t.inline(bigtiff) and t.code not in far)
 
 
 def encode_ifd(
@@ -138,7 +138,7 @@ def encode_ifd(
             out += struct.pack(pointer_fmt, far[tag.code])
         else:
             out += struct.pack(pointer_fmt, values_at + len(values))
-            values += tag.data.ljust(_even(len(tag.data)), b"\0")
+            values += tag.data.ljust(word_aligned(len(tag.data)), b"\0")
     out += struct.pack(pointer_fmt, next_ifd)
     return bytes(out + values)
 
@@ -247,6 +247,6 @@ def _read_ifd(fh: BinaryIO, offset: int, bigtiff: bool, name: str) -> Ifd:
     return ifd
 
 
-def _even(n: int) -> int:
-    """TIFF word-aligns values: an odd-length value is followed by one pad byte."""
+def word_aligned(n: int) -> int:
+    """Bytes a value of ``n`` bytes takes: TIFF word-aligns values, so an odd length gets one pad byte."""
     return n + (n & 1)
