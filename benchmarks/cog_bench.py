@@ -32,7 +32,7 @@ import numpy as np
 from affine import Affine
 
 from geo_sat2map.raster_io import cog
-from geo_sat2map.raster_io.cog import FAST_CODECS, StreamingCOGWriter, check_cog_layout, level_sizes
+from geo_sat2map.raster_io.cog import FAST_CODECS, StreamingCOGWriter, available_cpus, check_cog_layout, level_sizes
 from geo_sat2map.raster_io.output import (
     OutputOptions,
     RGBAStripWriter,
@@ -138,7 +138,7 @@ def main() -> None:
     parser.add_argument("--gdal-levels", default="6,1", help="DEFLATE levels for the GDAL COG copy")
     parser.add_argument("--tmp", type=Path, default=None, help="folder for the output files (default: a temp dir)")
     args = parser.parse_args()
-    cpus = len(os.sched_getaffinity(0))
+    cpus = available_cpus()
     threads = [int(t) for t in args.threads.split(",")] if args.threads else sorted({1, cpus})
 
     started = time.perf_counter()

@@ -462,6 +462,16 @@ def test_write_errors_are_user_errors_and_leave_nothing(tmp_path, monkeypatch):
     assert folder_listing(tmp_path) == []
 
 
+def test_a_full_disk_while_streaming_is_a_user_error_and_leaves_nothing(tmp_path, monkeypatch):
+    def disk_full(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "writev", disk_full)
+    with pytest.raises(UserError, match="map.tif: could not write the map .No space left on device"):
+        write_map(tmp_path / "map.tif", map_like(40, 40), blocksize=16)
+    assert folder_listing(tmp_path) == []
+
+
 def test_byte_copies_fall_back_when_the_kernel_cannot_copy(tmp_path, monkeypatch):
     def cross_device(*args):
         raise OSError(errno.EXDEV, "Invalid cross-device link")

@@ -181,7 +181,7 @@ class StreamingCOGWriter:
             raise ValueError(f"blocksize {blocksize}: TIFF tiles must be a positive multiple of 16")
         if width < 1 or height < 1:
             raise ValueError(f"raster size {width}x{height} must be at least 1x1")
-        threads = threads if threads is not None else len(os.sched_getaffinity(0))
+        threads = threads if threads is not None else available_cpus()
         if threads < 1:
             raise ValueError(f"threads={threads}: at least one encoding thread is needed")
         self.path = Path(path)
@@ -461,6 +461,13 @@ class StreamingCOGWriter:
 
 
 _TILE_INDEX_TAGS = (tf.TILE_OFFSETS, tf.TILE_BYTE_COUNTS)
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (the default number of encoding threads)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def level_sizes(width: int, height: int, blocksize: int) -> list[tuple[int, int]]:
