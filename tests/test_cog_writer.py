@@ -86,6 +86,7 @@ def folder_listing(folder: Path) -> list[str]:
         (170, 300, 64),  # four levels, none a multiple of the block size
         (3, 1000, 16),  # levels down to one row
         (700, 1, 16),  # one column at every level
+        (512, 513, 256),  # just over one block: overviews 257x256 and 129x128
         (30, 40, 64),  # smaller than one block: no overviews
     ],
 )

@@ -471,8 +471,9 @@ def available_cpus() -> int:
 
 
 def level_sizes(width: int, height: int, blocksize: int) -> list[tuple[int, int]]:
-    """(width, height) of full resolution and of each overview: halved (rounding up) until one block holds it,
-    as GDAL's COG driver does (``overview_factors``)."""
+    """(width, height) of full resolution and of each overview: halved, rounding up, until one block holds it
+    (``overview_factors``; gdaladdo's sizes). GDAL 3.10's COG driver rounds down instead (1025 -> 512, and
+    513x512 gets one overview, not two): readers take either, as the overview's size gives its scale."""
     return [(width, height)] + [(math.ceil(width / f), math.ceil(height / f))
                                 for f in overview_factors(width, height, blocksize)]
 
