@@ -12,7 +12,7 @@ from geo_sat2map.cli import translate as translate_cli
 from geo_sat2map.models import NORM_MODES
 from geo_sat2map.raster_io.output import COMPRESSIONS
 from geo_sat2map.scaling import InputScaling
-from geo_sat2map.translate import SCALING_MODES
+from geo_sat2map.inference.translate import SCALING_MODES
 from geo_sat2map.windows import BLEND_MODES
 
 from .translate_fixtures import (

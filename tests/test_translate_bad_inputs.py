@@ -7,7 +7,7 @@ import pytest
 import rasterio
 from affine import Affine
 
-from geo_sat2map import translate as translate_module
+from geo_sat2map.inference.runner import GeneratorRunner
 
 from .translate_fixtures import read, run_translate, save_small_generator, texture, write_raster
 
@@ -154,15 +154,15 @@ def test_reduced_precision_on_cpu_is_refused(tmp_path, weights, scene):
 def test_ctrl_c_mid_run_leaves_nothing_behind(tmp_path, weights, monkeypatch):
     src = write_raster(tmp_path / "scene.tif", texture(700, 700))
     calls = []
-    real_submit = translate_module.ModelRunner.submit
+    real_call = GeneratorRunner.__call__
 
     def interrupted(self, inputs):
         calls.append(1)
         if len(calls) == 3:
             raise KeyboardInterrupt
-        return real_submit(self, inputs)
+        return real_call(self, inputs)
 
-    monkeypatch.setattr(translate_module.ModelRunner, "submit", interrupted)
+    monkeypatch.setattr(GeneratorRunner, "__call__", interrupted)
     out = tmp_path / "map.tif"
     result = run_translate(src, "-o", out, "-w", weights, "--batch-size", "2")
     assert result.exit_code == 130 and "Traceback" not in result.output

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
@@ -21,12 +23,14 @@ from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
 from geo_sat2map.errors import UserError
+from geo_sat2map.raster_io.core import RasterInfo
 
 COMPRESSIONS = ("deflate", "zstd", "lzw", "none")
 RGBA_INTERP = (ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha)
 # GDAL's block cache defaults to 5 % of RAM and would keep every block read or written until full, so a
 # streaming run would grow with the scene. It only needs the blocks of the current strips.
 MIN_CACHE_BYTES = 16 * 2**20
+INTERMEDIATE_COMPRESSION = "zstd"  # the streamed file GDAL turns into a COG: fast to write and to read back
 
 
 @dataclass(frozen=True)
@@ -54,9 +58,11 @@ def streaming_cache_bytes(width: int, strip_rows: int, blocksize: int = 512) -> 
 
 
 @contextlib.contextmanager
-def bounded_gdal_cache(nbytes: int) -> Iterator[None]:
-    """Cap GDAL's (process-wide) block cache for a streaming run, from any thread; restored afterwards."""
-    with rasterio.Env(GDAL_CACHEMAX=nbytes):
+def streaming_gdal_env(cache_bytes: int, threads: int | str = "ALL_CPUS") -> Iterator[None]:
+    """GDAL settings for a streaming run, set from the calling thread for the whole process (rasterio applies an
+    Env of the main thread globally): a capped block cache, and multi-threaded (de)compression of the blocks of
+    one read or write."""
+    with rasterio.Env(GDAL_CACHEMAX=cache_bytes, GDAL_NUM_THREADS=str(threads)):
         yield
 
 
@@ -65,7 +71,7 @@ class RGBAStripWriter:
 
     Rows must arrive in order. Writes happen one block row at a time, so a compressed tiled GeoTIFF never has
     a half-written block flushed and rewritten. Use from one thread at a time; ``close`` flushes the rest.
-    Run inside ``bounded_gdal_cache`` so dirty blocks do not pile up in GDAL's cache.
+    Run inside ``streaming_gdal_env`` so dirty blocks do not pile up in GDAL's cache.
     """
 
     def __init__(
@@ -160,3 +166,69 @@ def overview_factors(width: int, height: int, blocksize: int) -> list[int]:
         factors.append(factor)
         factor *= 2
     return factors
+
+
+class GDALMapSink:
+    """Finished rows into GDAL: a streamed tiled GeoTIFF, then (``options.cog``) GDAL's COG copy or internal
+    overviews built in place. The fallback for codecs and creation options the streaming COG writer lacks; it
+    encodes the full resolution twice for a COG."""
+
+    overview_levels = 0  # GDAL builds the overviews itself
+
+    def __init__(
+        self, path: str | os.PathLike[str], info: RasterInfo, tags: Mapping[str, str], options: OutputOptions
+    ) -> None:
+        self.path, self.options = path, options
+        self.stream_path: str | None = None
+        target = str(path)
+        if options.cog:
+            dest = os.fspath(path)
+            fd, self.stream_path = tempfile.mkstemp(prefix=".", suffix=".stream.tif.part", dir=os.path.dirname(dest) or ".")
+            os.close(fd)
+            target = self.stream_path
+        self.stats = {"encode": 0.0, "assemble": 0.0}
+        self._rows = 0
+        try:
+            self._writer = RGBAStripWriter(
+                target, info.width, info.height, info.crs, info.transform, tags,
+                compress=INTERMEDIATE_COMPRESSION if options.cog else options.compress, blocksize=options.blocksize,
+                extra_options=None if options.cog else options.gdal_options(),
+            )
+        except BaseException:
+            self._remove_stream()
+            raise
+
+    def write_rows(self, level: int, rows: np.ndarray) -> None:
+        if level != 0:
+            raise ValueError("GDALMapSink builds its own overviews; it takes full-resolution rows only")
+        started = time.perf_counter()
+        self._writer.write_rows(self._rows, rows.transpose(2, 0, 1))
+        self._rows += rows.shape[0]
+        self.stats["encode"] += time.perf_counter() - started
+
+    def close(self) -> None:
+        started = time.perf_counter()
+        try:
+            self._writer.close(flush=True)
+            finish_output(self.stream_path or self.path, self.path, self.options)
+        finally:
+            self._remove_stream()
+        self.stats["assemble"] += time.perf_counter() - started
+
+    def abort(self) -> None:
+        try:
+            self._writer.close(flush=False)
+        finally:
+            self._remove_stream()
+
+    def _remove_stream(self) -> None:
+        if self.stream_path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.stream_path)
+
+
+def open_map_sink(
+    path: str | os.PathLike[str], info: RasterInfo, tags: Mapping[str, str], options: OutputOptions
+) -> GDALMapSink:
+    """The sink for a translate run's rows at ``path`` (a temporary path; the caller renames it)."""
+    return GDALMapSink(path, info, tags, options)
