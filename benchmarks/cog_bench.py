@@ -13,8 +13,8 @@ overview rows in bands of --band rows, interleaved, and is timed by wall clock:
   one pool thread's encode CPU time (overviews included): the rate to multiply by a core count; "caller
   Mpx/s" is the same for the calling thread's CPU time (copies into block rows, spill writes, assembly):
   the serial part, a ceiling whatever the core count.
-- gdal: today's path in raster_io/output.py: RGBAStripWriter (tiled GTiff, ZSTD, NUM_THREADS=ALL_CPUS), then
-  GDAL's COG driver copy (re-reads, builds overviews, re-encodes; NUM_THREADS=ALL_CPUS).
+- gdal: today's path, raster_io/output.py's GDALMapSink as translate uses it: a tiled GTiff streamed with GDAL
+  (ZSTD, GDAL_NUM_THREADS=ALL_CPUS), then GDAL's COG driver copy (re-reads, builds overviews, re-encodes).
 
 Mpx/s are full-resolution megapixels per second of each stage. "COG" is check_cog_layout's verdict.
 Other processes on the machine change the numbers: note `uptime` before and after.
@@ -33,13 +33,8 @@ from affine import Affine
 
 from geo_sat2map.raster_io import cog
 from geo_sat2map.raster_io.cog import FAST_CODECS, StreamingCOGWriter, available_cpus, check_cog_layout, level_sizes
-from geo_sat2map.raster_io.output import (
-    OutputOptions,
-    RGBAStripWriter,
-    bounded_gdal_cache,
-    finish_output,
-    streaming_cache_bytes,
-)
+from geo_sat2map.raster_io.core import RasterInfo
+from geo_sat2map.raster_io.output import GDALMapSink, OutputOptions, streaming_cache_bytes, streaming_gdal_env
 from geo_sat2map.synthetic import SceneSpec, make_world, render_map
 
 CRS = "EPSG:3857"
@@ -102,26 +97,24 @@ def run_ours(levels: list[np.ndarray], path: Path, band: int, **options) -> dict
             "caller_rate": width * height / caller_cpu / 1e6, "bytes": path.stat().st_size}
 
 
-def run_gdal(bands_first: np.ndarray, tmp: Path, path: Path, band: int, compress: str, level: int | None) -> dict:
-    """Today's path: stream a tiled ZSTD GTiff with GDAL, then GDAL's COG driver copies it into the COG."""
-    _, height, width = bands_first.shape
-    tiled = tmp / "intermediate.tif"
+def run_gdal(levels: list[np.ndarray], path: Path, band: int, compress: str, level: int | None) -> dict:
+    """Today's path, ``GDALMapSink`` as translate uses it: a streamed tiled ZSTD GTiff, then GDAL's COG copy."""
+    height, width = levels[0].shape[:2]
+    info = RasterInfo(str(path), width, height, 4, "uint8", CRS, TRANSFORM, True)
+    options = OutputOptions(compress=compress, creation_options={"LEVEL": str(level)} if level is not None else {})
     start = time.perf_counter()
-    with bounded_gdal_cache(streaming_cache_bytes(width, band)):
-        writer = RGBAStripWriter(tiled, width, height, CRS, TRANSFORM, {"MODEL": "bench"}, "zstd",
-                                 extra_options={"NUM_THREADS": "ALL_CPUS"})
+    with streaming_gdal_env(streaming_cache_bytes(width, band)):
+        sink = GDALMapSink(path, info, {"MODEL": "bench"}, options)
         try:
             for top in range(0, height, band):
-                writer.write_rows(top, bands_first[:, top:top + band])
-        finally:
-            writer.close()
-    encoded = time.perf_counter()
-    creation = {"LEVEL": str(level)} if level is not None else {}
-    finish_output(tiled, path, OutputOptions(compress=compress, cog=True, creation_options=creation))
+                sink.write_rows(0, levels[0][top:top + band])
+            sink.close()
+        except BaseException:
+            sink.abort()
+            raise
     total = time.perf_counter() - start
-    tiled.unlink()
-    return {"encode": encoded - start, "assemble": total - (encoded - start), "total": total, "thread_rate": None,
-            "caller_rate": None, "bytes": path.stat().st_size}
+    return {"encode": total - sink.stats["assemble"], "assemble": sink.stats["assemble"], "total": total,
+            "thread_rate": None, "caller_rate": None, "bytes": path.stat().st_size}
 
 
 def main() -> None:
@@ -177,10 +170,9 @@ def main() -> None:
                 label = f"{codec} {level}" + (f" ({engine})" if codec == "deflate" else "")
                 row("ours", label, str(n), result, path)
         if not args.skip_gdal:
-            bands_first = np.ascontiguousarray(image.transpose(2, 0, 1))
             for level in args.gdal_levels.split(","):
                 path = tmp / "gdal.tif"
-                result = run_gdal(bands_first, tmp, path, args.band, "deflate", int(level))
+                result = run_gdal(levels, path, args.band, "deflate", int(level))
                 row("gdal strips + COG copy", f"deflate {level}", "all", result, path)
     print(f"\nload average after: {os.getloadavg()[0]:.2f}")
 

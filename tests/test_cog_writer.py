@@ -97,6 +97,9 @@ def test_every_level_reads_back_pixel_exact_with_its_georeferencing(tmp_path, he
                        threads=2)
     factors = overview_factors(width, height, blocksize)
     assert writer.levels == [(width, height)] + [(-(-width // f), -(-height // f)) for f in factors]
+    assert writer.overview_levels == len(factors)  # what translate's MapSink protocol reads
+    stages = dict(writer.stats.items())  # wall-clock stages, as GDALMapSink.stats
+    assert set(stages) == {"encode", "assemble"} and all(seconds > 0 for seconds in stages.values())
     with rasterio.open(path) as ds:
         assert (ds.width, ds.height, ds.count, ds.dtypes[0]) == (width, height, 4, "uint8")
         assert ds.crs == rasterio.crs.CRS.from_epsg(32633) and ds.transform == UTM

@@ -112,10 +112,17 @@ class COGWriterStats:
     tiles: int = 0
     raw_bytes: int = 0  # tile bytes before compression (edge tiles padded)
     compressed_bytes: int = 0  # tile payloads after compression
+    write_seconds: float = 0.0  # caller's wall time in write_rows: copies, and waits when the pool is behind
+    wait_seconds: float = 0.0  # the part of write_seconds blocked on the pool (backpressure)
+    drain_seconds: float = 0.0  # close() waiting for the last tiles to be compressed and stored
     encode_seconds: float = 0.0  # CPU seconds of the pool's threads in predictor + compression (summed)
-    wait_seconds: float = 0.0  # caller blocked on the pool (backpressure and close's final drain)
     assemble_seconds: float = 0.0  # close(): header, IFDs and byte copies of the spill files
     file_bytes: int = 0
+
+    def items(self):
+        """Wall-clock stages as (name, seconds) pairs, like ``GDALMapSink.stats``: "encode" (the caller's time
+        in write_rows and waiting for the last tiles) and "assemble"."""
+        return {"encode": self.write_seconds + self.drain_seconds, "assemble": self.assemble_seconds}.items()
 
 
 @dataclass
@@ -191,6 +198,7 @@ class StreamingCOGWriter:
         self._compress = codec.make(level if level is not None else codec.default_level)
         self._predictor = predictor and compress.lower() != "none"
         self.levels = level_sizes(width, height, blocksize)
+        self.overview_levels = len(self.levels) - 1  # rows the caller supplies for levels 1..overview_levels
         self.stats = COGWriterStats()
         self._geo_tags = georeferencing_tags(crs, transform, tags)
         self._streams: list[_LevelStream] = []
@@ -234,6 +242,7 @@ class StreamingCOGWriter:
             raise ValueError(f"level {level}: {stream.rows_received + rgba.shape[0]} rows written, "
                              f"but it has {stream.height}")
         self._raise_failure()
+        started = time.perf_counter()
         done = 0
         while done < rgba.shape[0]:
             if stream.block is None:
@@ -245,6 +254,7 @@ class StreamingCOGWriter:
             done += take
             if stream.filled == self.blocksize or stream.rows_received == stream.height:
                 self._submit_block_row(stream)
+        self.stats.write_seconds += time.perf_counter() - started
 
     def _block_buffer(self, stream: _LevelStream) -> np.ndarray:
         if stream.free:  # reuse: fresh pages would cost a page fault each
@@ -332,7 +342,7 @@ class StreamingCOGWriter:
                 raise ValueError("close() before all rows were written (" + "; ".join(missing) + ")")
             start = time.perf_counter()
             self._stop_threads(cancel=False)
-            self.stats.wait_seconds += time.perf_counter() - start
+            self.stats.drain_seconds = time.perf_counter() - start
             self._raise_failure()
             start = time.perf_counter()
             self._assemble()
