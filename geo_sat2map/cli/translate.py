@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from geo_sat2map import progress
 from geo_sat2map.cli.options import device_opt, overwrite_opt, parse_bands, precision_opt, quiet
 
 if TYPE_CHECKING:
@@ -98,6 +99,7 @@ def command(ctx: click.Context, inputs: tuple[Path, ...], output: str, input_lis
     """
     from geo_sat2map.inference import BatchConfig, TranslateConfig, read_input_list, translate
     from geo_sat2map.inference.parts import runs_in_parts, translate_in_parts
+    from geo_sat2map.inference.ranks import is_main_process
     from geo_sat2map.raster_io.output import OutputOptions
 
     scenes = list(inputs) + (read_input_list(input_list) if input_list is not None else [])
@@ -119,10 +121,10 @@ def command(ctx: click.Context, inputs: tuple[Path, ...], output: str, input_lis
     )
     if to_folder:
         _translate_folder(ctx, BatchConfig(tuple(scenes), Path(output), config, vrt))
-    elif runs_in_parts(config.output):
-        translate_in_parts(config)
-    else:
-        translate(config)
+        return
+    report = translate_in_parts(config) if runs_in_parts(config.output) else translate(config)
+    if is_main_process():
+        progress.emit("result", command="translate", result=report)
 
 
 def _translate_folder(ctx: click.Context, config: BatchConfig) -> None:
@@ -136,7 +138,9 @@ def _translate_folder(ctx: click.Context, config: BatchConfig) -> None:
         click.echo("Interrupted: finished maps are kept (a rerun skips them); the scene in progress left nothing.",
                    err=True)
         ctx.exit(130)
-    if is_main_process() and not quiet(ctx):
-        click.echo(report.table())
+    if is_main_process():
+        progress.emit("result", command="translate", result=report)
+        if not quiet(ctx):
+            click.echo(report.table())
     if report.failed:
         ctx.exit(1)

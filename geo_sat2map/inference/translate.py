@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from geo_sat2map import __version__
 from geo_sat2map.atomic import atomic_output, check_output_path, file_sha256
@@ -33,6 +32,7 @@ from geo_sat2map.inference.identity import RUN_ID_TAG, run_id
 from geo_sat2map.inference.runner import GeneratorRunner, StageClock
 from geo_sat2map.inference.stages import ChunkReader, RowWriter
 from geo_sat2map.models import NORM_MODES, InferenceGenerator
+from geo_sat2map.progress import progress_bar
 from geo_sat2map.raster_io import RasterInfo, open_raster, raster_info, require_georeferenced, resolve_bands, scene_scaling
 from geo_sat2map.raster_io.output import (
     COMPRESSIONS,
@@ -291,7 +291,8 @@ def _stream(config: TranslateConfig, run: _Run, sink: Any, band: RowBand | None 
     band = band or RowBand.whole(grid)
     reader = ChunkReader(RowReader(config.input, run.bands), band, streaming_dtype(run.info.dtype),
                          pin=device.type == "cuda", workers=threads, ahead=threads + 2)
-    bar = tqdm(total=(band.end - band.process_from) * grid.shape[1], unit="win", desc="translate", disable=not config.progress, dynamic_ncols=True)
+    bar = progress_bar(total=(band.end - band.process_from) * grid.shape[1], unit="win", desc="translate",
+                       disable=not config.progress, dynamic_ncols=True)
     counted = 0
     try:
         with runner.active():
@@ -305,6 +306,7 @@ def _stream(config: TranslateConfig, run: _Run, sink: Any, band: RowBand | None 
                 bar.update(done - counted)
                 counted = done
             engine.finish()
+            bar.update(engine.windows_run + engine.windows_skipped - counted)  # the last partial batch runs in finish()
         writer.close()
     except torch.cuda.OutOfMemoryError:
         writer.abandon()

@@ -23,13 +23,13 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from geo_sat2map.atomic import atomic_output
 from geo_sat2map.checkpoint import GeneratorMeta, save_generator
 from geo_sat2map.device import resolve_device
 from geo_sat2map.errors import UserError
 from geo_sat2map.metrics import to_uint8
+from geo_sat2map.progress import progress_bar
 from geo_sat2map.training import distributed, report
 from geo_sat2map.training.config import (
     TrainConfig,
@@ -373,7 +373,7 @@ class _Run:
             self.loss_sum.zero_()
         step = self.epoch_samples // config.batch_size
         sync_every = 1 if self.device.type == "cpu" else GPU_SYNC_EVERY
-        bar = tqdm(
+        bar = progress_bar(
             total=self.steps_per_epoch, initial=step, desc=f"epoch {self.epoch + 1}/{config.total_epochs}",
             unit="it", disable=not (self.progress and ctx.is_main), leave=False, dynamic_ncols=True,
         )
