@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/translate_scale_bench.py                      # 4096² scene, eight 1024² scenes
     .venv/bin/python benchmarks/translate_scale_bench.py --size 2048 --sheet 512 --sheets 4   # a quick look
 
-Every row is the wall time of one whole command in fresh interpreters (start-up, model load, streaming,
+Every row is the wall time of one whole command, best and median of ``--repeats`` interleaved rounds in fresh interpreters (start-up, model load, streaming,
 encoding, and for a split scene the serial step on rank 0), on the CPU with a random-weights ngf-``--width``
 unet256 (the compute of a trained one). Rows:
 - one scene, 1 process using every core (``OMP_NUM_THREADS`` = the cores), and 1 process on 1 thread (the
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -55,43 +56,52 @@ def main() -> None:
     parser.add_argument("--sheets", type=int, default=8, help="number of scenes")
     parser.add_argument("--width", type=int, default=16, help="generator ngf")
     parser.add_argument("--cores", type=int, default=os.cpu_count() or 2, help="threads of the 1-process rows")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds of all rows (interleaved); best and median")
     args = parser.parse_args()
 
+    big = args.size**2 / 1e6
+    many = args.sheets * args.sheet**2 / 1e6
+    scene_job, folder_job = f"{args.size}² scene", f"{args.sheets} x {args.sheet}² scenes"
     with tempfile.TemporaryDirectory(prefix="scale-bench-") as folder:
         tmp = Path(folder)
         weights = save_random_generator(tmp / "generator.pt", args.width)
-        scene = make_scene(tmp / "scene.tif", args.size, args.size)
-        sheets = [make_scene(tmp / f"sheet{i}.tif", args.sheet, args.sheet) for i in range(args.sheets)]
-        common = ["-w", str(weights), "--overwrite"]
-        rows = []
+        scene = str(make_scene(tmp / "scene.tif", args.size, args.size))
+        sheets = [str(make_scene(tmp / f"sheet{i}.tif", args.sheet, args.sheet)) for i in range(args.sheets)]
+        rows = [  # job, output, processes, threads, megapixels, arguments
+            (scene_job, ".tif", 1, args.cores, big, [scene, "-o", "one.tif"]),
+            (scene_job, ".tif", 1, 1, big, [scene, "-o", "one1.tif"]),
+            (scene_job, ".tif", 2, 1, big, [scene, "-o", "two.tif"]),
+            (scene_job, ".vrt", 2, 1, big, [scene, "-o", "two.vrt"]),
+            (folder_job, "folder", 1, args.cores, many, [*sheets, "-o", "maps1"]),
+            (folder_job, "folder", 2, 1, many, [*sheets, "-o", "maps2"]),
+        ]
+        times: list[list[float]] = [[] for _ in rows]
+        serial: list[list[float]] = [[] for _ in rows]
+        for round_ in range(args.repeats):  # interleaved, so a burst of load on the machine hits every row alike
+            for index, (job, output, processes, threads, _, extra) in enumerate(rows):
+                seconds, log = run(translate_command(processes, [*extra, "-w", str(weights), "--overwrite"]),
+                                   threads, tmp)
+                times[index].append(seconds)
+                found = SERIAL.search(log)
+                if found:
+                    serial[index].append(float(found.group(2)))
+                print(f"  round {round_ + 1}: {job} -> {output}, {processes} x {threads}: {seconds:.1f} s",
+                      file=sys.stderr)
 
-        def row(job: str, processes: int, threads: int, megapixels: float, extra: list[str]) -> float:
-            seconds, log = run(translate_command(processes, [*extra, *common]), threads, tmp)
-            serial = SERIAL.search(log)
-            rows.append((job, f"{processes} x {threads}", seconds, megapixels / seconds,
-                         f"{float(serial.group(2)):.1f} ({100 * float(serial.group(2)) / seconds:.0f} %)"
-                         if serial else "-"))
-            print(f"  {job}, {processes} x {threads}: {seconds:.1f} s", file=sys.stderr)
-            return seconds
-
-        big = args.size**2 / 1e6
-        many = args.sheets * args.sheet**2 / 1e6
-        one = row(f"{args.size}² scene -> .tif", 1, args.cores, big, [str(scene), "-o", "one.tif"])
-        row(f"{args.size}² scene -> .tif", 1, 1, big, [str(scene), "-o", "one1.tif"])
-        split_tif = row(f"{args.size}² scene -> .tif", 2, 1, big, [str(scene), "-o", "two.tif"])
-        split_vrt = row(f"{args.size}² scene -> .vrt", 2, 1, big, [str(scene), "-o", "two.vrt"])
-        folder_one = row(f"{args.sheets} x {args.sheet}² -> folder", 1, args.cores, many,
-                         [*map(str, sheets), "-o", "maps1"])
-        folder_two = row(f"{args.sheets} x {args.sheet}² -> folder", 2, 1, many, [*map(str, sheets), "-o", "maps2"])
-
-    print(f"translate at scale, CPU, ngf {args.width}, {args.cores} cores; processes x threads each; wall time of "
-          "the whole command")
-    print(f"| job | processes x threads | wall s | Mpx/s | serial step s (share) |")
-    print("|---|---|---|---|---|")
-    for job, layout, seconds, rate, serial in rows:
-        print(f"| {job} | {layout} | {seconds:.1f} | {rate:.2f} | {serial} |")
-    print(f"2 processes vs 1 ({args.cores} threads): one scene -> .tif x{one / split_tif:.2f}, -> .vrt "
-          f"x{one / split_vrt:.2f}; {args.sheets} scenes x{folder_one / folder_two:.2f}")
+    best = [min(t) for t in times]
+    print(f"translate at scale, CPU, ngf {args.width}, {args.cores} cores, best and median of {args.repeats}; "
+          "wall time of the whole command (start-up included)")
+    print("| job | output | processes x threads | wall s best (median) | Mpx/s (best) | serial step s (share) |")
+    print("|---|---|---|---|---|---|")
+    for index, (job, output, processes, threads, megapixels, _) in enumerate(rows):
+        share = "-"
+        if serial[index]:
+            step = statistics.median(serial[index])
+            share = f"{step:.1f} ({100 * step / statistics.median(times[index]):.0f} %)"
+        print(f"| {job} | {output} | {processes} x {threads} | {best[index]:.1f} ({statistics.median(times[index]):.1f})"
+              f" | {megapixels / best[index]:.2f} | {share} |")
+    print(f"2 processes vs 1 process of {args.cores} threads (best times): one scene -> .tif x{best[0] / best[2]:.2f}, "
+          f"-> .vrt x{best[0] / best[3]:.2f}; {args.sheets} scenes x{best[4] / best[5]:.2f}")
 
 
 if __name__ == "__main__":
