@@ -3,9 +3,9 @@
     .venv/bin/python benchmarks/translate_scale_bench.py                      # 4096² scene, eight 1024² scenes
     .venv/bin/python benchmarks/translate_scale_bench.py --size 2048 --sheet 512 --sheets 4   # a quick look
 
-Every row is the wall time of one whole command, best and median of ``--repeats`` interleaved rounds in fresh interpreters (start-up, model load, streaming,
-encoding, and for a split scene the serial step on rank 0), on the CPU with a random-weights ngf-``--width``
-unet256 (the compute of a trained one). Rows:
+Every row is the wall time of one whole command in fresh interpreters (start-up, model load, streaming,
+encoding, and for a split scene the serial step on rank 0), best and median of ``--repeats`` interleaved rounds,
+on the CPU with a random-weights ngf-``--width`` unet256 (the compute of a trained one). Rows:
 - one scene, 1 process using every core (``OMP_NUM_THREADS`` = the cores), and 1 process on 1 thread (the
   per-process rate of the scaling model);
 - one scene, 2 processes of 1 thread: ``-o map.tif`` (rank 0 assembles one COG from the parts through a VRT:
@@ -98,8 +98,9 @@ def main() -> None:
         if serial[index]:
             step = statistics.median(serial[index])
             share = f"{step:.1f} ({100 * step / statistics.median(times[index]):.0f} %)"
-        print(f"| {job} | {output} | {processes} x {threads} | {best[index]:.1f} ({statistics.median(times[index]):.1f})"
-              f" | {megapixels / best[index]:.2f} | {share} |")
+        median = statistics.median(times[index])
+        print(f"| {job} | {output} | {processes} x {threads} | {best[index]:.1f} ({median:.1f}) "
+              f"| {megapixels / best[index]:.2f} | {share} |")
     print(f"2 processes vs 1 process of {args.cores} threads (best times): one scene -> .tif x{best[0] / best[2]:.2f}, "
           f"-> .vrt x{best[0] / best[3]:.2f}; {args.sheets} scenes x{best[4] / best[5]:.2f}")
 
