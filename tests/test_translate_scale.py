@@ -102,7 +102,7 @@ def test_two_processes_write_a_vrt_over_cog_parts_with_the_pixels_of_one(tmp_pat
     assert [p.name for p in parts] == ["rows-00000000-00000320.tif", "rows-00000320-00000700.tif"]
     for part, start in zip(parts, (0, 320)):
         data, _, info = read(part)
-        assert info["structure"]["LAYOUT"] == "COG" and info["transform"] == UTM * Affine.translation(0, start)
+        assert info["structure"]["LAYOUT"] == "COG" and info["transform"] == UTM @ Affine.translation(0, start)
         assert info["tags"][PART_ROWS_TAG] == f"{start},{start + data.shape[1]}"
     assert not work_folder(tmp_path / "map.vrt").exists()
 
@@ -179,6 +179,21 @@ def test_finished_parts_are_verified_before_reuse_and_leftovers_removed(tmp_path
     assert np.array_equal(read(tmp_path / "map.parts" / part.name)[0], expected)
 
 
+@pytest.mark.parametrize(("crs", "transform"), [
+    ("EPSG:32633", Affine(10.0, 2.0, 500_000.0, 2.0, -10.0, 4_000_000.0)),  # rotated
+    (None, Affine.identity()),  # no georeferencing (--allow-ungeoreferenced)
+])
+def test_a_vrt_map_keeps_any_grid_of_its_scene(tmp_path, weights, crs, transform):
+    src = write_raster(tmp_path / "scene.tif", texture(300, 280, seed=22), crs=crs, transform=transform)
+    translate(TranslateConfig(input=src, output=tmp_path / "one.tif", weights=weights, device="cpu",
+                              fixed_batch=True, progress=False, allow_ungeoreferenced=True))
+    result = invoke(src, "-o", tmp_path / "map.vrt", "-w", weights, "--allow-ungeoreferenced", quiet=True)
+    assert result.exit_code == 0, result.output
+    with rasterio.open(tmp_path / "map.vrt") as ds, rasterio.open(tmp_path / "one.tif") as one:
+        assert np.array_equal(ds.read(), one.read())
+        assert ds.transform == one.transform == transform and ds.crs == one.crs
+
+
 def test_a_vrt_output_refuses_existing_parts_without_overwrite(tmp_path, weights, tall_scene):
     (tmp_path / "map.parts").mkdir()
     result = invoke(tall_scene, "-o", tmp_path / "map.vrt", "-w", weights, quiet=True)
@@ -197,7 +212,7 @@ def _sheets(folder: Path) -> dict[str, tuple[Path, int, int]]:
     sheets = {}
     for name, (row, col) in {"nw": (0, 0), "ne": (0, 300), "sw": (260, 0), "se": (260, 300)}.items():
         path = write_raster(folder / f"{name}.tif", np.ascontiguousarray(region[:, row:row + 260, col:col + 300]),
-                            transform=UTM * Affine.translation(col, row), tiled=True, compress="deflate")
+                            transform=UTM @ Affine.translation(col, row), tiled=True, compress="deflate")
         sheets[name] = (path, row, col)
     return sheets
 
@@ -352,7 +367,7 @@ def test_a_vrt_of_several_maps_has_overviews_made_of_theirs(tmp_path):
     rgba = np.concatenate([texture(700, 600, seed=40), np.full((1, 700, 600), 255, np.uint8)])
     rgba[3, :50] = 0  # a transparent strip along the top of the lower map: it must not hide the upper one
     upper = _rgba_cog(tmp_path / "upper.tif", rgba, UTM)
-    lower = _rgba_cog(tmp_path / "lower.tif", rgba, UTM * Affine.translation(0, 650))
+    lower = _rgba_cog(tmp_path / "lower.tif", rgba, UTM @ Affine.translation(0, 650))
     write_vrt(tmp_path / "m.vrt", [upper, lower], composite=True, overview_dir=tmp_path)
     with rasterio.open(tmp_path / "m.vrt") as ds:
         assert (ds.width, ds.height, ds.transform) == (600, 1350, UTM) and ds.overviews(1) == [2, 4]

@@ -29,7 +29,7 @@ from geo_sat2map.errors import UserError
 from geo_sat2map.inference.identity import tags_match
 from geo_sat2map.inference.ranks import launched_by_torchrun, process_group
 from geo_sat2map.inference.translate import TranslateConfig, _output_tags, _prepare, _Run, _write_map
-from geo_sat2map.raster_io.mosaic import assemble_map, part_info, read_finished, write_vrt
+from geo_sat2map.raster_io.mosaic import assemble_map, part_info, read_finished, write_parts_vrt
 from geo_sat2map.training import distributed
 from geo_sat2map.windows import RowBand
 
@@ -104,9 +104,8 @@ def translate_in_parts(config: TranslateConfig) -> PartsReport:
         run = _prepare(config)
         bands = RowBand.split(run.grid, ctx.world_size)
         tags = _output_tags(config, run)
-        names = [part_name(band) for band in bands]
         if ctx.is_main:
-            _clear_work_folder(work, names)
+            _clear_work_folder(work, [part_name(band) for band in bands])
             log.info("%d processes: %d parts of window rows in %s", ctx.world_size, len(bands), work)
         distributed.barrier(ctx)
         mine = _part(config, run, bands[ctx.rank], work, tags, ctx.rank) if ctx.rank < len(bands) else None
@@ -118,9 +117,9 @@ def translate_in_parts(config: TranslateConfig) -> PartsReport:
                     log.info("reused finished part %s (rows %d-%d; tags and layout verified)", part.name, *part.rows)
             finished = time.perf_counter()
             if as_vrt:
-                _publish_vrt(output, work, names, tags, config.overwrite)
+                _publish_vrt(output, work, run, bands, tags, config.overwrite)
             else:
-                _assemble(output, work, names, tags, config)
+                _assemble(output, work, run, bands, tags, config)
             assemble_seconds = time.perf_counter() - finished
     report = PartsReport(output, run.info.width, run.info.height, ctx.world_size, parts,
                          time.perf_counter() - started, assemble_seconds)
@@ -165,16 +164,20 @@ def _part(
                       time.perf_counter() - started, stream.windows_run)
 
 
-def _assemble(output: Path, work: Path, names: list[str], tags: dict[str, str], config: TranslateConfig) -> None:
+def _assemble(
+    output: Path, work: Path, run: _Run, bands: list[RowBand], tags: dict[str, str], config: TranslateConfig
+) -> None:
     vrt = work / PARTS_VRT
-    write_vrt(vrt, [work / name for name in names], composite=False, tags=tags, overwrite=True)
-    log.info("assembling %s from %d parts", output, len(names))
+    write_parts_vrt(vrt, _parts(work, bands), run.info, tags=tags, overwrite=True)
+    log.info("assembling %s from %d parts", output, len(bands))
     with atomic_output(output, overwrite=config.overwrite, what="output") as tmp:
         assemble_map(vrt, tmp, config.output_options)
     shutil.rmtree(work)
 
 
-def _publish_vrt(output: Path, work: Path, names: list[str], tags: dict[str, str], overwrite: bool) -> None:
+def _publish_vrt(
+    output: Path, work: Path, run: _Run, bands: list[RowBand], tags: dict[str, str], overwrite: bool
+) -> None:
     """Move the work folder to ``<stem>.parts/`` and list the parts (with overview levels) in the VRT at
     ``output``, which appears last. If that fails, the parts go back to the work folder for the rerun."""
     parts = parts_folder(output)
@@ -184,8 +187,7 @@ def _publish_vrt(output: Path, work: Path, names: list[str], tags: dict[str, str
         os.replace(parts, old / parts.name)
     os.replace(work, parts)
     try:
-        write_vrt(output, [parts / name for name in names], composite=False, tags=tags, overwrite=overwrite,
-                  overview_dir=parts)
+        write_parts_vrt(output, _parts(parts, bands), run.info, tags=tags, overwrite=overwrite, overview_dir=parts)
     except BaseException:
         os.replace(parts, work)
         if old is not None:
@@ -194,3 +196,7 @@ def _publish_vrt(output: Path, work: Path, names: list[str], tags: dict[str, str
     finally:
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def _parts(folder: Path, bands: list[RowBand]) -> list[tuple[Path, int]]:
+    return [(folder / part_name(band), band.output_rows[0]) for band in bands]

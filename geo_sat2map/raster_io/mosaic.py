@@ -2,8 +2,9 @@
 
 - ``part_info``: the raster layout of rows [start, stop) of a scene (its transform derives from the scene's);
 - ``read_finished``: tags and layout of a finished map, or ``None`` when it is missing or unreadable;
-- ``write_vrt``: a VRT over north-up rasters of one CRS, placed by their geotransforms (parts stacked, or
-  scenes composited through their alpha bands so transparent edges do not hide a neighbour), with overview
+- ``write_vrt``: a VRT over north-up rasters of one CRS, placed by their geotransforms (scenes composited
+  through their alpha bands so transparent edges do not hide a neighbour); ``write_parts_vrt``: the parts of
+  one scene stacked at their rows, on the scene's own grid. Both with overview
   levels made of the sources' own overviews (GDAL gives a VRT of several sources none by itself, so a large
   mosaic would otherwise be read at full resolution to display it zoomed out);
 - ``assemble_map``: one COG (or tiled GeoTIFF) from a VRT, re-encoded by GDAL.
@@ -35,7 +36,7 @@ SNAP_PIXELS = 1e-6
 def part_info(info: RasterInfo, start: int, stop: int) -> RasterInfo:
     """The layout of scene rows [start, stop): the scene's transform moved down ``start`` rows."""
     return RasterInfo(info.path, info.width, stop - start, info.count, info.dtype, info.crs,
-                      info.transform * Affine.translation(0, start), info.georeferenced)
+                      info.transform @ Affine.translation(0, start), info.georeferenced)
 
 
 @dataclass(frozen=True)
@@ -102,24 +103,30 @@ def _crs_name(crs: rasterio.crs.CRS | None) -> str:
     return f"EPSG:{epsg}" if epsg else crs.to_string()
 
 
+@dataclass(frozen=True)
+class _Layout:
+    """Where sources go in a VRT: its full-resolution size (pixels, not yet rounded), georeferencing and each
+    source's (x offset, y offset, width, height) in its pixels."""
+
+    size: tuple[float, float]
+    crs: rasterio.crs.CRS | None
+    transform: Affine
+    places: list[tuple[float, float, float, float]]
+
+
 def write_vrt(
     dest: str | os.PathLike[str], sources: Sequence[str | os.PathLike[str]], *, composite: bool,
     tags: Mapping[str, str] | None = None, overwrite: bool = False, overview_dir: str | os.PathLike[str] | None = None,
 ) -> None:
-    """Write a VRT at ``dest`` (atomically, last) over ``sources`` at their georeferenced places, on the finest
-    source resolution, referring to them relative to ``dest``.
+    """Write a VRT at ``dest`` (atomically, last) over ``sources`` placed by their geotransforms (north-up, one
+    CRS: ``check_mosaic``) on the finest source resolution, referring to them relative to ``dest``.
 
     ``composite``: sources may overlap, so each band uses the source's mask (its alpha band) and a transparent
-    pixel never covers an earlier source's pixel; otherwise plain copies (parts of one scene).
+    pixel never covers an earlier source's pixel; otherwise plain copies.
     ``overview_dir``: where to write one VRT per overview level (``<dest stem>.x<factor>.vrt``), each over the
     sources' overviews of that level, listed as the VRT's overviews; default no overviews.
     """
-    dest = Path(dest)
-    found = [read_finished(path) for path in sources]
-    for path, raster in zip(sources, found):
-        if raster is None:
-            raise UserError(f"{path}: missing or not a readable raster; cannot add it to {dest.name}")
-    rasters: list[FinishedRaster] = found  # type: ignore[assignment]
+    rasters = _read_sources(Path(dest), sources)
     check_mosaic([(r.path, r.info) for r in rasters])
     res_x = min(r.info.transform.a for r in rasters)
     res_y = min(-r.info.transform.e for r in rasters)
@@ -127,35 +134,62 @@ def write_vrt(
     top = max(r.info.transform.f for r in rasters)
     right = max(r.info.transform.c + r.info.transform.a * r.info.width for r in rasters)
     bottom = min(r.info.transform.f + r.info.transform.e * r.info.height for r in rasters)
-    size = ((right - left) / res_x, (top - bottom) / res_y)
     places = [((r.info.transform.c - left) / res_x, (top - r.info.transform.f) / res_y,
                r.info.width * r.info.transform.a / res_x, r.info.height * -r.info.transform.e / res_y) for r in rasters]
+    layout = _Layout(((right - left) / res_x, (top - bottom) / res_y), rasters[0].info.crs,
+                     Affine(res_x, 0, left, 0, -res_y, top), places)
+    _write_vrt(Path(dest), rasters, layout, composite, tags, overwrite, overview_dir)
+
+
+def write_parts_vrt(
+    dest: str | os.PathLike[str], parts: Sequence[tuple[str | os.PathLike[str], int]], scene: RasterInfo, *,
+    tags: Mapping[str, str] | None = None, overwrite: bool = False, overview_dir: str | os.PathLike[str] | None = None,
+) -> None:
+    """A VRT of ``scene`` made of row parts ``(path, first scene row)``: the scene's own size and transform (any
+    geotransform, or none), each part at its rows. Other arguments as ``write_vrt``."""
+    rasters = _read_sources(Path(dest), [path for path, _ in parts])
+    places = [(0.0, float(start), float(scene.width), float(r.info.height)) for r, (_, start) in zip(rasters, parts)]
+    layout = _Layout((scene.width, scene.height), scene.crs, scene.transform, places)
+    _write_vrt(Path(dest), rasters, layout, False, tags, overwrite, overview_dir)
+
+
+def _read_sources(dest: Path, sources: Sequence[str | os.PathLike[str]]) -> list[FinishedRaster]:
+    rasters = []
+    for path in sources:
+        raster = read_finished(path)
+        if raster is None:
+            raise UserError(f"{path}: missing or not a readable raster; cannot add it to {dest.name}")
+        rasters.append(raster)
+    return rasters
+
+
+def _write_vrt(
+    dest: Path, rasters: list[FinishedRaster], layout: _Layout, composite: bool, tags: Mapping[str, str] | None,
+    overwrite: bool, overview_dir: str | os.PathLike[str] | None,
+) -> None:
     overviews = []
     if overview_dir is not None:
         for level in range(1, max(r.overview_count for r in rasters) + 1):
             path = Path(overview_dir) / f"{dest.stem}.x{2 ** level}.vrt"
-            document = _vrt_document(rasters, path.parent, places, size, (left, res_x, top, res_y), level, composite)
-            _write_document(document, path, overwrite=True)
+            _write_document(_vrt_document(rasters, path.parent, layout, level, composite), path, overwrite=True)
             overviews.append(os.path.relpath(path, dest.parent))
-    document = _vrt_document(rasters, dest.parent, places, size, (left, res_x, top, res_y), 0, composite, tags,
-                             overviews)
-    _write_document(document, dest, overwrite)
+    _write_document(_vrt_document(rasters, dest.parent, layout, 0, composite, tags, overviews), dest, overwrite)
 
 
 def _vrt_document(
-    rasters: list[FinishedRaster], folder: Path, places: list[tuple[float, float, float, float]],
-    size: tuple[float, float], origin: tuple[float, float, float, float], level: int, composite: bool,
+    rasters: list[FinishedRaster], folder: Path, layout: _Layout, level: int, composite: bool,
     tags: Mapping[str, str] | None = None, overviews: Sequence[str] = (),
 ) -> ET.Element:
     """The VRT of ``rasters`` at overview ``level`` (0: full resolution; level l halves the size l times and
     reads each source's l-th overview, or its last one). Sources are named relative to ``folder``."""
     factor = 2**level
-    left, res_x, top, res_y = origin
-    root = ET.Element("VRTDataset", rasterXSize=str(_pixels(size[0] / factor)),
-                      rasterYSize=str(_pixels(size[1] / factor)))
-    ET.SubElement(root, "SRS").text = rasters[0].info.crs.to_wkt()
-    ET.SubElement(root, "GeoTransform").text = ", ".join(
-        repr(float(v)) for v in (left, res_x * factor, 0, top, 0, -res_y * factor))
+    root = ET.Element("VRTDataset", rasterXSize=str(_pixels(layout.size[0] / factor)),
+                      rasterYSize=str(_pixels(layout.size[1] / factor)))
+    if layout.crs is not None:
+        ET.SubElement(root, "SRS").text = layout.crs.to_wkt()
+    if layout.transform != Affine.identity():
+        ET.SubElement(root, "GeoTransform").text = ", ".join(
+            repr(float(v)) for v in (layout.transform @ Affine.scale(factor)).to_gdal())
     if tags:
         metadata = ET.SubElement(root, "Metadata")
         for key, value in tags.items():
@@ -168,7 +202,7 @@ def _vrt_document(
             listed = ET.SubElement(element, "Overview")
             ET.SubElement(listed, "SourceFilename", relativeToVRT="1").text = overview
             ET.SubElement(listed, "SourceBand").text = str(band)
-        for raster, place in zip(rasters, places):
+        for raster, place in zip(rasters, layout.places):
             name = os.path.relpath(os.path.abspath(raster.path), os.path.abspath(folder))
             _add_source(element, raster, name, band, composite, min(level, raster.overview_count),
                         tuple(value / factor for value in place))
