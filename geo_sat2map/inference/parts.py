@@ -115,6 +115,9 @@ def translate_in_parts(config: TranslateConfig) -> PartsReport:
             for part in parts:
                 if part.reused:
                     log.info("reused finished part %s (rows %d-%d; tags and layout verified)", part.name, *part.rows)
+                else:
+                    log.info("rank %d wrote part %s (rows %d-%d, %d windows) in %.1f s", part.rank, part.name,
+                             *part.rows, part.windows_run, part.seconds)
             finished = time.perf_counter()
             if as_vrt:
                 _publish_vrt(output, work, run, bands, tags, config.overwrite)
