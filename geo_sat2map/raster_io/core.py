@@ -15,7 +15,7 @@ from rasterio.enums import ColorInterp
 from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 
-from geo_sat2map.errors import UserError
+from geo_sat2map.errors import UserError, first_line
 from geo_sat2map.scaling import InputScaling, percentile_scaling
 
 # Decimated read used for scene statistics: longest side at most this many pixels.
@@ -45,7 +45,7 @@ def open_raster(path: str | os.PathLike[str]) -> Iterator[rasterio.io.DatasetRea
     try:
         ds = rasterio.open(path)
     except RasterioIOError as exc:
-        raise UserError(f"{path}: not a raster GDAL can read ({_first_line(exc)})") from exc
+        raise UserError(f"{path}: not a raster GDAL can read ({first_line(exc)})") from exc
     with ds:
         yield ds
 
@@ -104,7 +104,7 @@ def read_window(
     except RasterioIOError as exc:
         raise UserError(
             f"{ds.name}: could not read window col={int(window.col_off)} row={int(window.row_off)} "
-            f"{int(window.width)}x{int(window.height)} (corrupt or unreadable block: {_first_line(exc)})"
+            f"{int(window.width)}x{int(window.height)} (corrupt or unreadable block: {first_line(exc)})"
         ) from exc
     return data, valid
 
@@ -119,7 +119,7 @@ def scene_scaling(ds: rasterio.io.DatasetReader, bands: Sequence[int]) -> InputS
         sample = ds.read(list(bands), out_shape=(len(bands), *shape), resampling=rasterio.enums.Resampling.nearest)
         valid = ds.dataset_mask(out_shape=shape, resampling=rasterio.enums.Resampling.nearest) > 0
     except RasterioIOError as exc:
-        raise UserError(f"{ds.name}: could not read an overview for scene statistics ({_first_line(exc)})") from exc
+        raise UserError(f"{ds.name}: could not read an overview for scene statistics ({first_line(exc)})") from exc
     return percentile_scaling(sample.astype(np.float64), valid)
 
 
@@ -174,11 +174,6 @@ def colormap_lut(ds: rasterio.io.DatasetReader) -> np.ndarray | None:
         if 0 <= index < 256:
             lut[index] = rgba[:3]
     return lut
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 @contextlib.contextmanager

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from geo_sat2map.atomic import atomic_output
+from geo_sat2map.checkpoint import read_torch_file
 from geo_sat2map.errors import UserError
 
 CHECKPOINT_FORMAT = "geo-sat2map-train-checkpoint"
@@ -78,10 +79,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
             f"{path} not found: the run was killed before its first checkpoint (nothing to resume); "
             "start it again with --overwrite"
         )
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt, truncated or foreign file: all mean "cannot resume from this"
-        raise UserError(f"{path}: not a readable training checkpoint ({type(exc).__name__}: {exc})") from None
+    state = read_torch_file(path, "training checkpoint")
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise UserError(f"{path}: not a geo-sat2map training checkpoint")
     if not isinstance(state.get("format_version"), int) or state["format_version"] > CHECKPOINT_VERSION:
