@@ -19,3 +19,22 @@ def test_version():
 def test_verbose_and_quiet_are_exclusive():
     result = CliRunner().invoke(cli, ["-v", "-q", "translate", "--help"])
     assert result.exit_code != 0
+
+
+def test_a_bug_is_one_internal_error_line_with_its_own_exit_code(monkeypatch):
+    from geo_sat2map import translate as translate_module
+    from geo_sat2map.cli import INTERNAL_ERROR_EXIT
+
+    def buggy(config):
+        return {}["missing key"]
+
+    monkeypatch.setattr(translate_module, "translate", buggy)
+    args = ["translate", "in.tif", "-o", "out.tif", "-w", "g.pt"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == INTERNAL_ERROR_EXIT == 70
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.output
+    assert lines[0].startswith("Error: internal error: KeyError: 'missing key'") and "rerun with -v" in lines[0]
+    verbose = CliRunner().invoke(cli, ["-v", *args])
+    assert verbose.exit_code == INTERNAL_ERROR_EXIT and "Traceback" in verbose.output and "in buggy" in verbose.output
+    assert verbose.output.strip().splitlines()[-1].startswith("Error: internal error: KeyError")

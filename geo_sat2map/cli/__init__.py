@@ -9,13 +9,18 @@ import traceback
 import click
 
 from geo_sat2map import __version__
-from geo_sat2map.errors import UserError
+from geo_sat2map.errors import UserError, first_line
 
 log = logging.getLogger("geo_sat2map")
 
 
+# Exit status of an unexpected exception (a bug, not a user mistake); EX_SOFTWARE in BSD sysexits.h.
+INTERNAL_ERROR_EXIT = 70
+
+
 class _Group(click.Group):
-    """Turns library UserErrors into one-line messages; -v shows the traceback too."""
+    """Turns library UserErrors into one-line messages and bugs into one 'internal error' line; -v shows the
+    traceback too."""
 
     def invoke(self, ctx: click.Context):  # type: ignore[override]
         try:
@@ -27,6 +32,17 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             click.echo("Interrupted: nothing was written at the output path.", err=True)
             ctx.exit(130)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as exc:  # the safety net for bugs; junk input is refused by each reader as a UserError
+            if ctx.find_root().meta.get("verbose"):
+                traceback.print_exc()
+            click.echo(
+                f"Error: internal error: {type(exc).__name__}: {first_line(exc)} (a bug in geo-sat2map; rerun with "
+                "-v for the traceback and please report it)",
+                err=True,
+            )
+            ctx.exit(INTERNAL_ERROR_EXIT)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
