@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 import traceback
+import warnings
 
 import click
 
@@ -62,6 +63,10 @@ def cli(ctx: click.Context, verbose: bool, quiet: bool) -> None:
     log.handlers[:] = [handler]
     log.setLevel(level)
     log.propagate = False
+    # GDAL's warnings about a damaged or unusual file (through rasterio's loggers) and rasterio's "no geotransform"
+    # warning would print before, and repeat, our one-line error; -v shows them.
+    logging.getLogger("rasterio").setLevel(logging.WARNING if verbose else logging.ERROR)
+    warnings.filterwarnings("default" if verbose else "ignore", message="Dataset has no geotransform")
 
 
 def _register() -> None:

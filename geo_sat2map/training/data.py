@@ -11,7 +11,7 @@ import hashlib
 import itertools
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -99,10 +99,13 @@ def _list_tiles(folder: Path) -> list[Path]:
 
 
 def _check_tiles(paths: Sequence[Path]) -> int:
-    """The common tile size (height) of RGB A|B tiles; anything else names the first offending file."""
+    """The common tile size (height) of intact RGB A|B tiles; anything else names the first offending file.
+
+    Every tile is verified here, before RUN_DIR is touched: a damaged tile found mid-run would stop the run.
+    """
     first: tuple[Path, int, int] | None = None
     for path in paths:
-        mode, width, height = probe_image(path)
+        mode, width, height = probe_image(path, verify=True)
         if mode != "RGB":
             raise UserError(f"{path}: image mode is {mode}, expected 8-bit RGB A|B tiles")
         if width != 2 * height:
@@ -132,6 +135,21 @@ def _read_manifest(root: Path) -> dict[str, Any] | None:
     if not isinstance(version, int) or version > MANIFEST_VERSION:
         raise UserError(f"{path}: format_version {version!r} is newer than this tool supports; upgrade geo-sat2map")
     return manifest
+
+
+def loader_batches(loader: Iterable[Any]) -> Iterator[Any]:
+    """Iterate a DataLoader; a UserError raised in a worker process comes out as its own one-line message.
+
+    torch re-raises a worker's exception as ``UserError("Caught UserError in DataLoader worker process 0.\n
+    Original Traceback ...")``; the original message is the traceback's last line, after the exception's name.
+    """
+    try:
+        yield from loader
+    except UserError as exc:
+        lines = [line for line in str(exc).splitlines() if line.strip()]
+        if len(lines) > 1 and lines[0].startswith("Caught "):
+            raise UserError(lines[-1].split(": ", 1)[-1]) from exc
+        raise
 
 
 def dataset_hash(info: DatasetInfo) -> str:

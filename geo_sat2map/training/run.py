@@ -27,7 +27,7 @@ from tqdm import tqdm
 from geo_sat2map.atomic import atomic_output
 from geo_sat2map.checkpoint import GeneratorMeta, save_generator
 from geo_sat2map.device import precision_name, resolve_device, resolve_precision
-from geo_sat2map.errors import UserError
+from geo_sat2map.errors import UserError, first_line
 from geo_sat2map.metrics import to_uint8
 from geo_sat2map.training import distributed, report
 from geo_sat2map.training.config import (
@@ -47,6 +47,7 @@ from geo_sat2map.training.data import (
     dataset_hash,
     evenly_spaced,
     ignore_stop_signals,
+    loader_batches,
     scan_dataset,
 )
 from geo_sat2map.training.distributed import DistContext
@@ -214,7 +215,15 @@ class _Run:
         seed_everything(config.seed + ctx.rank)  # dropout draws differ between processes
         self._build_loaders()
         if self.stored:
-            self._restore(self.stored)
+            try:
+                self._restore(self.stored)
+            except torch.cuda.OutOfMemoryError:
+                raise
+            except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as exc:  # loaded, but does not fit
+                raise UserError(
+                    f"{self.run_dir / CHECKPOINT}: damaged training checkpoint, cannot resume from it "
+                    f"({type(exc).__name__}: {first_line(exc)}); start the run again with --overwrite"
+                ) from exc
             self.stored = None  # the weights now live in the model; let the loaded copy go
             if ctx.is_main and self.history:  # drop lines of an epoch whose checkpoint was never written
                 report.write_metrics(self.run_dir / METRICS, self.history)
@@ -333,7 +342,7 @@ class _Run:
         first_step = step
         started = time.perf_counter()
         try:
-            for A, B in self.loader:
+            for A, B in loader_batches(self.loader):
                 losses = model.step(model.to_device(A), model.to_device(B))
                 self.loss_sum += losses
                 step += 1
@@ -386,7 +395,7 @@ class _Run:
     def _validate_and_write(self, record: dict[str, Any]) -> None:
         net = self.model.inference_generator(self.norm_mode)
         if self.val_paths:
-            record.update(validate(self.model, net, self.val_loader))
+            record.update(validate(self.model, net, loader_batches(self.val_loader)))
             improved = not self.best or record["val_l1"] < self.best["val_l1"]
             record["best"] = improved
             if improved:
