@@ -14,6 +14,7 @@ Used by tests/test_fuzz_inputs.py, which also prints the per-input table (``pyth
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -111,6 +112,10 @@ def make_valid_inputs(root: Path) -> ValidInputs:
     a, b = synthetic_pair(np.random.default_rng(5), size=64)
     write_pair(source / "1.jpg", a, b)
     files["jpeg"] = source / "1.jpg"
+    jpeg_tiles = root / "jpeg_data" / "train"  # a pix2pix-style training folder: JPEG tiles, no dataset.json
+    jpeg_tiles.mkdir(parents=True)
+    write_pair(jpeg_tiles / "train_000.jpg", *synthetic_pair(np.random.default_rng(6)))
+    files["jpeg_tile"] = jpeg_tiles / "train_000.jpg"
     run_dir = root / "run"
     result = invoke(["train", str(data_dir), "-o", str(run_dir), "--config", str(files["config"])])
     assert result.exit_code == 0, result.output
@@ -239,6 +244,10 @@ TARGETS = (
     Target("train DATA_DIR: tile PNG", "tile", _in_copy_of(lambda v: v.data_dir, "train/train_000.png"),
            lambda f, case, v: _train(case / "data", case, "--config", str(v.files["config"])),
            "run", truncations=24, flips=24),
+    Target("train DATA_DIR: tile JPEG (pix2pix folder)", "jpeg_tile",
+           _in_copy_of(lambda v: v.files["jpeg_tile"].parent.parent, "train/train_000.jpg"),
+           lambda f, case, v: _train(case / "jpeg_data", case, "--config", str(v.files["config"])),
+           "run", random_cases=RANDOM_CASES_FEW, truncations=16, flips=10, zero_runs=4),
     Target("train --resume: checkpoint.pt", "checkpoint", _in_copy_of(lambda v: v.run_dir, "checkpoint.pt"),
            lambda f, case, v: _train(v.data_dir, case, "--resume"),
            "run", truncations=24, flips=24, flip_head=4096),
@@ -301,33 +310,40 @@ def invoke(args: list[str]):
     return CliRunner().invoke(cli, ["-q", *args])
 
 
-class _Records(logging.Handler):
-    """Log records from libraries (GDAL via rasterio, PIL, ...): a user without -v would see WARNING and up."""
+class _LastResort(logging.Handler):
+    """Stands in for logging.lastResort, which prints a library's WARNING+ records to stderr when no handler
+    takes them (as in the real CLI, where only geo_sat2map's logger has one): lines a user would see."""
 
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
         self.lines: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        if not record.name.startswith("geo_sat2map"):
-            self.lines.append(f"{record.name}: {record.getMessage()}")
+        self.lines.append(f"{record.name}: {record.getMessage()}")
+
+
+@contextlib.contextmanager
+def _library_log_lines() -> Iterator[list[str]]:
+    """Route library logging as a plain CLI process does (pytest puts capturing handlers on the root logger)."""
+    root, handler = logging.getLogger(), _LastResort()
+    saved_handlers, saved_last_resort = root.handlers[:], logging.lastResort
+    root.handlers[:], logging.lastResort = [], handler
+    try:
+        yield handler.lines
+    finally:
+        root.handlers[:], logging.lastResort = saved_handlers, saved_last_resort
 
 
 def run_case(target: Target, case: Case, valid: ValidInputs, folder: Path) -> Outcome:
     folder.mkdir(parents=True)
     fuzzed = target.place(folder, valid, case.data)
     before = _snapshot(folder)
-    records = _Records()
-    logging.getLogger().addHandler(records)
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            result = invoke(target.args(fuzzed, folder, valid))
-    finally:
-        logging.getLogger().removeHandler(records)
+    with _library_log_lines() as log_lines, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = invoke(target.args(fuzzed, folder, valid))
     output = folder / target.output
     lines = [line for line in result.output.splitlines() if line.strip()]
-    noise = [f"warning: {w.category.__name__}: {w.message}" for w in caught] + records.lines
+    noise = [f"warning: {w.category.__name__}: {w.message}" for w in caught] + log_lines
     if result.exit_code == 0:
         if not output.exists():
             return Outcome("failed", f"exit 0 but no {target.output}")

@@ -47,6 +47,15 @@ def test_unreadable_input(tmp_path, weights):
     _assert_clean_failure(run_translate(src, "-o", out, "-w", weights), out, "notes.tif", "not a raster")
 
 
+def test_a_truncated_geotiff_says_what_gdal_noticed(tmp_path, weights):
+    full = write_raster(tmp_path / "full.tif", texture(64, 64), compress="deflate").read_bytes()
+    cut = tmp_path / "cut.tif"  # an interrupted download: cut inside the CRS text (GeoASCIIParams), after the IFD
+    cut.write_bytes(full[: full.index(b"WGS 84 / UTM zone 33N") + 5])
+    out = tmp_path / "map.tif"
+    _assert_clean_failure(run_translate(cut, "-o", out, "-w", weights), out, "cut.tif: has no CRS",
+                          "(GDAL warned on opening it: ", "GeoASCIIParams")
+
+
 def test_no_crs_is_refused_unless_allowed(tmp_path, weights):
     src = write_raster(tmp_path / "plain.tif", texture(200, 260), crs=None, transform=Affine.identity())
     out = tmp_path / "map.tif"

@@ -63,9 +63,8 @@ def cli(ctx: click.Context, verbose: bool, quiet: bool) -> None:
     log.handlers[:] = [handler]
     log.setLevel(level)
     log.propagate = False
-    # GDAL's warnings about a damaged or unusual file (through rasterio's loggers) and rasterio's "no geotransform"
-    # warning would print before, and repeat, our one-line error; -v shows them.
-    logging.getLogger("rasterio").setLevel(logging.WARNING if verbose else logging.ERROR)
+    # rasterio's "Dataset has no geotransform" warning would print two lines before, and repeat, our own check's
+    # one-line error (or precede the output of --allow-ungeoreferenced); -v shows it.
     warnings.filterwarnings("default" if verbose else "ignore", message="Dataset has no geotransform")
 
 

@@ -89,8 +89,8 @@ def scan_dataset(data_dir: str | os.PathLike[str]) -> DatasetInfo:
 def check_fits(info: DatasetInfo, crop_size: int) -> None:
     if info.tile_size < crop_size:
         raise UserError(
-            f"tiles in {info.root} are {info.tile_size} px but crop_size is {crop_size}; make larger tiles "
-            f"(make-tiles) or lower crop_size/load_size in the config (multiples of 256)"
+            f"tiles in {info.root} are {info.tile_size} px (e.g. {info.train[0].name}) but crop_size is {crop_size}; "
+            "make larger tiles (make-tiles) or lower crop_size/load_size in the config (multiples of 256)"
         )
 
 
