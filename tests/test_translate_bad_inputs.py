@@ -170,15 +170,18 @@ def test_ctrl_c_mid_run_leaves_nothing_behind(tmp_path, weights, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["generator.pt", "scene.tif"]
 
 
-def test_writer_failure_mid_run_leaves_nothing_behind(tmp_path, weights, monkeypatch):
+@pytest.mark.parametrize("compress", ["deflate", "lzw"])  # the streaming COG writer, and GDAL's path
+def test_writer_failure_mid_run_leaves_nothing_behind(tmp_path, weights, monkeypatch, compress):
     from geo_sat2map.errors import UserError
+    from geo_sat2map.raster_io.cog import StreamingCOGWriter
     from geo_sat2map.raster_io.output import RGBAStripWriter
 
-    def disk_full(self, row_off, rgba):
+    def disk_full(self, *args, **kwargs):
         raise UserError("map.tif: no space left on device")
 
+    monkeypatch.setattr(StreamingCOGWriter, "write_rows", disk_full)
     monkeypatch.setattr(RGBAStripWriter, "write_rows", disk_full)
     src = write_raster(tmp_path / "scene.tif", np.ascontiguousarray(texture(600, 300)))
     out = tmp_path / "map.tif"
-    _assert_clean_failure(run_translate(src, "-o", out, "-w", weights), out, "no space left")
+    _assert_clean_failure(run_translate(src, "-o", out, "-w", weights, "--compress", compress), out, "no space left")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["generator.pt", "scene.tif"]
