@@ -79,13 +79,13 @@ def command(ctx: click.Context, input_path: Path, output: Path, weights: Path, t
     grow with the scene and no tile grid shows. Masked input pixels (nodata, alpha, mask bands) stay
     transparent in the output.
     """
-    from geo_sat2map.raster_io.output import OutputOptions
     from geo_sat2map.inference import TranslateConfig, translate
+    from geo_sat2map.raster_io.output import OutputOptions
 
     report = translate(TranslateConfig(
         input=input_path, output=output, weights=weights, tile_size=tile_size, overlap=overlap, blend=blend,
-        batch_size=batch_size, device=device, precision=precision, compile=compile_model, norm_stats=norm_stats, bands=bands,
-        scaling=scaling,
+        batch_size=batch_size, device=device, precision=precision, compile=compile_model, norm_stats=norm_stats,
+        bands=bands, scaling=scaling,
         output_options=OutputOptions(compress=compress, cog=cog, creation_options=creation_options),
         overwrite=overwrite, allow_ungeoreferenced=allow_ungeoreferenced, progress=not quiet(ctx),
     ))
