@@ -1,13 +1,23 @@
-"""Training throughput: geo-sat2map's loop against a plain, straightforward pix2pix loop (same nets, same data).
+"""Training throughput.
 
     .venv/bin/python benchmarks/train_bench.py [--tiles 12] [--repeats 3] [--ngf 64 16] [--threads N]
+    python benchmarks/train_bench.py --device cuda [--tiles 512] [--batches 1 16] [--baseline] [--nchw]
 
-Both loops train on the same random A|B PNG tiles with the recipe's augmentation (resize 286, crop 256,
-flip), batch 1, on the CPU. "ours" is `geo_sat2map.training.train` (DataLoader keyed sampler, loss
-bookkeeping, non-finite checks, progress bar off); its rate is the training steps/s of the last epoch as
-recorded in metrics.jsonl (validation excluded). "plain" is the loop below. Each is run `--repeats` times,
-alternating, and the best rate is kept (the machine may be shared). On a CUDA machine the table adds our
-loop's rate at fp32 and bf16 for batch 1 and batch 8.
+CPU (default): geo-sat2map's loop against a plain, straightforward pix2pix loop (same nets, same data). Both
+train on the same random A|B PNG tiles with the recipe's augmentation (resize 286, crop 256, flip), batch 1.
+"ours" is `geo_sat2map.training.train` (DataLoader keyed sampler, loss bookkeeping, non-finite checks,
+progress bar off); its rate is the training steps/s of the last epoch as recorded in metrics.jsonl (validation
+excluded). "plain" is the loop below. Each is run `--repeats` times, alternating, and the best rate is kept
+(the machine may be shared).
+
+`--device cuda` (or `--table`): the GPU acceptance table. `train` with its defaults (tiles decoded once into GPU
+memory, the step as one CUDA graph, precision "auto" measured) at each `--batches` size, ngf/ndf 64, the
+recipe's augmentation; with `--baseline` also the eager step fed by DataLoader workers (the path before the
+GPU work; fp32 at batch 1, bf16 above, as measured then), with `--nchw` the default path with
+`channels_last = false`. Rates are epoch 2's (`--epochs`); one-time costs
+(precision measurement, tile upload, graph capture) and the peak GPU memory are listed beside them.
+`--device cpu --table` runs the same table on the CPU (tiles kept in memory, eager step), e.g. with
+`--tiles 4 --ngf 8` as a quick check that the script works.
 """
 
 from __future__ import annotations
@@ -25,15 +35,17 @@ from PIL import Image
 from torch import nn
 
 from geo_sat2map.models import PatchGAN, build_generator
-from geo_sat2map.training import train
+from geo_sat2map.training import TrainSummary, train
 from geo_sat2map.training.loop import init_weights
 
 
 def make_tiles(root: Path, count: int) -> Path:
     rng = np.random.default_rng(0)
     (root / "train").mkdir(parents=True)
-    for i in range(count):
-        Image.fromarray(rng.integers(0, 256, (256, 512, 3), dtype=np.uint8)).save(root / "train" / f"{i}.png")
+    for i in range(count):  # compress_level 1: random pixels do not compress anyway
+        Image.fromarray(rng.integers(0, 256, (256, 512, 3), dtype=np.uint8)).save(
+            root / "train" / f"{i}.png", compress_level=1
+        )
     return root
 
 
@@ -97,47 +109,107 @@ def plain_rate(data: Path, ngf: int, ndf: int, steps: int, device: torch.device)
     return steps / (time.perf_counter() - started)
 
 
-def our_rate(data: Path, run: Path, overrides: dict[str, object]) -> float:
+def our_run(data: Path, run: Path, overrides: dict[str, object]) -> tuple[float, TrainSummary]:
+    """Train with ``overrides`` (2 epochs unless given); epoch 2's steps/s (warm caches, no validation)."""
     base = {"epochs": 2, "epochs_decay": 0, "workers": 0, "seed": 0}
-    train(data, run, overrides={**base, **overrides}, overwrite=True, progress=False)
+    summary = train(data, run, overrides={**base, **overrides}, overwrite=True, progress=False)
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return records[-1]["train_steps_per_s"]  # epoch 2: warm caches, no validation in the rate
+    return records[-1]["train_steps_per_s"], summary
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tiles", type=int, default=12, help="training tiles (= steps per epoch)")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--ngf", type=int, nargs="+", default=[64, 16])
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: PyTorch's choice); 1 gives "
-                        "stable numbers on a machine shared with other jobs")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    logging.getLogger("geo_sat2map").setLevel(logging.ERROR)  # the runs have no val/ on purpose
-    cuda = torch.cuda.is_available()
-    gpu = torch.cuda.get_device_name() if cuda else "no GPU available"
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, GPU: {gpu}")
-    print(f"{'config':<22}{'ours CPU it/s':>15}{'plain CPU it/s':>16}{'ours/plain':>12}   GPU (ours, it/s)")
+def compare_with_plain_loop(args: argparse.Namespace) -> None:
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
+    print(f"{'config':<22}{'ours CPU it/s':>15}{'plain CPU it/s':>16}{'ours/plain':>12}")
     with tempfile.TemporaryDirectory() as tmp:
         data = make_tiles(Path(tmp) / "tiles", args.tiles)
         for ngf in args.ngf:
             plain_rate(data, ngf, ngf, 2, torch.device("cpu"))  # warm-up: thread pools, allocator, lazy imports
             ours, plain = [], []
             for _ in range(args.repeats):
-                ours.append(our_rate(data, Path(tmp) / "run", {"ngf": ngf, "ndf": ngf, "device": "cpu"}))
+                ours.append(our_run(data, Path(tmp) / "run", {"ngf": ngf, "ndf": ngf, "device": "cpu"})[0])
                 plain.append(plain_rate(data, ngf, ngf, args.tiles, torch.device("cpu")))
-            gpu_cell = gpu
-            if cuda:
-                cells = []
-                for batch in (1, 8):
-                    for precision in ("fp32", "bf16"):
-                        rate = our_rate(data, Path(tmp) / "run", {"ngf": ngf, "ndf": ngf, "device": "cuda",
-                                                                   "precision": precision, "batch_size": batch})
-                        cells.append(f"b{batch} {precision} {rate:.1f}")
-                gpu_cell = ", ".join(cells)
             name = f"ngf {ngf}, ndf {ngf}, batch 1"
-            print(f"{name:<22}{max(ours):>15.2f}{max(plain):>16.2f}{max(ours) / max(plain):>12.2f}   {gpu_cell}")
+            print(f"{name:<22}{max(ours):>15.2f}{max(plain):>16.2f}{max(ours) / max(plain):>12.2f}")
+
+
+def acceptance_table(args: argparse.Namespace) -> list[dict[str, object]]:
+    """One row per batch size (and baseline): rates, one-time costs, peak memory, and how the run trained."""
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    ngf = args.ngf[0]
+    gpu = torch.cuda.get_device_name(device) if cuda else "no GPU (CPU run: tiles in memory, eager step)"
+    print(f"torch {torch.__version__}, {gpu}; {args.tiles} random 256x512 A|B tiles, ngf/ndf {ngf}, "
+          f"resize 286 + crop 256 + flip, epoch {args.epochs}'s rate")
+    rows: list[dict[str, object]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        data = make_tiles(Path(tmp) / "tiles", args.tiles)
+        for batch in args.batches:
+            ours = {"device_data": "auto" if cuda else "on"}
+            variants = [("ours", ours)] + ([("ours, NCHW", {**ours, "channels_last": False})] if args.nchw else [])
+            if args.baseline:
+                before = "bf16" if cuda and batch > 1 else "fp32"
+                variants.append(("before", {"cuda_graph": False, "device_data": "off", "precision": before,
+                                            "workers": args.workers}))
+            for name, overrides in variants:
+                if cuda:
+                    torch.cuda.reset_peak_memory_stats(device)
+                rate, summary = our_run(data, Path(tmp) / "run", {
+                    "ngf": ngf, "ndf": ngf, "device": args.device, "batch_size": batch, "epochs": args.epochs,
+                    "workers": args.workers, **overrides,
+                })
+                rows.append({"batch": batch, "variant": name, "steps_per_s": rate, "tiles_per_s": rate * batch,
+                             **summary.setup})
+    _print_table(rows)
+    return rows
+
+
+def _print_table(rows: list[dict[str, object]]) -> None:
+    def seconds(row: dict[str, object], key: str) -> str:
+        value = row.get(key)
+        return f"{value:.2f}" if isinstance(value, float) and value else "-"
+
+    print("| batch | run | step | data | precision | steps/s | tiles/s | precision pick s | upload s | capture s "
+          "| GPU peak GiB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        peak = row.get("gpu_peak_bytes")
+        memory = f"{peak / 1024**3:.1f}" if isinstance(peak, int) else "-"
+        print(f"| {row['batch']} | {row['variant']} | {row['step']} | {row['data']} | {row['precision']} "
+              f"| {row['steps_per_s']:.1f} | {row['tiles_per_s']:.0f} | {seconds(row, 'precision_seconds')} "
+              f"| {seconds(row, 'upload_seconds')} | {seconds(row, 'capture_seconds')} | {memory} |")
+    print()
+    for row in rows:
+        print(f"batch {row['batch']} {row['variant']}: precision: {row['precision_reason']}; step: {row['step_reason']}; "
+              f"data: {row['data_reason']}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", help="cpu (default: compare with a plain loop) or cuda[:N]")
+    parser.add_argument("--table", action="store_true", help="print the acceptance table (default on CUDA)")
+    parser.add_argument("--tiles", type=int, help="training tiles (= steps per epoch at batch 1); "
+                        "default 12 for the CPU comparison, 512 for the table")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--ngf", type=int, nargs="+", help="default 64 16 (CPU comparison), 64 (table)")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 16], help="table: batch sizes")
+    parser.add_argument("--epochs", type=int, default=2, help="table: epochs per run; the last one's rate is shown")
+    parser.add_argument("--workers", type=int, default=4, help="table: DataLoader workers (upload, baseline)")
+    parser.add_argument("--baseline", action="store_true", help="table: add the eager + DataLoader-workers rows")
+    parser.add_argument("--nchw", action="store_true", help="table: add rows with channels_last = false")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: PyTorch's choice); 1 gives "
+                        "stable numbers on a machine shared with other jobs")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    logging.getLogger("geo_sat2map").setLevel(logging.ERROR)  # the runs have no val/ on purpose
+    if args.table or args.device.startswith("cuda"):
+        args.tiles = args.tiles or 512
+        args.ngf = args.ngf or [64]
+        acceptance_table(args)
+    else:
+        args.tiles = args.tiles or 12
+        args.ngf = args.ngf or [64, 16]
+        compare_with_plain_loop(args)
 
 
 if __name__ == "__main__":

@@ -1,21 +1,28 @@
-"""translate benchmark: bare-generator vs end-to-end windows/s, and peak memory vs scene size.
+"""translate benchmark: whole-call and stream throughput against the bare generator, per-stage times, memory.
 
-    python benchmarks/translate_bench.py                      # CPU (or CUDA if present), ngf 64, all parts
-    python benchmarks/translate_bench.py --sizes 1024,2048 --width 8 --device cpu
+    python benchmarks/translate_bench.py --device cuda               # the GPU acceptance table (16384² scene)
+    python benchmarks/translate_bench.py --device cpu                # the CPU checks (6144² ratio, peak RSS)
+    python benchmarks/translate_bench.py --device cpu --size 2048 --cpu-ratio-size 1024 --rss-sizes 512,1024
 
-Throughput: the same random-weights generator and batch size, on random batches in a loop (the ceiling,
-measured before and after) and through ``translate`` on a synthetic uint8 scene with ``--overlap 0`` (read +
-fill + model + blend + write; the COG conversion afterwards is reported separately). "Generator busy" is the
-share of the streaming time spent inside the generator: unlike the ratio, it does not depend on other load
-on the machine. Peak RSS: each scene size runs in its
-own subprocess at default settings (overlap 64, feather, default batch) and reports its peak RSS.
+GPU (one scene of ``--size``² uint8 RGB, DEFLATE-tiled like most delivered imagery, ngf-64 random-weights
+unet256 with the compute of a trained one, default options unless the row says otherwise):
+- the bare generator on the device alone (static batch, no copies): the ceiling, in windows/s and in Mpx/s of
+  new pixels at the default overlap;
+- ``translate`` runs: whole call (``TranslateReport.seconds``: model load + stream + output finished) and stream
+  Mpx/s, generator busy, per-stage seconds (read, upload, device work, generator, overviews, download, encode,
+  assemble), compile time, peak GPU memory;
+- the CLI wall time of ``python -m geo_sat2map translate`` including interpreter start-up, with its peak RSS;
+- bf16 against fp32 output difference (max / mean DN) on a crop.
+CPU: whole CLI call at ``--overlap 0 --batch-size 8`` on ``--cpu-ratio-size``² against the bare generator
+(windows/s), and peak RSS at default settings for ``--rss-sizes`` (one subprocess each).
+Ratios are measured within one run: machines are noisy.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
+import os
 import subprocess
 import sys
 import tempfile
@@ -26,13 +33,15 @@ import numpy as np
 import torch
 
 from geo_sat2map.checkpoint import GeneratorMeta, load_generator, save_generator
-from geo_sat2map.models import build_generator
-from geo_sat2map.raster_io.output import OutputOptions
 from geo_sat2map.device import resolve_device, resolve_precision
-from geo_sat2map.translate import ModelRunner, TranslateConfig, TranslateReport, translate
+from geo_sat2map.inference import TranslateConfig, TranslateReport, translate
+from geo_sat2map.inference.runner import GeneratorRunner, StageClock
+from geo_sat2map.models import build_generator
+
+STAGES = ("read", "upload", "device", "generator", "overviews", "download", "encode", "assemble")
 
 
-def make_scene(path: Path, width: int, height: int) -> Path:
+def make_scene(path: Path, width: int, height: int, compress: str = "deflate") -> Path:
     """A uint8 RGB GeoTIFF with varied content, written in row chunks (never a full-scene array)."""
     import rasterio
     from affine import Affine
@@ -41,16 +50,16 @@ def make_scene(path: Path, width: int, height: int) -> Path:
     rng = np.random.default_rng(0)
     profile = dict(driver="GTiff", width=width, height=height, count=3, dtype="uint8", crs="EPSG:32633",
                    transform=Affine(1.0, 0, 500_000, 0, -1.0, 4_000_000), tiled=True, blockxsize=256,
-                   blockysize=256, compress="deflate", BIGTIFF="IF_SAFER")
-    xx = np.arange(width)[None, :]
+                   blockysize=256, compress=compress, BIGTIFF="IF_SAFER", NUM_THREADS="ALL_CPUS")
+    xx = np.arange(width, dtype=np.float32)[None, :]
     with rasterio.open(path, "w", **profile) as dst:
-        for top in range(0, height, 512):
-            rows = min(512, height - top)
-            yy = np.arange(top, top + rows)[:, None]
+        for top in range(0, height, 1024):
+            rows = min(1024, height - top)
+            yy = np.arange(top, top + rows, dtype=np.float32)[:, None]
             base = np.stack(np.broadcast_arrays(np.sin(xx / 17.0) * np.cos(yy / 23.0), np.sin((xx + yy) / 31.0),
-                                                np.cos(xx / 11.0)))
-            noise = rng.normal(0, 0.3, (3, rows, width))
-            dst.write(np.clip((base + noise + 1.5) * 80, 0, 255).astype(np.uint8), window=Window(0, top, width, rows))
+                                                np.cos(xx / 11.0) + 0 * yy))
+            noise = rng.integers(-20, 21, (3, rows, width), dtype=np.int16)
+            dst.write(np.clip((base + 1.5) * 80 + noise, 0, 255).astype(np.uint8), window=Window(0, top, width, rows))
     return path
 
 
@@ -66,133 +75,186 @@ def scene_windows(scene: Path, count: int) -> torch.Tensor:
 
     with rasterio.open(scene) as ds:
         per_row = ds.width // 256
-        rows = -(-count // per_row)
+        rows = min(-(-count // per_row), ds.height // 256)
         data = ds.read(out_dtype="float32", window=((0, rows * 256), (0, per_row * 256))) / 127.5 - 1
     windows = [data[:, r * 256:(r + 1) * 256, c * 256:(c + 1) * 256] for r in range(rows) for c in range(per_row)]
-    return torch.from_numpy(np.stack(windows[:count]))
+    return torch.from_numpy(np.stack([windows[i % len(windows)] for i in range(count)]))  # cycled on small scenes
 
 
-def bare_windows_per_second(
-    weights: Path, inputs: torch.Tensor, device: str, precision: str, batches: int
-) -> float:
-    """The generator alone, through translate's own ModelRunner (same device/precision/layout handling), on
-    real windows (random inputs hit a different denormal/activation regime)."""
+def bare_windows_per_second(weights: Path, inputs: torch.Tensor, device: str, precision: str, seconds: float,
+                            compile: bool = False) -> float:
+    """The generator alone through translate's GeneratorRunner on a static device batch of real windows."""
     dev = resolve_device(device)
-    runner = ModelRunner(load_generator(weights).for_inference(), dev, resolve_precision(precision, dev))
-    x = inputs.pin_memory() if runner.pin_memory else inputs
+    runner = GeneratorRunner(load_generator(weights).for_inference(), dev, resolve_precision(precision, dev),
+                             StageClock(dev), compile=compile)
+    x = inputs.to(dev)
     with runner.active():
-        runner.collect(runner.submit(x))  # warm-up
-        start = time.perf_counter()
-        for _ in range(batches):
-            runner.collect(runner.submit(x))
-        return len(x) * batches / (time.perf_counter() - start)
+        for _ in range(3):  # warm-up (and compile)
+            runner(x)
+        _sync(dev)
+        count, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds or count < 3:
+            runner(x)
+            count += 1
+            if count % 8 == 0:
+                _sync(dev)
+        _sync(dev)
+        return len(x) * count / (time.perf_counter() - start)
 
 
-def end_to_end(scene: Path, weights: Path, out: Path, batch: int, device: str, precision: str) -> TranslateReport:
-    return translate(TranslateConfig(input=scene, output=out, weights=weights, overlap=0, batch_size=batch,
-                                     device=device, precision=precision, overwrite=True, progress=False,
-                                     output_options=OutputOptions()))
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
-def child(args: argparse.Namespace) -> None:
-    """Subprocess body: translate one scene at default settings (or only load the model) and print peak RSS."""
+def run_translate(scene: Path, weights: Path, out: Path, device: str, **options: object) -> TranslateReport:
+    return translate(TranslateConfig(input=scene, output=out, weights=weights, device=device, overwrite=True,
+                                     progress=False, **options))  # type: ignore[arg-type]
+
+
+def cli_call(args: list[str]) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MB) of ``python -m geo_sat2map ARGS`` in a fresh interpreter."""
     start = time.perf_counter()
-    if args.child_scene == "baseline":
-        load_generator(args.child_weights).for_inference()
-        windows = 0
-    else:
-        report = translate(TranslateConfig(input=Path(args.child_scene), output=Path(args.child_out),
-                                           weights=Path(args.child_weights), device=args.device,
-                                           overwrite=True, progress=False))
-        windows = report.windows
-    print(json.dumps({"peak_rss_mb": peak_rss_mb(), "seconds": time.perf_counter() - start, "windows": windows}))
+    process = subprocess.Popen([sys.executable, "-m", "geo_sat2map", "-q", *args])
+    _, status, usage = os.wait4(process.pid, 0)
+    wall = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"geo-sat2map {' '.join(args)} failed")
+    return wall, usage.ru_maxrss / 1024
 
 
-def peak_rss_mb() -> float:
-    """This process's peak resident memory. VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec, so a
-    subprocess would report its (large) parent's memory at fork time."""
+def stage_cells(report: TranslateReport) -> str:
+    return " | ".join(f"{report.stages.get(stage, 0.0):.2f}" for stage in STAGES)
+
+
+def gpu_suite(args: argparse.Namespace, tmp: Path, weights: Path) -> None:
+    """The GPU acceptance table. On a CPU (``--suite gpu --device cpu``, a dry run of this script) reduced
+    precision becomes fp32 and compiling is skipped."""
+    side = args.size
+    on_gpu = args.device.startswith("cuda")
+    low = "bf16" if on_gpu else "fp32"
+    started = time.perf_counter()
+    scene = make_scene(tmp / "scene.tif", side, side)
+    mpx = side * side / 1e6
+    print(f"scene {side}x{side} uint8 RGB DEFLATE ({mpx:.0f} Mpx) written in {time.perf_counter() - started:.0f} s")
+    stride = 256 - 64
+    inputs = scene_windows(scene, 64)
+    print("\nBare generator on the device (static batch of 64 real windows, no copies)")
+    print("| precision | compiled | windows/s | Mpx/s of new pixels at overlap 64 |")
+    print("|---|---|---:|---:|")
+    for precision, compiled in ((low, False), ("fp32", False), (low, on_gpu)):
+        rate = bare_windows_per_second(weights, inputs, args.device, precision, args.seconds, compile=compiled)
+        print(f"| {precision} | {'yes' if compiled else 'no'} | {rate:.0f} | {rate * stride * stride / 1e6:.0f} |",
+              flush=True)
+
+    print(f"\ntranslate, {side}x{side}: whole call = TranslateReport.seconds (model load + stream + output)")
+    print("| run | whole s | whole Mpx/s | stream Mpx/s | generator busy | " + " | ".join(STAGES)
+          + " | compile s | GPU peak GB |")
+    print("|---|---:|---:|---:|---:|" + "---:|" * len(STAGES) + "---:|---:|")
+    runs = [("default (bf16, batch 16)", {}), ("--batch-size 64", {"batch_size": 64}),
+            ("--batch-size 64 --compile", {"batch_size": 64, "compile": on_gpu}),
+            ("--precision fp32 --batch-size 64", {"batch_size": 64, "precision": "fp32"})]
+    for label, options in runs:
+        report = run_translate(scene, weights, tmp / "map.tif", args.device, **options)
+        stream_mpx = mpx / report.stream_seconds
+        print(f"| {label} | {report.seconds:.2f} | {report.megapixels_per_second:.0f} | {stream_mpx:.0f} | "
+              f"{100 * report.generator_busy:.0f} % | {stage_cells(report)} | {report.compile_seconds:.1f} | "
+              f"{report.peak_device_bytes / 2**30:.1f} |", flush=True)
+    check_layout(tmp / "map.tif")
+
+    print("\nCLI wall time including interpreter start-up (fresh process)")
+    print("| command | wall s | Mpx/s | peak RSS (MB) |")
+    print("|---|---:|---:|---:|")
+    for extra in ([], ["--batch-size", "64"]):
+        wall, rss = cli_call(["translate", str(scene), "-o", str(tmp / "cli.tif"), "-w", str(weights),
+                              "--overwrite", *extra])
+        print(f"| translate {' '.join(extra) or '(defaults)'} | {wall:.2f} | {mpx / wall:.0f} | {rss:.0f} |",
+              flush=True)
+
+    crop_side = min(side, 4096)
+    crop = make_scene(tmp / "crop.tif", crop_side, crop_side)
+    outputs = {}
+    for name, precision in (("fp32", "fp32"), ("bf16", low)):
+        run_translate(crop, weights, tmp / f"{name}.tif", args.device, precision=precision)
+        outputs[name] = read_rgba(tmp / f"{name}.tif")
+    diff = np.abs(outputs["fp32"][:3].astype(int) - outputs["bf16"][:3].astype(int))
+    print(f"\nbf16 vs fp32 on a {crop_side}² crop: max {diff.max()} DN, mean {diff.mean():.3f} DN, "
+          f"{100 * (diff > 1).mean():.2f} % of samples differ by more than 1 DN")
+
+
+def read_rgba(path: Path) -> np.ndarray:
+    import rasterio
+
+    with rasterio.open(path) as ds:
+        return ds.read()
+
+
+def check_layout(path: Path) -> None:
+    """GDAL's view of the output: layout, compression, overviews (and our COG layout check when present)."""
+    import rasterio
+
+    with rasterio.open(path) as ds:
+        structure = ds.tags(ns="IMAGE_STRUCTURE")
+        print(f"\noutput: LAYOUT={structure.get('LAYOUT')}, COMPRESSION={structure.get('COMPRESSION')}, "
+              f"overviews {ds.overviews(1)}, colorinterp {[c.name for c in ds.colorinterp]}")
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB, macOS: bytes
+        from geo_sat2map.raster_io.cog import check_cog_layout
+    except ImportError:
+        return
+    problems = check_cog_layout(path)
+    print("COG layout check: " + ("passed" if not problems else "; ".join(problems)))
 
 
-def peak_rss(scene: str, weights: Path, out: Path, device: str) -> dict:
-    cmd = [sys.executable, __file__, "--device", device, "--child-scene", scene, "--child-weights", str(weights),
-           "--child-out", str(out)]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])
+def cpu_suite(args: argparse.Namespace, tmp: Path, weights: Path) -> None:
+    side = args.cpu_ratio_size
+    scene = make_scene(tmp / "ratio.tif", side, side)
+    windows = (side // 256) ** 2  # --overlap 0 on a multiple of 256: exactly this many windows
+    inputs = scene_windows(scene, 8)
+    print(f"\nCPU: whole CLI call at --overlap 0 --batch-size 8 on {side}² ({windows} windows) vs the bare "
+          "generator (bare measured before and after; torch threads "
+          f"{torch.get_num_threads()})")
+    before = bare_windows_per_second(weights, inputs, "cpu", "fp32", args.seconds)
+    wall, rss = cli_call(["translate", str(scene), "-o", str(tmp / "ratio-map.tif"), "-w", str(weights),
+                          "--overlap", "0", "--batch-size", "8", "--device", "cpu", "--overwrite"])
+    after = bare_windows_per_second(weights, inputs, "cpu", "fp32", args.seconds)
+    bare = (before + after) / 2
+    print("| bare generator win/s | CLI call s | CLI win/s | ratio | peak RSS (MB) |")
+    print("|---:|---:|---:|---:|---:|")
+    print(f"| {bare:.2f} | {wall:.1f} | {windows / wall:.2f} | {windows / wall / bare:.2f} | {rss:.0f} |", flush=True)
+    check_layout(tmp / "ratio-map.tif")
+
+    print("\nPeak RSS at default settings (overlap 64, feather, batch 4), one CLI process per scene")
+    print("| scene | wall s | peak RSS (MB) |")
+    print("|---|---:|---:|")
+    for size in [int(s) for s in args.rss_sizes.split(",") if s]:
+        scene = make_scene(tmp / f"rss{size}.tif", size, size)
+        wall, rss = cli_call(["translate", str(scene), "-o", str(tmp / "rss-map.tif"), "-w", str(weights),
+                              "--device", "cpu", "--overwrite"])
+        print(f"| {size} x {size} | {wall:.1f} | {rss:.0f} |", flush=True)
+        scene.unlink()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--width", type=int, default=64, help="generator ngf (64 = the public pix2pix size)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--batch-sizes", default="", help="comma-separated (default: 4 on CPU, 8,16,32 on CUDA)")
-    parser.add_argument("--precisions", default="",
-                        help="comma-separated (default: fp32 on CPU, fp32,bf16,fp16 on CUDA)")
-    parser.add_argument("--throughput-size", type=int, default=2048, help="side of the throughput scene")
-    parser.add_argument("--sizes", default="1024,2048,4096,8192", help="square scene sides for peak RSS")
-    parser.add_argument("--tall", action="store_true",
-                        help="also 1024 wide x 8192 and x 16384 high (memory must not grow with height)")
-    parser.add_argument("--repeat", type=int, default=3, help="throughput runs per batch size (median shown)")
-    parser.add_argument("--skip-throughput", action="store_true")
-    parser.add_argument("--skip-memory", action="store_true")
-    parser.add_argument("--child-scene", help=argparse.SUPPRESS)
-    parser.add_argument("--child-weights", help=argparse.SUPPRESS)
-    parser.add_argument("--child-out", help=argparse.SUPPRESS)
+    parser.add_argument("--width", type=int, default=64, help="generator ngf (64 = the public pix2pix size)")
+    parser.add_argument("--size", type=int, default=16384, help="GPU: side of the scene")
+    parser.add_argument("--seconds", type=float, default=3.0, help="duration of each bare-generator measurement")
+    parser.add_argument("--cpu-ratio-size", type=int, default=6144, help="CPU: side of the ratio scene")
+    parser.add_argument("--rss-sizes", default="2048,8192", help="CPU: square scene sides for peak RSS")
+    parser.add_argument("--suite", choices=("auto", "gpu", "cpu"), default="auto",
+                        help="auto: the GPU table on CUDA, the CPU checks elsewhere")
+    parser.add_argument("--tmp", default=None, help="folder for the scenes (default: a temporary folder)")
     args = parser.parse_args()
-    if args.child_scene:
-        child(args)
-        return
-
-    on_gpu = args.device.startswith("cuda")
-    default_batches = [8, 16, 32] if on_gpu else [4]
-    batch_sizes = [int(b) for b in args.batch_sizes.split(",")] if args.batch_sizes else default_batches
-    precisions = args.precisions.split(",") if args.precisions else (["fp32", "bf16", "fp16"] if on_gpu else ["fp32"])
-    print(f"device {args.device}, torch threads {torch.get_num_threads()}, generator unet256 ngf {args.width}")
-    with tempfile.TemporaryDirectory(prefix="translate-bench-") as tmp_dir:
+    print(f"device {args.device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
+          f"generator unet256 ngf {args.width}")
+    with tempfile.TemporaryDirectory(prefix="translate-bench-", dir=args.tmp) as tmp_dir:
         tmp = Path(tmp_dir)
         weights = save_random_generator(tmp / "generator.pt", args.width)
-        if not args.skip_throughput:
-            side = args.throughput_size
-            scene = make_scene(tmp / f"scene{side}.tif", side, side)
-            print(f"\nThroughput, {side}x{side} uint8 scene, --overlap 0, 256 px windows")
-            print("| batch | precision | bare generator win/s | end-to-end win/s (stream) | ratio | generator busy | "
-                  "whole call incl. COG (s) |")
-            print("|---:|---|---:|---:|---:|---:|---:|")
-            for batch in batch_sizes:
-                batches = max(4, (side // 256) ** 2 // batch)
-                inputs = scene_windows(scene, batch)
-                for precision in precisions:
-                    runs = []
-                    for _ in range(args.repeat):  # bracket each run by bare runs: the machine's load drifts
-                        before = bare_windows_per_second(weights, inputs, args.device, precision, batches)
-                        report = end_to_end(scene, weights, tmp / "map.tif", batch, args.device, precision)
-                        after = bare_windows_per_second(weights, inputs, args.device, precision, batches)
-                        bare = (before + after) / 2
-                        runs.append((report.windows_per_second / bare, bare, report))
-                    ratio, bare, report = sorted(runs, key=lambda run: run[0])[len(runs) // 2]  # the median run
-                    print(f"| {batch} | {precision} | {bare:.2f} | {report.windows_per_second:.2f} | {ratio:.2f} | "
-                          f"{100 * report.generator_busy:.0f} % | {report.seconds:.1f} |", flush=True)
-        if not args.skip_memory:
-            shapes = [(int(s), int(s)) for s in args.sizes.split(",") if s]
-            if args.tall:
-                shapes += [(1024, 8192), (1024, 16384)]
-            print("\nPeak RSS at default settings (overlap 64, feather, default batch), one subprocess per scene")
-            print("| scene (W x H) | windows | peak RSS (MB) | seconds |")
-            print("|---|---:|---:|---:|")
-            base = peak_rss("baseline", weights, tmp / "unused.tif", args.device)
-            print(f"| model loaded only | 0 | {base['peak_rss_mb']:.0f} | {base['seconds']:.1f} |")
-            for width, height in shapes:
-                scene = make_scene(tmp / f"rss{width}x{height}.tif", width, height)
-                result = peak_rss(str(scene), weights, tmp / "rss-map.tif", args.device)
-                print(f"| {width} x {height} | {result['windows']} | {result['peak_rss_mb']:.0f} | "
-                      f"{result['seconds']:.1f} |", flush=True)
-                scene.unlink()
+        if args.suite == "gpu" or (args.suite == "auto" and args.device.startswith("cuda")):
+            gpu_suite(args, tmp, weights)
+        else:
+            cpu_suite(args, tmp, weights)
 
 
 if __name__ == "__main__":

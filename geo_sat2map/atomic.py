@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -50,6 +51,25 @@ def atomic_output(
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
+
+
+def swap_folder(new: Path, dest: Path, aside: Path) -> bool:
+    """Rename the folder ``new`` to ``dest``; returns whether a previous ``dest`` was replaced.
+
+    A previous ``dest`` is renamed to ``aside`` first and put back if the second rename fails, so ``dest`` is never
+    missing or half-replaced; ``aside`` is removed at the end.
+    """
+    if not dest.exists():
+        os.replace(new, dest)
+        return False
+    os.replace(dest, aside)
+    try:
+        os.replace(new, dest)
+    except BaseException:
+        os.replace(aside, dest)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
+    return True
 
 
 def _umask() -> int:

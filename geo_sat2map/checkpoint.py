@@ -94,8 +94,10 @@ def save_generator(path: str | os.PathLike[str], net: nn.Module, meta: Generator
         torch.save(payload, tmp)
 
 
-def load_generator(path: str | os.PathLike[str]) -> LoadedGenerator:
-    """Load any supported generator checkpoint, auto-detecting its family; raise CheckpointError if not."""
+def load_generator(path: str | os.PathLike[str], hash_file: bool = True) -> LoadedGenerator:
+    """Load any supported generator checkpoint, auto-detecting its family; raise CheckpointError if not.
+
+    ``hash_file=False`` leaves ``sha256`` empty, for callers that hash the file concurrently."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: weights file not found")
@@ -122,7 +124,7 @@ def load_generator(path: str | os.PathLike[str]) -> LoadedGenerator:
         )
     net = build_generator(meta.arch, meta.width)
     _load_state(path, net, state, meta.arch)
-    return LoadedGenerator(net=net, meta=meta, path=path, sha256=file_sha256(path))
+    return LoadedGenerator(net=net, meta=meta, path=path, sha256=file_sha256(path) if hash_file else "")
 
 
 def read_torch_file(path: Path, what: str = "PyTorch checkpoint") -> Any:

@@ -25,7 +25,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from geo_sat2map import __version__
 from geo_sat2map.atomic import atomic_output, check_output_path
@@ -34,6 +33,7 @@ from geo_sat2map.device import resolve_device, resolve_precision
 from geo_sat2map.errors import UserError
 from geo_sat2map.image_io import read_rgb, split_pair
 from geo_sat2map.metrics import ClassAccumulator, MetricAccumulator, to_uint8
+from geo_sat2map.progress import progress_bar
 from geo_sat2map.raster_io import open_raster, raster_info, warped_onto
 from geo_sat2map.raster_io.compare import (
     RGBWindowReader,
@@ -228,7 +228,7 @@ def evaluate_scene(
         with view as ref_view:
             ref_reader = RGBWindowReader(ref_view, source=ref_ds)
             chunks = list(iter_chunks(area, window_size))
-            for chunk in tqdm(chunks, desc="evaluate", unit="window", disable=not progress, leave=False):
+            for chunk in progress_bar(chunks, desc="evaluate", unit="window", disable=not progress, leave=False):
                 halo, interior = with_halo(chunk, SSIM_HALO, pred_ds.width, pred_ds.height)
                 pred, pred_valid = pred_reader.read(halo)
                 ref, ref_valid = ref_reader.read(halo)
@@ -327,7 +327,7 @@ def evaluate_dataset(
                 classes.update(pred, target)
 
     batch: list[tuple[np.ndarray, np.ndarray]] = []
-    for path in tqdm(tiles, desc=f"evaluate {split}", unit="tile", disable=not progress, leave=False):
+    for path in progress_bar(tiles, desc=f"evaluate {split}", unit="tile", disable=not progress, leave=False):
         a, b = split_pair(read_rgb(path), path)
         side = a.shape[1]
         if side % UNET_MULTIPLE:

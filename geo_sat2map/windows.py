@@ -133,11 +133,57 @@ class WindowGrid:
         start = self.row_starts[row]
         return max(start, 0), min(start + self.tile, self.height)
 
+    def new_rows(self, row: int) -> tuple[int, int]:
+        """Scene rows [first, end) that window row ``row`` needs beyond those of the rows before it (read once)."""
+        end = self.rows_in_scene(row)[1]
+        return (self.rows_in_scene(row - 1)[1] if row else 0), end
+
     def finished_rows(self, row: int) -> int:
         """Scene rows [0, result) are final once window rows 0..``row`` are merged (no later window touches them)."""
         if row + 1 >= len(self.row_starts):
             return self.height
         return min(max(self.row_starts[row + 1], 0), self.height)
+
+
+@dataclass(frozen=True)
+class RowBand:
+    """Window rows [first, end) of a grid whose output rows one worker owns (a contiguous band of the scene).
+
+    Bands of one grid tile the output exactly and each pixel is computed as in a single pass: a band also runs
+    the window row before ``first`` (``process_from``), whose windows overlap its first output rows, and keeps
+    only its own rows. The lattice never depends on the split.
+    """
+
+    grid: WindowGrid
+    first: int
+    end: int
+
+    @property
+    def process_from(self) -> int:
+        return max(self.first - 1, 0)
+
+    @property
+    def output_rows(self) -> tuple[int, int]:
+        """Scene rows [start, stop) this band writes."""
+        start = self.grid.finished_rows(self.first - 1) if self.first > 0 else 0
+        return start, self.grid.finished_rows(self.end - 1)
+
+    def new_rows(self, row: int) -> tuple[int, int]:
+        """Scene rows window row ``row`` needs beyond those already read for this band."""
+        if row == self.process_from:
+            return self.grid.rows_in_scene(row)
+        return self.grid.new_rows(row)
+
+    @classmethod
+    def whole(cls, grid: WindowGrid) -> RowBand:
+        return cls(grid, 0, grid.shape[0])
+
+    @classmethod
+    def split(cls, grid: WindowGrid, parts: int) -> list[RowBand]:
+        """``parts`` contiguous bands of (nearly) equal numbers of window rows; empty bands are left out."""
+        rows = grid.shape[0]
+        edges = [round(i * rows / parts) for i in range(parts + 1)]
+        return [cls(grid, a, b) for a, b in zip(edges, edges[1:]) if b > a]
 
 
 class RowAssembler:
@@ -230,3 +276,20 @@ class RowAssembler:
             buffer[rest:] = 0
         self._base, self._used = end, rest
         return out
+
+
+def to_rgba(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Generator-range (3, H, W) float32 values (overwritten) and a validity mask -> planar RGBA uint8.
+
+    Same rounding as ``metrics.to_uint8``; masked pixels are 0 in every band.
+    """
+    np.clip(values, -1.0, 1.0, out=values)
+    values += 1.0
+    values *= 127.5
+    np.rint(values, out=values)
+    rgba = np.empty((4, *valid.shape), dtype=np.uint8)
+    np.copyto(rgba[:3], values, casting="unsafe")
+    rgba[:3] *= valid
+    rgba[3] = valid
+    rgba[3] *= 255
+    return rgba

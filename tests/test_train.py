@@ -150,7 +150,7 @@ def test_one_epoch_then_resume_is_bit_identical(straight_run, data, config_file,
     _assert_same_training_state(straight_run, run)
 
 
-def test_ctrl_c_mid_epoch_saves_and_resume_is_bit_identical(straight_run, data, config_file, tmp_path, monkeypatch):
+def _train_until_ctrl_c_in_epoch_2(data, config_file, run, monkeypatch):
     real_step = Pix2Pix.step
     calls = []
 
@@ -162,15 +162,34 @@ def test_ctrl_c_mid_epoch_saves_and_resume_is_bit_identical(straight_run, data, 
         return out
 
     monkeypatch.setattr(Pix2Pix, "step", step_then_ctrl_c)
-    run = tmp_path / "run"
     result = ok(train_cli(data, "-o", run, "--config", config_file))
+    monkeypatch.undo()
+    return result
+
+
+def test_ctrl_c_mid_epoch_saves_and_resume_is_bit_identical(straight_run, data, config_file, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    result = _train_until_ctrl_c_in_epoch_2(data, config_file, run, monkeypatch)
     assert "--resume" in result.output and "Stopped after 1 of 2 epochs" in result.output
     state = _checkpoint(run)
     assert (state["epoch"], state["epoch_samples"], state["global_step"]) == (1, 2, N_TRAIN + 2)
     assert load_generator(run / "generator.pt").meta.provenance["epochs"] == 1
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
-    monkeypatch.undo()
 
+    ok(train_cli(data, "-o", run, "--resume"))
+    _assert_same_training_state(straight_run, run)
+
+
+def test_tiles_in_memory_train_bit_identically_and_resume_exactly(straight_run, data, config_file, tmp_path,
+                                                                   monkeypatch):
+    """device_data = on (the GPU path's data side: tiles decoded once, augmented as tensor ops) feeds the step
+    the very batches the DataLoader workers do: interrupted in epoch 2 and resumed, the run ends bit-identical
+    to the worker-path reference."""
+    config = tmp_path / "in-memory.toml"
+    config.write_text(config_file.read_text() + 'device_data = "on"\n')
+    run = tmp_path / "run"
+    _train_until_ctrl_c_in_epoch_2(data, config, run, monkeypatch)
+    assert _checkpoint(run)["epoch_samples"] == 2
     ok(train_cli(data, "-o", run, "--resume"))
     _assert_same_training_state(straight_run, run)
 

@@ -18,8 +18,8 @@ from geo_sat2map.training.data import (
     PairDataset,
     dataset_hash,
     evenly_spaced,
-    loader_batches,
     scan_dataset,
+    worker_error,
 )
 
 from .train_fixtures import make_tiles_folder, synthetic_pair, write_pair
@@ -184,8 +184,10 @@ def test_an_error_in_a_worker_process_is_its_own_one_line_message(tmp_path):
     info.train[1].write_bytes(info.train[1].read_bytes()[:5000])  # damaged after the scan, e.g. mid-run
     loader = DataLoader(PairDataset(info.train, 256), batch_size=1, num_workers=1)
     with pytest.raises(UserError) as err:
-        list(loader_batches(loader))
-    assert str(err.value) == f"{info.train[1]}: cannot read image (image file is truncated)"
+        list(loader)
+    assert "Traceback" in str(err.value)  # how torch re-raises it: the worker's traceback is the message
+    assert str(worker_error(err.value)) == f"{info.train[1]}: cannot read image (image file is truncated)"
+    assert worker_error(err.value.__class__("plain")).args == ("plain",)
 
 
 def test_dataset_hash_names_the_bytes(tmp_path):

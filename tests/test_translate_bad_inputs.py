@@ -7,7 +7,7 @@ import pytest
 import rasterio
 from affine import Affine
 
-from geo_sat2map import translate as translate_module
+from geo_sat2map.inference.runner import GeneratorRunner
 
 from .translate_fixtures import read, run_translate, save_small_generator, texture, write_raster
 
@@ -163,15 +163,15 @@ def test_reduced_precision_on_cpu_is_refused(tmp_path, weights, scene):
 def test_ctrl_c_mid_run_leaves_nothing_behind(tmp_path, weights, monkeypatch):
     src = write_raster(tmp_path / "scene.tif", texture(700, 700))
     calls = []
-    real_submit = translate_module.ModelRunner.submit
+    real_call = GeneratorRunner.__call__
 
     def interrupted(self, inputs):
         calls.append(1)
         if len(calls) == 3:
             raise KeyboardInterrupt
-        return real_submit(self, inputs)
+        return real_call(self, inputs)
 
-    monkeypatch.setattr(translate_module.ModelRunner, "submit", interrupted)
+    monkeypatch.setattr(GeneratorRunner, "__call__", interrupted)
     out = tmp_path / "map.tif"
     result = run_translate(src, "-o", out, "-w", weights, "--batch-size", "2")
     assert result.exit_code == 130 and "Traceback" not in result.output
@@ -179,15 +179,18 @@ def test_ctrl_c_mid_run_leaves_nothing_behind(tmp_path, weights, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["generator.pt", "scene.tif"]
 
 
-def test_writer_failure_mid_run_leaves_nothing_behind(tmp_path, weights, monkeypatch):
+@pytest.mark.parametrize("compress", ["deflate", "lzw"])  # the streaming COG writer, and GDAL's path
+def test_writer_failure_mid_run_leaves_nothing_behind(tmp_path, weights, monkeypatch, compress):
     from geo_sat2map.errors import UserError
+    from geo_sat2map.raster_io.cog import StreamingCOGWriter
     from geo_sat2map.raster_io.output import RGBAStripWriter
 
-    def disk_full(self, row_off, rgba):
+    def disk_full(self, *args, **kwargs):
         raise UserError("map.tif: no space left on device")
 
+    monkeypatch.setattr(StreamingCOGWriter, "write_rows", disk_full)
     monkeypatch.setattr(RGBAStripWriter, "write_rows", disk_full)
     src = write_raster(tmp_path / "scene.tif", np.ascontiguousarray(texture(600, 300)))
     out = tmp_path / "map.tif"
-    _assert_clean_failure(run_translate(src, "-o", out, "-w", weights), out, "no space left")
+    _assert_clean_failure(run_translate(src, "-o", out, "-w", weights, "--compress", compress), out, "no space left")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["generator.pt", "scene.tif"]

@@ -75,7 +75,10 @@ def uint8_unit(data: np.ndarray) -> np.ndarray:
 
 
 def run_translate(*args: str | Path) -> Result:
-    return CliRunner().invoke(cli, ["-q", "translate", *map(str, args)])
+    """``geo-sat2map -q translate ARGS`` in-process, on the CPU unless ARGS name a device (the expectations of
+    these tests are fp32 CPU results; tests/test_inference_cuda.py covers the GPU)."""
+    device = [] if "--device" in map(str, args) else ["--device", "cpu"]
+    return CliRunner().invoke(cli, ["-q", "translate", *map(str, args), *device])
 
 
 def read(path: Path) -> tuple[np.ndarray, rasterio.profiles.Profile, dict]:

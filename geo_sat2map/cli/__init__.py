@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
 import sys
+import threading
 import traceback
 import warnings
+from collections.abc import Iterator
 
 import click
 
-from geo_sat2map import __version__
+from geo_sat2map import __version__, progress
 from geo_sat2map.errors import UserError, first_line
 
 log = logging.getLogger("geo_sat2map")
+_EVENTS = "geo_sat2map.events"  # ctx.meta key of the JSON event writer (--progress json)
 
 
 # Exit status of an unexpected exception (a bug, not a user mistake); EX_SOFTWARE in BSD sysexits.h.
@@ -38,28 +43,60 @@ class _Group(click.Group):
         except Exception as exc:  # the safety net for bugs; junk input is refused by each reader as a UserError
             if ctx.find_root().meta.get("verbose"):
                 traceback.print_exc()
-            click.echo(
-                f"Error: internal error: {type(exc).__name__}: {first_line(exc)} (a bug in geo-sat2map; rerun with "
-                "-v for the traceback and please report it)",
-                err=True,
-            )
-            ctx.exit(INTERNAL_ERROR_EXIT)
+            raise _InternalError(
+                f"internal error: {type(exc).__name__}: {first_line(exc)} (a bug in geo-sat2map; rerun with -v for "
+                "the traceback and please report it)"
+            ) from None
 
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+class _InternalError(click.ClickException):
+    """Printed by click as one ``Error: internal error: ...`` line; exits with INTERNAL_ERROR_EXIT."""
+
+    exit_code = INTERNAL_ERROR_EXIT
+
+
+class _EventGroup(_Group):
+    """With --progress json, every failure also arrives as an ``error`` event (the Error: line stays as it is)."""
+
+    def invoke(self, ctx: click.Context):  # type: ignore[override]
+        try:
+            return super().invoke(ctx)
+        except click.ClickException as exc:
+            _error_event(ctx, exc.format_message(), exc.exit_code)
+            raise
+        except click.exceptions.Exit as exc:
+            if exc.exit_code:
+                message = "interrupted" if exc.exit_code == 130 else f"stopped with exit status {exc.exit_code}"
+                _error_event(ctx, message, exc.exit_code)
+            raise
+
+
+def _error_event(ctx: click.Context, message: str, exit_code: int) -> None:
+    """Through the command's own writer: ctx.exit() (Ctrl-C) has already closed the JSON mode by now."""
+    writer = ctx.meta.get(_EVENTS)
+    if writer is not None:
+        writer.emit("error", message=message, exit_code=exit_code)
+
+
+@click.group(cls=_EventGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="geo-sat2map")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging; show tracebacks on errors.")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors; no progress bars.")
+@click.option("--progress", "progress_mode", type=click.Choice(["bar", "json"]), default="bar", show_default=True,
+              help="json: progress, log messages, the result and errors as JSON lines on stderr, for programs "
+                   "(the QGIS plugin) instead of people.")
 @click.pass_context
-def cli(ctx: click.Context, verbose: bool, quiet: bool) -> None:
+def cli(ctx: click.Context, verbose: bool, quiet: bool, progress_mode: str) -> None:
     """Turn georeferenced satellite imagery into map rasters with pix2pix, and train the model."""
     if verbose and quiet:
         raise click.UsageError("-v/--verbose and -q/--quiet are mutually exclusive")
     ctx.meta["verbose"] = verbose
     ctx.meta["quiet"] = quiet
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
-    handler = logging.StreamHandler(sys.stderr)
+    handler: logging.Handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
+    if progress_mode == "json":
+        handler = _start_json_events(ctx)
     log.handlers[:] = [handler]
     log.setLevel(level)
     log.propagate = False
@@ -68,10 +105,35 @@ def cli(ctx: click.Context, verbose: bool, quiet: bool) -> None:
     warnings.filterwarnings("default" if verbose else "ignore", message="Dataset has no geotransform")
 
 
-def _register() -> None:
-    from geo_sat2map.cli import evaluate, make_tiles, train, translate
+def _start_json_events(ctx: click.Context) -> logging.Handler:
+    """Send events to stderr until the command ends; returns the log handler that makes records events."""
+    writer = ctx.meta[_EVENTS] = ctx.with_resource(progress.json_events(sys.stderr))
+    ctx.with_resource(_interrupt_signals())
+    writer.emit("start", command=ctx.invoked_subcommand, version=__version__)
+    return progress.JsonLogHandler(writer)
 
-    for module in (translate, make_tiles, train, evaluate):
+
+@contextlib.contextmanager
+def _interrupt_signals() -> Iterator[None]:
+    """A calling program cancels us like Ctrl-C: make SIGINT raise KeyboardInterrupt even where it was inherited
+    as ignored, and on Windows treat Ctrl-Break (all a program can send to a child's process group) the same."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+    signals = [getattr(signal, name) for name in ("SIGINT", "SIGBREAK") if hasattr(signal, name)]
+    previous = [signal.signal(s, signal.default_int_handler) for s in signals]
+    try:
+        yield
+    finally:
+        for s, handler in zip(signals, previous):
+            if handler is not None:  # None: set outside Python, cannot be restored from here
+                signal.signal(s, handler)
+
+
+def _register() -> None:
+    from geo_sat2map.cli import evaluate, make_tiles, qgis, train, translate
+
+    for module in (translate, make_tiles, train, evaluate, qgis):
         cli.add_command(module.command)
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
+from geo_sat2map import progress
 from geo_sat2map.cli.options import device_opt, overwrite_opt, precision_opt, quiet
-from geo_sat2map.evaluate import EvaluateConfig, run_evaluation
 
 
 @click.command("evaluate")
@@ -62,6 +62,8 @@ def command(
         raise click.UsageError("with --weights give exactly one DATA_DIR (a tile dataset folder)")
     if weights is None and len(inputs) != 2:
         raise click.UsageError("give PRED.tif and REF.tif (or --weights G.pt DATA_DIR)")
+    from geo_sat2map.evaluate import EvaluateConfig, run_evaluation  # lazy: torch loads only when a command runs
+
     config = EvaluateConfig(
         prediction=inputs[0] if weights is None else None,
         reference=inputs[1] if weights is None else None,
@@ -78,6 +80,7 @@ def command(
         progress=not quiet(ctx),
     )
     report = run_evaluation(config)
+    progress.emit("result", command="evaluate", result=report)
     click.echo(report.table())
     if json_out:
         click.echo(f"report written to {json_out}", err=True)

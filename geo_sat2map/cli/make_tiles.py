@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from geo_sat2map import progress
 from geo_sat2map.cli.options import bands_opt, overwrite_opt, quiet
 
 # Kept in sync with geo_sat2map.raster_io.pairs.RESAMPLING_METHODS (imported lazily: fast --help).
@@ -66,7 +67,7 @@ def command(ctx: click.Context, images: tuple[str, ...], maps: tuple[str, ...], 
     from geo_sat2map.tiling import MakeTilesConfig, Pix2PixImportConfig, import_pix2pix, make_tiles
 
     command_line = shlex.join(["geo-sat2map", *sys.argv[1:]])
-    progress = not quiet(ctx)
+    show_progress = not quiet(ctx)
     if pix2pix_dir is not None:
         if images or maps or pairs_file or aoi:
             raise UserError(
@@ -74,7 +75,7 @@ def command(ctx: click.Context, images: tuple[str, ...], maps: tuple[str, ...], 
             )
         result = import_pix2pix(
             Pix2PixImportConfig(source=pix2pix_dir, tile_size=tile_size, direction=direction, overwrite=overwrite),
-            out_dir, progress=progress, command=command_line,
+            out_dir, progress=show_progress, command=command_line,
         )
     else:
         config = MakeTilesConfig(
@@ -83,6 +84,7 @@ def command(ctx: click.Context, images: tuple[str, ...], maps: tuple[str, ...], 
             image_resampling=image_resampling, map_resampling=map_resampling, bands=bands, split_block=split_block,
             seed=seed, overwrite=overwrite,
         )
-        result = make_tiles(config, out_dir, progress=progress, command=command_line)
+        result = make_tiles(config, out_dir, progress=show_progress, command=command_line)
+    progress.emit("result", command="make-tiles", result=result)
     if not quiet(ctx):
         click.echo(result.summary())

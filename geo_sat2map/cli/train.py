@@ -8,6 +8,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
+from geo_sat2map import progress
 from geo_sat2map.cli.options import device_opt, overwrite_opt, precision_opt, quiet
 
 # geo_sat2map.models.ARCHITECTURES, not imported here so that --help does not load torch (a test keeps them equal).
@@ -63,6 +64,7 @@ def command(
     )
     if not summary.main_process:
         return
+    progress.emit("result", command="train", result=summary)
     if summary.interrupted:
         click.echo(
             f"Stopped after {summary.epochs_done} of {summary.total_epochs} epochs; checkpoint saved in {run_dir}. "

@@ -125,11 +125,12 @@ def resolve_bands(ds: rasterio.io.DatasetReader, bands: Sequence[int] | None) ->
 
 
 def read_window(
-    ds: rasterio.io.DatasetReader, bands: Sequence[int], window: Window
+    ds: rasterio.io.DatasetReader, bands: Sequence[int], window: Window, out: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Read ``bands`` and the dataset mask (True = valid) in ``window``; corrupt blocks name the window."""
+    """Read ``bands`` (into ``out`` if given) and the dataset mask (True = valid) in ``window``; corrupt blocks
+    name the window."""
     try:
-        data = ds.read(list(bands), window=window)
+        data = ds.read(list(bands), window=window, out=out)
         valid = ds.dataset_mask(window=window) > 0
     except RasterioIOError as exc:
         raise UserError(

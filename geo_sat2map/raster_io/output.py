@@ -8,9 +8,13 @@ Masked pixels are 0 in every band; there is never a nodata *value* on the RGB ba
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import tempfile
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import rasterio
@@ -21,12 +25,19 @@ from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
 from geo_sat2map.errors import UserError
+from geo_sat2map.raster_io.core import RasterInfo
+
+if TYPE_CHECKING:
+    from geo_sat2map.raster_io.cog import StreamingCOGWriter
+
+log = logging.getLogger("geo_sat2map")
 
 COMPRESSIONS = ("deflate", "zstd", "lzw", "none")
 RGBA_INTERP = (ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha)
 # GDAL's block cache defaults to 5 % of RAM and would keep every block read or written until full, so a
 # streaming run would grow with the scene. It only needs the blocks of the current strips.
 MIN_CACHE_BYTES = 16 * 2**20
+INTERMEDIATE_COMPRESSION = "zstd"  # the streamed file GDAL turns into a COG: fast to write and to read back
 
 
 @dataclass(frozen=True)
@@ -54,9 +65,11 @@ def streaming_cache_bytes(width: int, strip_rows: int, blocksize: int = 512) -> 
 
 
 @contextlib.contextmanager
-def bounded_gdal_cache(nbytes: int) -> Iterator[None]:
-    """Cap GDAL's (process-wide) block cache for a streaming run, from any thread; restored afterwards."""
-    with rasterio.Env(GDAL_CACHEMAX=nbytes):
+def streaming_gdal_env(cache_bytes: int, threads: int | str = "ALL_CPUS") -> Iterator[None]:
+    """GDAL settings for a streaming run, set from the calling thread for the whole process (rasterio applies an
+    Env of the main thread globally): a capped block cache, and multi-threaded (de)compression of the blocks of
+    one read or write."""
+    with rasterio.Env(GDAL_CACHEMAX=cache_bytes, GDAL_NUM_THREADS=str(threads)):
         yield
 
 
@@ -65,7 +78,7 @@ class RGBAStripWriter:
 
     Rows must arrive in order. Writes happen one block row at a time, so a compressed tiled GeoTIFF never has
     a half-written block flushed and rewritten. Use from one thread at a time; ``close`` flushes the rest.
-    Run inside ``bounded_gdal_cache`` so dirty blocks do not pile up in GDAL's cache.
+    Run inside ``streaming_gdal_env`` so dirty blocks do not pile up in GDAL's cache.
     """
 
     def __init__(
@@ -160,3 +173,110 @@ def overview_factors(width: int, height: int, blocksize: int) -> list[int]:
         factors.append(factor)
         factor *= 2
     return factors
+
+
+class GDALMapSink:
+    """Finished rows into GDAL: a streamed tiled GeoTIFF, then (``options.cog``) GDAL's COG copy or internal
+    overviews built in place. The fallback for codecs and creation options the streaming COG writer lacks; it
+    encodes the full resolution twice for a COG."""
+
+    overview_levels = 0  # GDAL builds the overviews itself
+
+    def __init__(
+        self, path: str | os.PathLike[str], info: RasterInfo, tags: Mapping[str, str], options: OutputOptions
+    ) -> None:
+        self.path, self.options = path, options
+        self.stream_path: str | None = None
+        target = str(path)
+        if options.cog:
+            dest = os.fspath(path)
+            fd, self.stream_path = tempfile.mkstemp(prefix=".", suffix=".stream.tif.part", dir=os.path.dirname(dest) or ".")
+            os.close(fd)
+            target = self.stream_path
+        self.stats = {"encode": 0.0, "assemble": 0.0}
+        self._rows = 0
+        try:
+            self._writer = RGBAStripWriter(
+                target, info.width, info.height, info.crs, info.transform, tags,
+                compress=INTERMEDIATE_COMPRESSION if options.cog else options.compress, blocksize=options.blocksize,
+                extra_options=None if options.cog else options.gdal_options(),
+            )
+        except BaseException:
+            self._remove_stream()
+            raise
+
+    def write_rows(self, level: int, rows: np.ndarray) -> None:
+        if level != 0:
+            raise ValueError("GDALMapSink builds its own overviews; it takes full-resolution rows only")
+        started = time.perf_counter()
+        self._writer.write_rows(self._rows, rows.transpose(2, 0, 1))
+        self._rows += rows.shape[0]
+        self.stats["encode"] += time.perf_counter() - started
+
+    def close(self) -> None:
+        started = time.perf_counter()
+        try:
+            self._writer.close(flush=True)
+            finish_output(self.stream_path or self.path, self.path, self.options)
+        finally:
+            self._remove_stream()
+        self.stats["assemble"] += time.perf_counter() - started
+
+    def abort(self) -> None:
+        try:
+            self._writer.close(flush=False)
+        finally:
+            self._remove_stream()
+
+    def _remove_stream(self) -> None:
+        if self.stream_path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.stream_path)
+
+
+# GDAL creation options the streaming COG writer honours itself; any other sends the run through GDAL.
+_STREAMING_OPTIONS = {"LEVEL", "ZLEVEL", "ZSTD_LEVEL", "PREDICTOR", "BLOCKSIZE", "NUM_THREADS", "BIGTIFF"}
+
+
+def open_map_sink(
+    path: str | os.PathLike[str], info: RasterInfo, tags: Mapping[str, str], options: OutputOptions
+) -> StreamingCOGWriter | GDALMapSink:
+    """The sink for a translate run's rows at ``path`` (a temporary path; the caller renames it).
+
+    The streaming COG writer (one encode, overviews from the stream) whenever it can honour the codec and the
+    creation options; otherwise GDAL (e.g. LZW, JPEG-style options), which encodes the full resolution twice.
+    """
+    from geo_sat2map.raster_io.cog import FAST_CODECS, StreamingCOGWriter
+
+    extra = {key.upper(): value for key, value in options.creation_options.items()}
+    unsupported = sorted(set(extra) - _STREAMING_OPTIONS)
+    if options.compress not in FAST_CODECS or unsupported or _predictor(extra) is None:
+        why = f"--compress {options.compress}" if options.compress not in FAST_CODECS else (
+            f"--co {', '.join(unsupported) or 'PREDICTOR'}")
+        log.info("output through GDAL (%s is not one the streaming writer handles): the map is encoded twice", why)
+        return GDALMapSink(path, info, tags, options)
+    level = extra.get("LEVEL", extra.get("ZLEVEL", extra.get("ZSTD_LEVEL")))
+    try:
+        return StreamingCOGWriter(
+            path, info.width, info.height, info.crs, info.transform, tags, compress=options.compress,
+            level=int(level) if level is not None else None, predictor=bool(_predictor(extra)),
+            blocksize=int(extra.get("BLOCKSIZE", options.blocksize)), threads=_threads(extra.get("NUM_THREADS")),
+            cog=options.cog, bigtiff={"YES": True, "NO": False}.get(extra.get("BIGTIFF", "").upper()),
+        )
+    except ValueError as exc:
+        raise UserError(f"--co {' '.join(f'{k}={v}' for k, v in extra.items())}: {exc}") from None
+
+
+def _predictor(extra: Mapping[str, str]) -> bool | None:
+    """PREDICTOR=YES/2 -> True, NO/1 -> False (default True); a floating-point predictor -> None (GDAL's)."""
+    value = extra.get("PREDICTOR", "YES").upper()
+    return {"YES": True, "2": True, "STANDARD": True, "NO": False, "1": False, "NONE": False}.get(value)
+
+
+def _threads(value: str | None) -> int | None:
+    if value is None or value.upper() == "ALL_CPUS":
+        return None
+    try:
+        return max(1, int(value))
+    except ValueError:
+        raise UserError(f"--co NUM_THREADS={value}: expected a number or ALL_CPUS") from None

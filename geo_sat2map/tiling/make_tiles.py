@@ -23,9 +23,9 @@ import numpy as np
 import shapely
 from shapely.geometry.base import BaseGeometry
 from shapely.geometry.polygon import orient
-from tqdm import tqdm
 
 from geo_sat2map.errors import UserError, first_line
+from geo_sat2map.progress import progress_bar
 from geo_sat2map.raster_io.pairs import RESAMPLING_METHODS, PairSpec, inspect_pair, open_pair
 from geo_sat2map.scaling import PERCENTILE_KIND, UINT8_KIND, InputScaling
 from geo_sat2map.tiling.footprints import (
@@ -349,7 +349,7 @@ def _stage_tiles(
     """Read every candidate window, skip those under --min-valid, write the rest as staged A|B PNGs."""
     tile, tiles, scalings = config.tile_size, [], []
     total = sum(len(p.windows) for p in plans)
-    with tqdm(total=total, desc="make-tiles", unit="tile", disable=not progress) as bar, BackgroundWrites() as writes:
+    with progress_bar(total=total, desc="make-tiles", unit="tile", disable=not progress) as bar, BackgroundWrites() as writes:
         for plan in plans:
             with open_pair(plan.spec, config.image_resampling, config.map_resampling) as reader:
                 scalings.append(reader.scaling)

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from geo_sat2map.errors import UserError
 from geo_sat2map.image_io import probe_image, read_rgb, split_pair
+from geo_sat2map.progress import progress_bar
 from geo_sat2map.scaling import InputScaling
 from geo_sat2map.tiling.make_tiles import TilingResult
 from geo_sat2map.tiling.splits import SPLITS
@@ -105,7 +105,7 @@ def import_pix2pix(
     features = []
     with dataset_output(out_dir, config.overwrite) as work:
         total = sum(len(v) for v in files.values())
-        with tqdm(total=total, desc="import pix2pix", unit="image", disable=not progress) as bar, \
+        with progress_bar(total=total, desc="import pix2pix", unit="image", disable=not progress) as bar, \
                 BackgroundWrites() as writes:
             for split, paths in files.items():
                 for path in paths:

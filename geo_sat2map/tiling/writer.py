@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from geo_sat2map import __version__
+from geo_sat2map.atomic import swap_folder
 from geo_sat2map.errors import UserError
 from geo_sat2map.image_io import write_png
 
@@ -118,17 +119,7 @@ def _claim_work_dir(dest: Path) -> Path:
 def _move_into_place(work: Path, dest: Path) -> None:
     shutil.rmtree(work / STAGING_DIR, ignore_errors=True)
     (work / OWNER_FILE).unlink(missing_ok=True)
-    if not dest.exists():
-        os.replace(work, dest)
-        return
-    old = _sibling(dest, "old")  # --overwrite: swap, so a failure in between can put the previous dataset back
-    os.replace(dest, old)
-    try:
-        os.replace(work, dest)
-    except BaseException:
-        os.replace(old, dest)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+    swap_folder(work, dest, _sibling(dest, "old"))  # --overwrite: a failure in between puts the previous dataset back
 
 
 @contextlib.contextmanager

@@ -22,6 +22,7 @@ from geo_sat2map.models import ARCHITECTURES
 MODEL_KEYS = ("arch", "ngf", "ndf")
 CHOICES: dict[str, tuple[str, ...]] = {
     "arch": ARCHITECTURES,
+    "device_data": ("auto", "on", "off"),
     "gan_mode": ("vanilla", "lsgan"),
     "map_resample": ("bicubic", "nearest"),
     "norm_mode": ("auto", "instance", "running"),
@@ -65,6 +66,13 @@ class TrainConfig:
     precision: str = "auto"
     workers: int = 4  # DataLoader worker processes
     compile: bool = False  # torch.compile the networks (CUDA; first epoch pays the compile time)
+    # GPU speed (README, train: "Speed"): tiles decoded once into GPU memory and augmented there ("auto": on CUDA
+    # when they fit in device_data_share of its memory; "on": on any device; "off": DataLoader workers) ...
+    device_data: str = "auto"
+    device_data_share: float = 0.25
+    cuda_graph: bool = True  # ... the whole step captured once as a CUDA graph (single process, bf16/fp32) ...
+    deterministic: bool = False  # ... and deterministic cuDNN kernels: bit-exact --resume on CUDA, a little slower
+    channels_last: bool = True  # CUDA: NHWC activations and weights (cuDNN's tensor-core layout)
     val_max_tiles: int = 200  # validate on at most this many val tiles (evenly spaced), 0 = all
     sample_tiles: int = 4  # rows in samples/epoch_NNN.png
 
@@ -101,6 +109,8 @@ class TrainConfig:
             value = getattr(self, key)
             if not math.isfinite(value) or value < 0 or (key == "lr" and value == 0):
                 raise UserError(f"{key} = {value}: must be a finite number {'> 0' if key == 'lr' else '>= 0'}")
+        if not 0 < self.device_data_share <= 1:
+            raise UserError(f"device_data_share = {self.device_data_share}: must be in (0, 1]")
         for key in ("beta1", "beta2"):
             if not 0 <= getattr(self, key) < 1:
                 raise UserError(f"{key} = {getattr(self, key)}: must be in [0, 1)")

@@ -11,7 +11,7 @@ import hashlib
 import itertools
 import json
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -137,19 +137,16 @@ def _read_manifest(root: Path) -> dict[str, Any] | None:
     return manifest
 
 
-def loader_batches(loader: Iterable[Any]) -> Iterator[Any]:
-    """Iterate a DataLoader; a UserError raised in a worker process comes out as its own one-line message.
+def worker_error(exc: UserError) -> UserError:
+    """``exc``, or, if torch re-raised it from a DataLoader worker process, a UserError with its own message.
 
     torch re-raises a worker's exception as ``UserError("Caught UserError in DataLoader worker process 0.\n
     Original Traceback ...")``; the original message is the traceback's last line, after the exception's name.
     """
-    try:
-        yield from loader
-    except UserError as exc:
-        lines = [line for line in str(exc).splitlines() if line.strip()]
-        if len(lines) > 1 and lines[0].startswith("Caught "):
-            raise UserError(lines[-1].split(": ", 1)[-1]) from exc
-        raise
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].startswith("Caught "):
+        return UserError(lines[-1].split(": ", 1)[-1])
+    return exc
 
 
 def dataset_hash(info: DatasetInfo) -> str:
@@ -181,6 +178,44 @@ class Augmentation:
     rot90: bool = False
 
 
+@dataclass(frozen=True)
+class SampleDraw:
+    """One sample's random augmentation: crop corner in the resized tile, flips, quarter turns."""
+
+    x: int
+    y: int
+    hflip: bool
+    vflip: bool
+    turns: int
+
+    @property
+    def orientation(self) -> int:
+        """The 16 (hflip, vflip, turns) combinations as one number (indexes ``orientation_maps``)."""
+        return int(self.hflip) + 2 * int(self.vflip) + 4 * self.turns
+
+
+def draw_sample(augment: Augmentation, seed: int, epoch: int, index: int) -> SampleDraw:
+    """The augmentation of tile ``index`` in ``epoch``: a function of ``(seed, epoch, index)`` only, so a sample
+    does not depend on the worker that loads it, the number of workers, the data path or a resume."""
+    rng = np.random.default_rng((seed, epoch, index))
+    x, y = (int(v) for v in rng.integers(0, augment.load_size - augment.crop_size + 1, size=2))
+    hflip = augment.flip and bool(rng.random() < 0.5)
+    vflip = augment.vflip and bool(rng.random() < 0.5)
+    turns = int(rng.integers(4)) if augment.rot90 else 0
+    return SampleDraw(x, y, hflip, vflip, turns)
+
+
+def orient(image: torch.Tensor, hflip: bool, vflip: bool, turns: int) -> torch.Tensor:
+    """Flip and rotate the last two dimensions, in the recipe's order (hflip, vflip, then quarter turns)."""
+    if hflip:
+        image = image.flip(-1)
+    if vflip:
+        image = image.flip(-2)
+    if turns:
+        image = torch.rot90(image, turns, dims=(-2, -1))
+    return image
+
+
 def _resize(image: torch.Tensor, size: int, mode: str) -> torch.Tensor:
     """Resize uint8 (C, H, W) like PIL does on 8-bit images (rounded, clamped); channels-last is the fast path."""
     if image.shape[-1] == size:
@@ -191,7 +226,7 @@ def _resize(image: torch.Tensor, size: int, mode: str) -> torch.Tensor:
     return F.interpolate(batch, size=(size, size), mode="bicubic", align_corners=False, antialias=True)[0]
 
 
-def _to_unit(image: torch.Tensor) -> torch.Tensor:
+def to_unit(image: torch.Tensor) -> torch.Tensor:
     """uint8 -> float32 [-1, 1], as InputScaling.uint8 (pix2pix's x / 127.5 - 1)."""
     return image.float().div_(127.5).sub_(1.0).contiguous()
 
@@ -219,30 +254,39 @@ class PairDataset(Dataset):
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         if self.augment is None:
-            a, b = self._pair(int(key))  # type: ignore[arg-type]
-            top = (a.shape[1] - self.crop_size) // 2
-            window = (slice(None), slice(top, top + self.crop_size), slice(top, top + self.crop_size))
-            return _to_unit(torch.from_numpy(a[window])), torch.from_numpy(np.ascontiguousarray(b[window]))
+            a, b = self.centre_crop(int(key))  # type: ignore[arg-type]
+            return to_unit(a), b
         epoch, index = key  # type: ignore[misc]
         return self._augmented(epoch, index)
+
+    def centre_crop(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Validation's view of a tile: the uint8 (A, B) centre ``crop_size`` squares."""
+        a, b = self._pair(index)
+        top = (a.shape[1] - self.crop_size) // 2
+        window = (slice(None), slice(top, top + self.crop_size), slice(top, top + self.crop_size))
+        return torch.from_numpy(np.ascontiguousarray(a[window])), torch.from_numpy(np.ascontiguousarray(b[window]))
+
+    def resized(self, index: int) -> torch.Tensor:
+        """uint8 (6, L, L): A and B resized to ``load_size`` (bicubic, and ``map_resample`` for B), stacked.
+
+        Resizing draws nothing at random, so this is computed once per tile where the tiles are kept in memory.
+        """
+        aug = self.augment
+        assert aug is not None
+        a, b = self._pair(index)
+        return torch.cat([
+            _resize(torch.from_numpy(a), aug.load_size, "bicubic"),
+            _resize(torch.from_numpy(b), aug.load_size, aug.map_resample),
+        ])
 
     def _augmented(self, epoch: int, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Resize, crop and flip on 8-bit data (as pix2pix does with PIL), then scale to [-1, 1]."""
         aug = self.augment
         assert aug is not None
-        a, b = self._pair(index)
-        rng = np.random.default_rng((self.seed, epoch, index))
-        a_t = _resize(torch.from_numpy(a), aug.load_size, "bicubic")
-        b_t = _resize(torch.from_numpy(b), aug.load_size, aug.map_resample)
-        x, y = (int(v) for v in rng.integers(0, aug.load_size - aug.crop_size + 1, size=2))
-        pair = torch.cat([a_t, b_t])[:, y : y + aug.crop_size, x : x + aug.crop_size]
-        if aug.flip and rng.random() < 0.5:
-            pair = pair.flip(-1)
-        if aug.vflip and rng.random() < 0.5:
-            pair = pair.flip(-2)
-        if aug.rot90:
-            pair = torch.rot90(pair, int(rng.integers(4)), dims=(-2, -1))
-        return _to_unit(pair[:3]), _to_unit(pair[3:])
+        draw = draw_sample(aug, self.seed, epoch, index)
+        crop = self.resized(index)[:, draw.y : draw.y + aug.crop_size, draw.x : draw.x + aug.crop_size]
+        pair = orient(crop, draw.hflip, draw.vflip, draw.turns)
+        return to_unit(pair[:3]), to_unit(pair[3:])
 
 
 class EpochKeyedSampler(DistributedSampler):

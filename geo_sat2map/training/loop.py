@@ -49,23 +49,35 @@ class GanLoss:
         return self.criterion(logits, target)
 
 
-def _autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager[Any]:
+def _autocast(device: torch.device, dtype: torch.dtype, cache: bool = True) -> contextlib.AbstractContextManager[Any]:
     if dtype == torch.float32:
         return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
+    return torch.autocast(device.type, dtype=dtype, cache_enabled=cache)
 
 
 class Pix2Pix:
-    """Generator, discriminator, their optimisers and the AMP scaler, placed on one device."""
+    """Generator, discriminator, their optimisers and the AMP scaler, placed on one device.
 
-    def __init__(self, config: TrainConfig, device: torch.device, dtype: torch.dtype, ctx: DistContext) -> None:
+    ``graphed``: the step will be captured in a CUDA graph (``steps.GraphedStep``). Its Adam optimisers are
+    then ``capturable`` with the learning rate in a device tensor (a graph replays the values it was captured
+    with, so the per-epoch LR must be read from memory), and autocast does not cache weight casts across
+    the capture boundary.
+    """
+
+    def __init__(
+        self, config: TrainConfig, device: torch.device, dtype: torch.dtype, ctx: DistContext, graphed: bool = False
+    ) -> None:
         self.config = config
         self.device = device
         self.dtype = dtype
+        self.graphed = graphed
         cuda = device.type == "cuda"
         if cuda:
-            torch.backends.cudnn.benchmark = True  # fixed tile size: let cuDNN pick the fastest kernels once
-        self.memory_format = torch.channels_last if cuda else torch.contiguous_format
+            # Fixed tile size: let cuDNN time its kernels once and keep the fastest, unless bit-exact resumes
+            # are asked for (timing may pick other kernels in another process; some sum in varying order).
+            torch.backends.cudnn.benchmark = not config.deterministic
+            torch.backends.cudnn.deterministic = config.deterministic
+        self.memory_format = torch.channels_last if cuda and config.channels_last else torch.contiguous_format
         torch.manual_seed(config.seed)  # identical initial weights in every process
         self.G = build_generator(config.arch, config.ngf)
         self.D = PatchGAN(in_channels=6, ndf=config.ndf)
@@ -73,9 +85,8 @@ class Pix2Pix:
             init_weights(net, config.init_gain)
             net.to(device, memory_format=self.memory_format).train()
         self._fused = True if cuda else None  # fused Adam on GPUs; PyTorch's default (foreach) elsewhere
-        betas = (config.beta1, config.beta2)
-        self.opt_G = torch.optim.Adam(self.G.parameters(), lr=config.lr, betas=betas, fused=self._fused)
-        self.opt_D = torch.optim.Adam(self.D.parameters(), lr=config.lr, betas=betas, fused=self._fused)
+        self.lr = config.lr
+        self.opt_G, self.opt_D = (self._adam(net) for net in (self.G, self.D))
         self.scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
         self.gan = GanLoss(config.gan_mode)
         G_fwd = distributed.wrap(self.G, ctx, device)
@@ -85,20 +96,33 @@ class Pix2Pix:
             G_fwd, D_fwd, D_frozen = (torch.compile(m) for m in (G_fwd, D_fwd, D_frozen))
         self.G_fwd, self.D_fwd, self.D_frozen = G_fwd, D_fwd, D_frozen
 
+    def _adam(self, net: nn.Module) -> torch.optim.Adam:
+        betas = (self.config.beta1, self.config.beta2)
+        if not self.graphed:
+            return torch.optim.Adam(net.parameters(), lr=self.config.lr, betas=betas, fused=self._fused)
+        lr = torch.tensor(self.config.lr, dtype=torch.float32, device=self.device)
+        adam = torch.optim.Adam(net.parameters(), lr=lr, betas=betas, fused=True, capturable=True)
+        # Warm-up and the epoch's last, smaller batch run uncaptured on purpose: skip torch's advice about it.
+        adam._warned_capturable_if_run_uncaptured = True  # type: ignore[attr-defined]
+        return adam
+
     def set_epoch_lr(self, epoch: int) -> float:
         """The linear schedule is a pure function of the epoch, so resuming restores it exactly."""
-        lr = self.config.lr * self.config.lr_factor(epoch)
+        self.lr = self.config.lr * self.config.lr_factor(epoch)
         for optimizer in (self.opt_G, self.opt_D):
             for group in optimizer.param_groups:
-                group["lr"] = lr
-        return lr
+                if isinstance(group["lr"], torch.Tensor):
+                    group["lr"].fill_(self.lr)  # in place: a captured graph reads this tensor
+                else:
+                    group["lr"] = self.lr
+        return self.lr
 
     def to_device(self, batch: torch.Tensor) -> torch.Tensor:
         return batch.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
 
     def step(self, A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
         """One D and one G update; returns the detached losses (LOSS_NAMES order) without a host sync."""
-        autocast = _autocast(self.device, self.dtype)
+        autocast = _autocast(self.device, self.dtype, cache=not self.graphed)
         with autocast:
             fake = self.G_fwd(A)
 
@@ -137,15 +161,17 @@ class Pix2Pix:
             self.scaler.load_state_dict(state["scaler"])
 
     def _load_optimizer(self, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
-        """Restore moments and step counts; hyperparameters and kernels follow the current config/device."""
+        """Restore moments and step counts; hyperparameters and kernels follow the current config/device (and
+        the LR tensor a captured graph reads stays the same object)."""
+        settings = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
         optimizer.load_state_dict(state)
-        for group in optimizer.param_groups:
-            group["betas"] = (self.config.beta1, self.config.beta2)
-            group["fused"] = self._fused
+        for group, own in zip(optimizer.param_groups, settings):
+            group.update(own)
+            on_device = group["fused"] or group["capturable"]  # these keep the step count on the GPU
             for param in group["params"]:
                 step = optimizer.state.get(param, {}).get("step")
-                if step is not None:  # fused kernels keep the step on the GPU, the others on the CPU
-                    optimizer.state[param]["step"] = step.to(param.device if self._fused else "cpu")
+                if step is not None:
+                    optimizer.state[param]["step"] = step.to(param.device if on_device else "cpu")
 
     def inference_generator(self, norm_mode: str) -> InferenceGenerator:
         """A copy of G as translate will run it (its swapped-in norm layers are built on the CPU: move it)."""

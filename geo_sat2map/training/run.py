@@ -15,20 +15,21 @@ import shutil
 import signal
 import threading
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from geo_sat2map.atomic import atomic_output
 from geo_sat2map.checkpoint import GeneratorMeta, save_generator
-from geo_sat2map.device import precision_name, resolve_device, resolve_precision
+from geo_sat2map.device import resolve_device
 from geo_sat2map.errors import UserError, first_line
 from geo_sat2map.metrics import to_uint8
+from geo_sat2map.progress import progress_bar
 from geo_sat2map.training import distributed, report
 from geo_sat2map.training.config import (
     TrainConfig,
@@ -47,11 +48,14 @@ from geo_sat2map.training.data import (
     dataset_hash,
     evenly_spaced,
     ignore_stop_signals,
-    loader_batches,
     scan_dataset,
+    worker_error,
 )
+from geo_sat2map.training.device_data import DeviceFeed, DeviceTiles, DeviceValSet, WorkerFeed, plan_device_data
 from geo_sat2map.training.distributed import DistContext
 from geo_sat2map.training.loop import LOSS_NAMES, Pix2Pix, validate
+from geo_sat2map.training.precision import PrecisionChoice, choose_precision
+from geo_sat2map.training.steps import EagerStep, GraphedStep, plan_graph
 from geo_sat2map.training.state import capture_rng, load_checkpoint, restore_rng, save_checkpoint, seed_everything
 
 log = logging.getLogger(__name__)
@@ -65,9 +69,13 @@ CURVES = "curves.png"
 SAMPLES = "samples"
 RUN_FILES = (CHECKPOINT, GENERATOR, BEST_GENERATOR, CONFIG, METRICS, CURVES)
 # Changing these on --resume changes nothing about the numbers the run produces (or only extends it).
-RUNTIME_KEYS = frozenset({"workers", "val_max_tiles", "sample_tiles", "epochs", "epochs_decay"})
+# device_data is among them: both data paths feed the step bit-identical batches.
+RUNTIME_KEYS = frozenset({
+    "workers", "val_max_tiles", "sample_tiles", "epochs", "epochs_decay", "device_data", "device_data_share",
+})
 VAL_BATCH = 8
-# Losses are copied to the host (a GPU sync) every this many steps; on CPU it costs nothing, so every step.
+# Losses (and the non-finite check on them) are read back from the GPU once every this many steps: between
+# read-backs the host queues steps without waiting. On CPU reading costs nothing, so every step.
 GPU_SYNC_EVERY = 10
 
 
@@ -83,6 +91,9 @@ class TrainSummary:
     train_steps_per_s: float | None  # training steps/s in this invocation (validation excluded)
     replica_digests: list[str] | None = None  # per-process weight hashes of a multi-process run
     main_process: bool = True  # False in the other processes of a torchrun launch (they stay silent)
+    # How this invocation trained and what it cost once: precision/step/data (+ _reason), precision_seconds,
+    # upload_seconds, capture_seconds, and gpu_peak_bytes on CUDA.
+    setup: dict[str, Any] = field(default_factory=dict)
 
 
 def train(
@@ -109,13 +120,18 @@ def train(
     if not ctx.is_main:
         logging.getLogger("geo_sat2map.training").setLevel(logging.WARNING)
     try:
-        dtype = resolve_precision(config.precision, device)
-        return _Run(info, run_dir, config, ctx, device, dtype, stored, overwrite, progress).run()
+        precision = choose_precision(config, device, ctx, stored.get("auto_precision") if stored else None)
+        return _Run(info, run_dir, config, ctx, device, precision, stored, overwrite, progress).run()
     except torch.cuda.OutOfMemoryError:
         raise UserError(
             f"GPU out of memory at batch_size {config.batch_size}, ngf {config.ngf}, crop_size {config.crop_size}: "
             "lower --batch-size or --ngf, or use --precision bf16"
         ) from None
+    except UserError as exc:  # e.g. a tile damaged mid-run, read in a DataLoader worker: one line, not its traceback
+        plain = worker_error(exc)
+        if plain is exc:
+            raise
+        raise plain from exc
     finally:
         distributed.stop(ctx)
 
@@ -184,14 +200,21 @@ class _Run:
         config: TrainConfig,
         ctx: DistContext,
         device: torch.device,
-        dtype: torch.dtype,
+        precision: PrecisionChoice,
         stored: dict[str, Any] | None,
         overwrite: bool,
         progress: bool,
     ) -> None:
         self.info, self.run_dir, self.config, self.ctx = info, run_dir, config, ctx
-        self.device, self.dtype, self.stored, self.progress = device, dtype, stored, progress
+        self.device, self.stored, self.progress = device, stored, progress
+        self.precision, self.dtype = precision, precision.dtype
         self.overwrite = overwrite
+        self.graphed, step_reason = plan_graph(config, device, self.dtype, ctx)
+        self.setup: dict[str, Any] = {
+            "precision": precision.label, "precision_reason": precision.reason,
+            "precision_seconds": precision.seconds,
+            "step": "CUDA graph" if self.graphed else "eager", "step_reason": step_reason,
+        }
         self.norm_mode = config.inference_norm_mode()
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] = {}
@@ -211,9 +234,8 @@ class _Run:
         if ctx.is_main:
             self._prepare_run_dir()
         distributed.barrier(ctx)
-        self.model = Pix2Pix(config, self.device, self.dtype, ctx)
+        self.model = Pix2Pix(config, self.device, self.dtype, ctx, graphed=self.graphed)
         seed_everything(config.seed + ctx.rank)  # dropout draws differ between processes
-        self._build_loaders()
         if self.stored:
             try:
                 self._restore(self.stored)
@@ -231,6 +253,11 @@ class _Run:
             log.info("%s is already trained for %d epochs; raise --epochs/--epochs-decay to continue",
                      self.run_dir, self.epoch)
             return self._summary(interrupted=False)
+        self._build_loaders()  # after the restore: nothing here draws from the random streams
+        self.stepper: GraphedStep | EagerStep = (
+            GraphedStep(self.model, self.feed.prepare, self.loss_sum, config.batch_size) if self.graphed
+            else EagerStep(self.model, self.feed.prepare, self.loss_sum)
+        )
         self._log_start()
         with StopRequest() as stop:
             while self.epoch < config.total_epochs:
@@ -267,23 +294,43 @@ class _Run:
         )
         train_set = PairDataset(info.train, config.crop_size, augment, seed=config.seed)
         self.sampler = EpochKeyedSampler(train_set, ctx.world_size, ctx.rank, seed=config.seed)
-        workers = config.workers
-        self.loader = DataLoader(
-            train_set,
-            batch_size=config.batch_size,
-            sampler=self.sampler,
-            num_workers=workers,
-            pin_memory=self.device.type == "cuda",
-            persistent_workers=workers > 0,
-            worker_init_fn=ignore_stop_signals if workers > 0 else None,
-            generator=torch.Generator(),  # keeps the loader from drawing on the global RNG (dropout's)
-        )
+        workers, memory_format = config.workers, self.model.memory_format
         self.val_paths = evenly_spaced(info.val, config.val_max_tiles)
+        val_set = PairDataset(self.val_paths, config.crop_size)
+        plan = plan_device_data(
+            config.device_data, self.device, len(info.train), config.load_size,
+            len(self.val_paths) if ctx.is_main else 0, config.crop_size, config.device_data_share,
+        )
+        where = "in GPU memory" if self.device.type == "cuda" else "in memory"
+        self.setup.update(data=where if plan.on_device else "DataLoader workers", data_reason=plan.reason)
+        if plan.on_device:
+            tiles = DeviceTiles(train_set, self.device, workers)
+            self.setup["upload_seconds"] = tiles.upload_seconds
+            self.feed: DeviceFeed | WorkerFeed = DeviceFeed(tiles, self.sampler, config.batch_size, memory_format)
+        else:
+            loader = DataLoader(
+                train_set,
+                batch_size=config.batch_size,
+                sampler=self.sampler,
+                num_workers=workers,
+                pin_memory=self.device.type == "cuda",
+                persistent_workers=workers > 0,
+                worker_init_fn=ignore_stop_signals if workers > 0 else None,
+                generator=torch.Generator(),  # keeps the loader from drawing on the global RNG (dropout's)
+            )
+            self.feed = WorkerFeed(loader, memory_format)
+        if plan.on_device and ctx.is_main and self.val_paths:
+            self.val_batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]] = (
+                DeviceValSet(val_set, self.device, workers).batches
+            )
+        else:
+            # Its own generator: a loader without one draws a seed from the global RNG, which on the CPU is the
+            # dropout stream, so validating would change the training that follows.
+            self.val_batches = lambda: DataLoader(
+                val_set, batch_size=VAL_BATCH, num_workers=min(workers, 2), generator=torch.Generator()
+            )
         sample_paths = evenly_spaced(info.val or info.train, config.sample_tiles)
         self.sample_set = PairDataset(sample_paths, config.crop_size)
-        self.val_loader = DataLoader(
-            PairDataset(self.val_paths, config.crop_size), batch_size=VAL_BATCH, num_workers=min(workers, 2)
-        )
         self.steps_per_epoch = math.ceil(self.sampler.num_samples / config.batch_size)
 
     def _restore(self, stored: dict[str, Any]) -> None:
@@ -300,7 +347,7 @@ class _Run:
         if len(per_process) == ctx.world_size:
             restore_rng(per_process[ctx.rank]["rng"])
             self.epoch_samples = int(stored["epoch_samples"])
-            self.loss_sum = per_process[ctx.rank]["loss_sum"].to(self.device)
+            self.loss_sum.copy_(per_process[ctx.rank]["loss_sum"])  # in place: the step adds to this tensor
         else:
             log.warning("resume: %d processes now, %d before; epoch %d restarts from its beginning",
                         ctx.world_size, len(per_process), self.epoch + 1)
@@ -319,40 +366,49 @@ class _Run:
             "inference norm '%s'",
             c.arch, c.ngf, len(info.train), len(self.val_paths), info.tile_size, info.root, self.epoch + 1,
             c.total_epochs, c.total_epochs, c.lr, c.epochs, c.epochs_decay, c.batch_size, self.ctx.world_size,
-            self.device, precision_name(self.dtype), self.norm_mode,
+            self.device, self.precision.label, self.norm_mode,
         )
+        setup = self.setup
+        log.info("precision: %s (%s)", setup["precision"], setup["precision_reason"])
+        log.info("step: %s (%s)", setup["step"], setup["step_reason"])
+        uploaded = f", decoded in {setup['upload_seconds']:.1f} s" if "upload_seconds" in setup else ""
+        log.info("data: %s (%s%s)", setup["data"], setup["data_reason"], uploaded)
         if not info.val:
             log.warning("%s has no val/ tiles: no validation metrics and no best generator", info.root)
 
     # ---- training -----------------------------------------------------------------------------------------
     def _train_epoch(self, stop: StopRequest) -> bool:
         """Train the unfinished epoch to its end (True) or until a stop request (False)."""
-        config, ctx, model = self.config, self.ctx, self.model
-        lr = model.set_epoch_lr(self.epoch)
+        config, ctx = self.config, self.ctx
+        lr = self.model.set_epoch_lr(self.epoch)
         self.sampler.set_epoch(self.epoch)
         self.sampler.start = self.epoch_samples
         if self.epoch_samples == 0:
             self.loss_sum.zero_()
         step = self.epoch_samples // config.batch_size
         sync_every = 1 if self.device.type == "cpu" else GPU_SYNC_EVERY
-        bar = tqdm(
+        bar = progress_bar(
             total=self.steps_per_epoch, initial=step, desc=f"epoch {self.epoch + 1}/{config.total_epochs}",
             unit="it", disable=not (self.progress and ctx.is_main), leave=False, dynamic_ncols=True,
         )
         first_step = step
         started = time.perf_counter()
         try:
-            for A, B in loader_batches(self.loader):
-                losses = model.step(model.to_device(A), model.to_device(B))
-                self.loss_sum += losses
+            batches = iter(self.feed)
+            raw = next(batches, None)
+            while raw is not None:
+                losses = self.stepper(raw)  # also adds them to self.loss_sum, on the device
+                size = raw[0].shape[0]
+                raw = next(batches, None)  # prepared on the host while the GPU runs this step, even before a sync
                 step += 1
                 self.global_step += 1
-                self.epoch_samples += A.shape[0]
+                self.epoch_samples += size
                 bar.update(1)
                 if step % sync_every and step != self.steps_per_epoch:
                     continue
-                current = losses.tolist()
-                nonfinite = not bool(torch.isfinite(self.loss_sum).all())
+                read_back = torch.cat([losses, self.loss_sum]).tolist()  # the interval's one host sync
+                current = read_back[: len(LOSS_NAMES)]
+                nonfinite = not all(math.isfinite(v) for v in read_back[len(LOSS_NAMES) :])
                 stop_now, diverged = distributed.any_true(ctx, [stop.requested, nonfinite], self.device)
                 if diverged:
                     self._diverged(step, current)
@@ -383,7 +439,7 @@ class _Run:
     def _end_epoch(self) -> None:
         ctx = self.ctx
         means = distributed.mean_over_processes(ctx, self.loss_sum / self.steps_per_epoch).tolist()
-        record: dict[str, Any] = {"epoch": self.epoch + 1, "lr": self.model.opt_G.param_groups[0]["lr"],
+        record: dict[str, Any] = {"epoch": self.epoch + 1, "lr": self.model.lr,
                                   "steps": self.global_step, **dict(zip(LOSS_NAMES, means))}
         if ctx.is_main:
             self._validate_and_write(record)
@@ -395,7 +451,7 @@ class _Run:
     def _validate_and_write(self, record: dict[str, Any]) -> None:
         net = self.model.inference_generator(self.norm_mode)
         if self.val_paths:
-            record.update(validate(self.model, net, loader_batches(self.val_loader)))
+            record.update(validate(self.model, net, self.val_batches()))
             improved = not self.best or record["val_l1"] < self.best["val_l1"]
             record["best"] = improved
             if improved:
@@ -457,11 +513,17 @@ class _Run:
                     "best": self.best,
                     "dataset_hash": self.dataset_hash,
                     "processes": processes,
+                    "auto_precision": self.precision.record,
                 },
             )
         distributed.barrier(self.ctx)
 
     def _summary(self, interrupted: bool, digests: list[str] | None = None) -> TrainSummary:
+        stepper = getattr(self, "stepper", None)  # none when there was nothing left to train
+        if stepper is not None and stepper.capture_seconds is not None:
+            self.setup["capture_seconds"] = stepper.capture_seconds
+        if self.device.type == "cuda":
+            self.setup["gpu_peak_bytes"] = torch.cuda.max_memory_allocated(self.device)
         return TrainSummary(
             run_dir=self.run_dir,
             epochs_done=self.epoch,
@@ -473,6 +535,7 @@ class _Run:
             train_steps_per_s=self.train_steps / self.train_seconds if self.train_seconds else None,
             replica_digests=digests,
             main_process=self.ctx.is_main,
+            setup=self.setup,
         )
 
 

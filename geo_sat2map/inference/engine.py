@@ -1,0 +1,387 @@
+"""The device-resident translate engine: raw scene rows in, finished RGBA rows (and overview rows) out.
+
+``StreamEngine`` is fed the scene's raw rows in order (``add_rows``) and processed one window row at a time
+(``process_window_row``). Everything per pixel happens on the engine's device, in torch: scaling, reflection
+padding, mask fill, window extraction (slices of one padded strip per window row), batching, the generator, blend weighting and
+overlap-add (``fold``) into full-width row accumulators, normalisation, masking, quantisation to RGBA uint8 and
+the overview pyramid. Finished rows leave through ``emit(level, rows)``; nothing is read back to the host, so
+on CUDA the host only queues work. Decisions that need the mask (which windows to run, whether to fill) use a
+host copy of the validity rows, never a device read.
+
+Memory is bounded by the scene width: the accumulators hold about two tiles of rows, the raw rows one tile.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from geo_sat2map.inference.runner import StageClock
+from geo_sat2map.inference.ops import downsample_rgba, fill_invalid, quantize_rgba, reflect_index, scale_to_unit
+from geo_sat2map.scaling import InputScaling
+from geo_sat2map.windows import RowBand, WindowGrid, axis_weights
+
+Emit = Callable[[int, torch.Tensor], None]  # (level, (rows, width, 4) uint8 RGBA on the engine's device)
+Generator = Callable[[torch.Tensor], torch.Tensor]  # (n, 3, tile, tile) float32 in [-1, 1] -> same shape
+
+
+class DeviceRowAssembler:
+    """Weighted overlap-add of whole window rows into full-width accumulators; releases finished rows.
+
+    The device counterpart of ``windows.RowAssembler`` (its oracle): same weights, same release rule, but one
+    ``fold`` per window row instead of one add per window.
+    """
+
+    def __init__(self, grid: WindowGrid, blend: str, device: torch.device, first_row: int = 0) -> None:
+        """``first_row``: the first scene row it will be given (a band of the scene starts there)."""
+        self.grid, self.device = grid, device
+        tile = grid.tile
+        self.stride = grid.col_starts[1] - grid.col_starts[0] if len(grid.col_starts) > 1 else tile
+        self.span = grid.col_starts[-1] + tile - grid.col_starts[0]
+        self.crop = slice(-grid.col_starts[0], -grid.col_starts[0] + grid.width)  # scene columns in the span
+        row_weights = np.stack(axis_weights(grid.row_starts, tile, blend))
+        col_weights = np.stack(axis_weights(grid.col_starts, tile, blend))
+        self.row_weights = torch.from_numpy(row_weights).to(device)
+        self.col_weights = torch.from_numpy(col_weights).to(device)
+        # Plain tiles (--overlap 0 with feather or average): every weight is 1 and windows do not overlap, so
+        # merging a window row is a reshape instead of a weighted fold.
+        self.plain = self.stride == tile and bool((row_weights == 1).all() and (col_weights == 1).all())
+        self._base = first_row  # scene row held in buffer row 0
+        self._used = 0
+        self._mask_end = first_row
+        self._sums = torch.zeros((3, 0, grid.width), device=device)
+        self._weights = torch.zeros((0, grid.width), device=device)
+        self._valid = torch.zeros((0, grid.width), dtype=torch.bool, device=device)
+        self._grow(2 * tile)
+
+    @property
+    def released(self) -> int:
+        return self._base
+
+    def _grow(self, rows: int) -> None:
+        extra = rows - self._weights.shape[0]
+        if extra > 0:
+            width = self.grid.width
+            self._sums = torch.cat([self._sums, torch.zeros((3, extra, width), device=self.device)], dim=1)
+            self._weights = torch.cat([self._weights, torch.zeros((extra, width), device=self.device)])
+            self._valid = torch.cat([self._valid, torch.zeros((extra, width), dtype=torch.bool, device=self.device)])
+
+    def _ensure_rows(self, end: int) -> None:
+        self._grow(end - self._base)
+        self._used = max(self._used, end - self._base)
+
+    def add_mask(self, row_off: int, valid: torch.Tensor) -> None:
+        """The scene's validity (True = valid) for rows [row_off, row_off + n), delivered in order."""
+        if row_off != self._mask_end:
+            raise ValueError(f"mask rows must arrive in order: expected row {self._mask_end}, got {row_off}")
+        end = row_off + valid.shape[0]
+        self._ensure_rows(end)
+        self._valid[row_off - self._base:end - self._base] = valid
+        self._mask_end = end
+
+    def add_row(self, row: int, outputs: torch.Tensor | None, ran: torch.Tensor | None) -> None:
+        """Merge window row ``row``: ``outputs`` (columns, 3, tile, tile), zeros where a window did not run;
+        ``ran`` (columns,) float 1/0. ``None`` when no window of the row ran."""
+        grid, tile = self.grid, self.grid.tile
+        top = grid.row_starts[row]
+        r0, r1 = grid.rows_in_scene(row)
+        if r0 < self._base:
+            raise ValueError(f"window row {row} touches scene rows already released (< {self._base})")
+        self._ensure_rows(r1)
+        if outputs is None:
+            return
+        columns = outputs.shape[0]
+        b0, b1 = r0 - self._base, r1 - self._base
+        rows = slice(r0 - top, r1 - top)
+        if self.plain:
+            sums = outputs[:, :, rows].permute(1, 2, 0, 3).reshape(3, r1 - r0, self.span)
+            weights = ran.repeat_interleave(tile)[None]
+            self._sums[:, b0:b1] += sums[:, :, self.crop]
+            self._weights[b0:b1] += weights[:, self.crop]
+            return
+        row_w = self.row_weights[row]
+        col_w = self.col_weights * ran[:, None]
+        weighted = outputs * (row_w[:, None] * col_w[:, None, :])[:, None]
+        sums = F.fold(weighted.reshape(columns, -1).T[None], output_size=(tile, self.span),
+                      kernel_size=(tile, tile), stride=(1, self.stride))[0]
+        col_sum = F.fold(col_w.T[None], output_size=(1, self.span), kernel_size=(1, tile), stride=(1, self.stride))
+        weights = row_w[:, None] * col_sum[0, 0]
+        self._sums[:, b0:b1] += sums[:, rows, self.crop]
+        self._weights[b0:b1] += weights[rows, self.crop]
+
+    def release(self, row: int) -> tuple[int, torch.Tensor] | None:
+        """After window row ``row`` is merged: (row_off, (rows, width, 4) RGBA uint8) of newly finished rows."""
+        end = self.grid.finished_rows(row)
+        count = end - self._base
+        if count <= 0:
+            return None
+        if end > self._mask_end:
+            raise ValueError(f"rows up to {end} finished but the mask only reaches row {self._mask_end}")
+        weights = self._weights[:count]
+        covered = weights > 0
+        scale = torch.where(covered, weights.reciprocal(), 0.0)  # a pixel no window covered stays 0 (and masked)
+        values = self._sums[:, :count] * scale
+        rgba = quantize_rgba(values, self._valid[:count] & covered)
+        out = (self._base, rgba)
+        rest = self._used - count
+        for buffer in (self._sums[:, :self._used], self._weights[:self._used], self._valid[:self._used]):
+            rows_dim = buffer.dim() - 2
+            kept = buffer.narrow(rows_dim, count, rest).clone()
+            buffer.narrow(rows_dim, 0, rest).copy_(kept)
+            buffer.narrow(rows_dim, rest, count).zero_()
+        self._base, self._used = end, rest
+        return out
+
+
+class OverviewPyramid:
+    """Streams overview levels 1..``levels`` from full-resolution RGBA rows (alpha-weighted 2x2 averages)."""
+
+    def __init__(self, levels: int) -> None:
+        self.levels = levels
+        self._carry: list[torch.Tensor | None] = [None] * (levels + 1)  # rows of level l-1 waiting for a partner
+
+    def push(self, rows: torch.Tensor, final: bool = False) -> list[tuple[int, torch.Tensor]]:
+        """Full-resolution rows in order -> new (level, rows) of the overviews; ``final`` flushes the odd last
+        rows of every level."""
+        out = []
+        for level in range(1, self.levels + 1):
+            carry = self._carry[level]
+            if carry is not None:
+                rows = torch.cat([carry, rows])
+            take = rows.shape[0] if final else rows.shape[0] - rows.shape[0] % 2
+            self._carry[level] = None if final or take == rows.shape[0] else rows[take:]
+            if take == 0:
+                if not final:
+                    break
+                rows = rows[:0, : (rows.shape[1] + 1) // 2]
+                continue
+            rows = downsample_rgba(rows[:take], last=final)
+            out.append((level, rows))
+        return out
+
+    def finish(self, width: int, device: torch.device) -> list[tuple[int, torch.Tensor]]:
+        return self.push(torch.zeros((0, width, 4), dtype=torch.uint8, device=device), final=True)
+
+
+@dataclass
+class _PendingRow:
+    """A window row whose windows are (partly) still in the batch buffer."""
+
+    row: int
+    host_columns: np.ndarray  # indices of the window columns that run
+    columns: torch.Tensor  # the same on the device
+    outputs: torch.Tensor | None  # (all columns, 3, tile, tile), filled as batches finish
+    remaining: int
+
+
+def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A small host array on ``device`` without stalling a CUDA stream (pinned, non-blocking copy)."""
+    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
+class StreamEngine:
+    """Window rows of raw scene strips -> finished RGBA rows, all on ``device`` (see the module docstring)."""
+
+    def __init__(
+        self, *, grid: WindowGrid, blend: str, scaling: InputScaling, generator: Generator, device: torch.device,
+        batch_size: int, emit: Emit, overview_levels: int = 0, fixed_batch: bool = False,
+        clock: StageClock | None = None, band: RowBand | None = None,
+    ) -> None:
+        """``band``: only these window rows' output rows are emitted (level 0 rows counted from the band's first
+        output row); default the whole scene."""
+        self.grid, self.scaling, self.generator, self.device = grid, scaling, generator, device
+        self.clock = clock or StageClock(device)
+        self.batch_size, self.emit, self.fixed_batch = batch_size, emit, fixed_batch
+        self.band = band or RowBand.whole(grid)
+        first_scene_row = grid.rows_in_scene(self.band.process_from)[0]
+        self.assembler = DeviceRowAssembler(grid, blend, device, first_scene_row)
+        self.pyramid = OverviewPyramid(overview_levels) if overview_levels else None
+        tile = grid.tile
+        first, end = grid.padded_cols  # lattice columns; those outside [0, width) are reflected
+        self._left_index = to_device(reflect_index(first, 0, grid.width), device) if first < 0 else None
+        self._right_index = (to_device(reflect_index(grid.width, end, grid.width), device)
+                             if end > grid.width else None)
+        self._batch = torch.empty((batch_size, 3, tile, tile), device=device)
+        # Segments of the batch buffer: (row, first position in the row's runs, first slot, count).
+        self._segments: list[tuple[_PendingRow, int, int, int]] = []
+        self._filled = 0
+        self._pending: deque[_PendingRow] = deque()
+        # Raw scene rows [_rows_start, _rows_end) on the device, and their validity on both sides.
+        self._rows_start = self._rows_end = first_scene_row
+        self._raw: torch.Tensor | None = None
+        self._valid_dev: torch.Tensor | None = None
+        self._valid_host = np.zeros((0, grid.width), dtype=bool)
+        self.windows_run = 0
+        self.windows_skipped = 0
+        self.generator_calls = 0
+
+    # -- input -----------------------------------------------------------------------------------------------
+
+    def add_rows(self, raw: torch.Tensor, valid_host: np.ndarray, valid: torch.Tensor) -> None:
+        """Append scene rows [rows_end, rows_end + n): raw bands (bands, n, width) and validity, on the device
+        (``raw``, ``valid``) and on the host (``valid_host``). Rows before the next window row are dropped."""
+        if raw.shape[1] == 0:
+            return
+        self.assembler.add_mask(self._rows_end, valid)
+        if self._raw is None:
+            self._raw, self._valid_dev, self._valid_host = raw, valid, valid_host
+        else:
+            self._raw = torch.cat([self._raw, raw], dim=1)
+            self._valid_dev = torch.cat([self._valid_dev, valid])
+            self._valid_host = np.concatenate([self._valid_host, valid_host])
+        self._rows_end += raw.shape[1]
+
+    def _drop_rows_before(self, row: int) -> None:
+        drop = row - self._rows_start
+        if drop > 0 and self._raw is not None:
+            self._raw, self._valid_dev = self._raw[:, drop:], self._valid_dev[drop:]
+            self._valid_host = self._valid_host[drop:]
+            self._rows_start = row
+
+    # -- window rows ------------------------------------------------------------------------------------------
+
+    def process_window_row(self, row: int) -> None:
+        """Queue the windows of window row ``row`` (its scene rows must have been added)."""
+        grid = self.grid
+        r0, r1 = grid.rows_in_scene(row)
+        if r1 > self._rows_end:
+            raise ValueError(f"window row {row} needs scene rows up to {r1}; only {self._rows_end} were added")
+        self._drop_rows_before(r0)
+        local = slice(r0 - self._rows_start, r1 - self._rows_start)
+        valid_host = self._valid_host[local]
+        columns = self._columns_to_run(valid_host)
+        self.windows_skipped += len(grid.col_starts) - len(columns)
+        if not len(columns):
+            self._pending.append(_PendingRow(row, columns, torch.empty(0), None, 0))
+        else:
+            pending = _PendingRow(row, columns, to_device(columns, self.device), None, len(columns))
+            self._pending.append(pending)
+            with self.clock("device"):
+                strip = self._strip(row, self._raw[:, local], self._valid_dev[local], not valid_host.all())
+            self._queue_windows(pending, strip)
+        self._release_finished()
+
+    def _columns_to_run(self, valid_host: np.ndarray) -> np.ndarray:
+        """Window columns with at least one valid pixel (the others stay transparent and are not run)."""
+        grid, tile = self.grid, self.grid.tile
+        counts = np.concatenate([[0], np.cumsum(valid_host.any(axis=0))])
+        starts = np.asarray(grid.col_starts)
+        first, last = np.clip(starts, 0, grid.width), np.clip(starts + tile, 0, grid.width)
+        return np.flatnonzero(counts[last] > counts[first])
+
+    def _strip(self, row: int, raw: torch.Tensor, valid: torch.Tensor, needs_fill: bool) -> torch.Tensor:
+        """(3, tile, span) generator-range strip of window row ``row``: the scene rows it covers, reflection-padded
+        to the whole lattice span, scaled, masked pixels filled. Interior rows and columns are plain slices; only
+        the padding is gathered."""
+        grid, tile = self.grid, self.grid.tile
+        top = grid.row_starts[row]
+        r0, r1 = grid.rows_in_scene(row)
+        if top >= 0 and top + tile <= grid.height:
+            raw_rows, valid_rows = raw, valid
+        else:
+            row_index = to_device(reflect_index(top - r0, top - r0 + tile, r1 - r0), self.device)
+            raw_rows, valid_rows = raw.index_select(1, row_index), valid.index_select(0, row_index)
+        strip = scale_to_unit(self._pad_columns(raw_rows, 2), self.scaling)
+        if needs_fill:
+            strip = fill_invalid(strip, self._pad_columns(valid_rows, 1))
+        return strip
+
+    def _pad_columns(self, rows: torch.Tensor, dim: int) -> torch.Tensor:
+        if self._left_index is None and self._right_index is None:
+            return rows
+        parts = [rows]
+        if self._left_index is not None:
+            parts.insert(0, rows.index_select(dim, self._left_index))
+        if self._right_index is not None:
+            parts.append(rows.index_select(dim, self._right_index))
+        return torch.cat(parts, dim=dim)
+
+    def _queue_windows(self, pending: _PendingRow, strip: torch.Tensor) -> None:
+        """Copy the row's windows to run from the strip into the batch buffer; run every full batch."""
+        tile, stride = self.grid.tile, self.assembler.stride
+        position = 0
+        while position < len(pending.host_columns):
+            take = min(self.batch_size - self._filled, len(pending.host_columns) - position)
+            with self.clock("device"):
+                for offset, column in enumerate(pending.host_columns[position:position + take]):
+                    left = int(column) * stride
+                    self._batch[self._filled + offset].copy_(strip[:, :, left:left + tile])
+            self._segments.append((pending, position, self._filled, take))
+            self._filled += take
+            position += take
+            if self._filled == self.batch_size:
+                self._run_batch()
+
+    def _run_batch(self) -> None:
+        if self._filled == 0:
+            return
+        inputs = self._batch if self.fixed_batch else self._batch[:self._filled]
+        outputs = self.generator(inputs)
+        self.generator_calls += 1
+        self.windows_run += self._filled
+        columns = len(self.grid.col_starts)
+        with self.clock("device"):
+            for pending, position, slot, count in self._segments:
+                if pending.outputs is None:
+                    pending.outputs = self._row_outputs(pending, outputs.shape[1:])
+                pending.outputs.index_copy_(0, pending.columns[position:position + count], outputs[slot:slot + count])
+                pending.remaining -= count
+        self._segments, self._filled = [], 0
+        self._release_finished()
+
+    def _row_outputs(self, pending: _PendingRow, shape: torch.Size) -> torch.Tensor:
+        """Output buffer of a whole window row; windows that do not run are zeros (no weight in the merge)."""
+        columns = len(self.grid.col_starts)
+        outputs = torch.empty((columns, *shape), device=self.device)
+        if len(pending.host_columns) < columns:
+            idle = np.setdiff1d(np.arange(columns), pending.host_columns)
+            outputs.index_fill_(0, to_device(idle, self.device), 0.0)
+        return outputs
+
+    def _release_finished(self) -> None:
+        while self._pending and self._pending[0].remaining == 0:
+            pending = self._pending.popleft()
+            with self.clock("device"):
+                ran = None
+                if pending.outputs is not None:
+                    ran = torch.zeros(len(self.grid.col_starts), device=self.device)
+                    ran.index_fill_(0, pending.columns, 1.0)
+                self.assembler.add_row(pending.row, pending.outputs, ran)
+                released = self.assembler.release(pending.row)
+            if released is not None:
+                self._emit_owned(*released)
+
+    def _emit_owned(self, row_off: int, rgba: torch.Tensor) -> None:
+        """Emit the released rows that belong to this engine's band, and their overview rows."""
+        start, stop = self.band.output_rows
+        first, last = max(row_off, start), min(row_off + rgba.shape[0], stop)
+        if last <= first:
+            return
+        rows = rgba[first - row_off:last - row_off]
+        self.emit(0, rows)
+        if self.pyramid is not None:
+            with self.clock("overviews"):
+                overviews = self.pyramid.push(rows)
+            for level, level_rows in overviews:
+                self.emit(level, level_rows)
+
+    def finish(self) -> None:
+        """Run the last partial batch and flush every remaining row and overview row."""
+        self._run_batch()
+        self._release_finished()
+        stop = self.band.output_rows[1]
+        if self._pending or self.assembler.released != stop:
+            raise RuntimeError(f"internal error: {self.assembler.released} of {stop} rows finished")
+        if self.pyramid is not None:
+            with self.clock("overviews"):
+                overviews = self.pyramid.finish(self.grid.width, self.device)
+            for level, rows in overviews:
+                self.emit(level, rows)

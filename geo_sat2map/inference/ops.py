@@ -1,0 +1,121 @@
+"""Per-pixel window operations in torch (no I/O): the device half of ``translate``.
+
+Each function mirrors a numpy reference that stays the test oracle: ``scale_to_unit`` mirrors
+``InputScaling.to_unit``, ``fill_invalid`` mirrors ``fill.fill_invalid``, ``reflect_index`` mirrors
+``np.pad(mode="reflect")``, ``quantize_rgba`` mirrors ``windows.to_rgba`` and the overlap-add mirrors
+``windows.RowAssembler``. The same code runs on CPU and GPU; nothing here reads a tensor back to the host, so
+a CUDA stream never stalls on it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from geo_sat2map.scaling import UINT8_KIND, InputScaling
+
+
+def reflect_index(start: int, stop: int, size: int) -> np.ndarray:
+    """Indices into ``range(size)`` for positions [start, stop), reflected at both ends as ``np.pad(mode="reflect")``
+    does (repeatedly, for pads longer than the array): a triangle wave of period 2 * (size - 1)."""
+    positions = np.arange(start, stop)
+    if size == 1:
+        return np.zeros_like(positions)
+    period = 2 * (size - 1)
+    folded = np.mod(positions, period)
+    return np.where(folded >= size, period - folded, folded)
+
+
+def raw_to_float(raw: torch.Tensor) -> torch.Tensor:
+    """Raw band values (uint8, uint16 carried as int16 bits, int32 or float) -> float32, exactly."""
+    return raw.to(torch.float32)
+
+
+def scale_to_unit(raw: torch.Tensor, scaling: InputScaling) -> torch.Tensor:
+    """(bands, ...) raw values -> float32 in [-1, 1]; same operations, in the same order, as ``to_unit``."""
+    unit = raw_to_float(raw)
+    if scaling.kind == UINT8_KIND:
+        return unit.div_(127.5).sub_(1.0)
+    shape = (-1,) + (1,) * (raw.dim() - 1)
+    low = torch.tensor(scaling.low, dtype=torch.float32, device=raw.device).reshape(shape)
+    span = torch.tensor(scaling.high, dtype=torch.float32, device=raw.device).reshape(shape) - low
+    span = torch.where(span > 0, span, torch.ones_like(span))
+    return unit.sub_(low).div_(span).clamp_(0.0, 1.0).mul_(2.0).sub_(1.0)
+
+
+def _halve(array: torch.Tensor) -> torch.Tensor:
+    """Sum 2x2 blocks over the last two dims, zero-padding odd sizes."""
+    height, width = array.shape[-2:]
+    if height % 2 or width % 2:
+        array = F.pad(array, (0, width % 2, 0, height % 2))
+    h2, w2 = array.shape[-2] // 2, array.shape[-1] // 2
+    return array.reshape(*array.shape[:-2], h2, 2, w2, 2).sum(dim=(-3, -1))
+
+
+def _double(array: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """Nearest-neighbour 2x upsampling over the last two dims, cropped to ``shape``."""
+    return array.repeat_interleave(2, dim=-2).repeat_interleave(2, dim=-1)[..., : shape[0], : shape[1]]
+
+
+def fill_invalid(data: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """(bands, H, W) float data with invalid pixels replaced by push-pull fill (see ``geo_sat2map.fill``).
+
+    The caller skips this when every pixel is valid and never calls it when none is (it knows from the host-side
+    mask). The pyramid always runs to a single cell instead of stopping at the first fully covered level: the
+    result is identical (covered cells trust their own mean completely) and no device->host read is needed.
+    """
+    weight = valid.to(torch.float32)
+    sums = torch.where(valid, data, torch.zeros((), dtype=data.dtype, device=data.device))
+    levels = [(sums, weight)]
+    while max(levels[-1][1].shape[-2:]) > 1:
+        sums, weight = _halve(sums), _halve(weight)
+        levels.append((sums, weight))
+    sums, weight = levels[-1]
+    filled = sums / weight  # the whole strip's valid mean (the caller guarantees weight > 0 here)
+    for sums, weight in reversed(levels[:-1]):
+        coarse = _double(filled, tuple(weight.shape[-2:]))
+        trust = weight.clamp(max=1.0)
+        mean = torch.where(weight > 0, sums / weight.clamp(min=1.0), torch.zeros_like(sums))
+        filled = mean * trust + coarse * (1.0 - trust)
+    return torch.where(valid, data, filled)
+
+
+def quantize_rgba(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """(3, H, W) generator-range floats (overwritten) and a validity mask -> (H, W, 4) pixel-interleaved RGBA
+    uint8. Same rounding as ``windows.to_rgba`` (round half to even); masked pixels are 0 in every band."""
+    values.clamp_(-1.0, 1.0).add_(1.0).mul_(127.5).round_().mul_(valid)
+    rgba = torch.empty((*valid.shape, 4), dtype=torch.uint8, device=values.device)
+    rgba[..., :3].copy_(values.permute(1, 2, 0))
+    rgba[..., 3] = valid
+    rgba[..., 3] *= 255
+    return rgba
+
+
+def downsample_rgba(rows: torch.Tensor, last: bool = False) -> torch.Tensor:
+    """Alpha-weighted 2x2 average of (2k [+1 if last], W, 4) RGBA uint8 rows -> (k [+1], ceil(W/2), 4).
+
+    Colour is the alpha-weighted mean (transparent pixels do not darken the edge), alpha the plain mean of the
+    pixels that exist (``avg_pool2d`` with ``ceil_mode`` averages an odd last row or column over the pixels
+    it has), rounded half up as GDAL's average resampling does. ``last``: an odd final row is averaged alone.
+    """
+    if rows.shape[0] % 2 and not last:
+        raise ValueError("an odd number of rows can only be downsampled at the end of the image")
+    planes = rows.permute(2, 0, 1).to(torch.float32)
+    alpha = planes[3:]
+    pooled = F.avg_pool2d(torch.cat([planes[:3] * alpha, alpha])[None], 2, 2, ceil_mode=True)[0]
+    mean_alpha = pooled[3:]
+    colour = torch.where(mean_alpha > 0, pooled[:3] / mean_alpha.clamp(min=1e-30), 0.0)
+    out = torch.cat([colour, mean_alpha]).add_(0.5).floor_().clamp_(0, 255).to(torch.uint8)
+    return out.permute(1, 2, 0).contiguous()
+
+
+def level_sizes(width: int, height: int, blocksize: int) -> list[tuple[int, int]]:
+    """(width, height) of the full-resolution level and each 2x overview until one fits in a block."""
+    sizes = [(width, height)]
+    while max(sizes[-1]) > blocksize:
+        w, h = sizes[-1]
+        sizes.append((math.ceil(w / 2), math.ceil(h / 2)))
+    return sizes

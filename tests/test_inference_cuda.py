@@ -1,0 +1,67 @@
+"""translate on a CUDA GPU: the device engine and the whole command against the CPU (skipped without a GPU)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from geo_sat2map.models import build_generator, prepare_for_inference
+from geo_sat2map.scaling import InputScaling
+from geo_sat2map.windows import WindowGrid
+
+from .conftest import randomise
+from .inference_oracle import reference_translate
+from .test_inference_engine import holes, numpy_generator, run_engine, scene
+from .translate_fixtures import read, run_translate, save_small_generator, texture, write_raster
+
+pytestmark = pytest.mark.cuda
+
+
+@pytest.fixture
+def no_tf32():
+    saved = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False  # fp32 means fp32 in this comparison
+    yield
+    torch.backends.cudnn.allow_tf32 = saved
+
+
+@pytest.fixture(scope="module")
+def model():
+    return prepare_for_inference(randomise(build_generator("unet256", 8), seed=3), "instance")
+
+
+@pytest.mark.parametrize("overlap,blend", [(64, "feather"), (0, "feather"), (96, "hann")])
+def test_engine_on_cuda_matches_the_numpy_reference_at_fp32(model, overlap, blend, no_tf32):
+    data, valid = scene(517, 700, seed=7), holes(517, 700, seed=7)
+    grid = WindowGrid.build(517, 700, 256, overlap)
+    expected = reference_translate(data, valid, grid, blend, InputScaling.uint8(3), numpy_generator(model.cpu()))
+    levels, _ = run_engine(data, valid, grid, blend, InputScaling.uint8(3), model, batch_size=4, fixed_batch=True,
+                           overview_levels=2, device="cuda")
+    got = levels[0].transpose(2, 0, 1)
+    assert np.array_equal(got[3], expected[3])
+    assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1
+    cpu_levels, _ = run_engine(data, valid, grid, blend, InputScaling.uint8(3), model.cpu(), batch_size=4,
+                               overview_levels=2)
+    for level in (1, 2):  # overviews of (nearly) identical rows: the same up to the rounding of one DN
+        assert np.abs(levels[level].astype(int) - cpu_levels[level].astype(int)).max() <= 1
+
+
+@pytest.mark.parametrize("extra", [[], ["--precision", "bf16", "--batch-size", "8"], ["--compile"]])
+def test_translate_on_cuda_agrees_with_the_cpu(tmp_path, extra):
+    weights = save_small_generator(tmp_path / "generator.pt")
+    mask = np.ones((600, 900), bool)
+    mask[:200, :300] = False
+    src = write_raster(tmp_path / "scene.tif", texture(600, 900, seed=3), mask=mask)
+    cpu, gpu = tmp_path / "cpu.tif", tmp_path / "gpu.tif"
+    assert run_translate(src, "-o", cpu, "-w", weights, "--device", "cpu").exit_code == 0
+    result = run_translate(src, "-o", gpu, "-w", weights, "--device", "cuda", "--precision", "fp32", *extra)
+    assert result.exit_code == 0, result.output
+    a, profile_a, info_a = read(cpu)
+    b, profile_b, info_b = read(gpu)
+    assert info_a["crs"] == info_b["crs"] and info_a["transform"] == info_b["transform"]
+    assert np.array_equal(a[3], b[3])  # the footprint is exact on any device and precision
+    diff = np.abs(a[:3].astype(int) - b[:3].astype(int))
+    limit = 12 if "bf16" in extra else 1  # bf16 keeps 8 bits of mantissa
+    assert diff.max() <= limit and diff.mean() < (1.0 if "bf16" in extra else 0.01)
+    assert info_b["overviews"] == info_a["overviews"]

@@ -1,0 +1,34 @@
+"""benchmarks/train_bench.py's acceptance table runs end to end (on the CPU, tiny), so that the GPU run of the
+same code cannot fail on something silly."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from .train_fixtures import one_torch_thread  # noqa: F401 (autouse fixture)
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "train_bench.py"
+
+
+def test_acceptance_table_on_cpu(capsys):
+    spec = importlib.util.spec_from_file_location("train_bench", BENCH)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    bench.main(["--device", "cpu", "--table", "--tiles", "3", "--ngf", "8", "--batches", "1", "2", "--baseline",
+                "--workers", "0"])
+    out = capsys.readouterr().out
+    rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| ") and "batch" not in line]
+    cells = [[cell.strip() for cell in row] for row in rows]
+    assert [(c[0], c[1], c[2], c[3], c[4]) for c in cells] == [
+        ("1", "ours", "eager", "in memory", "fp32"),
+        ("1", "before", "eager", "DataLoader workers", "fp32"),
+        ("2", "ours", "eager", "in memory", "fp32"),
+        ("2", "before", "eager", "DataLoader workers", "fp32"),
+    ]
+    for c in cells:
+        steps, tiles = float(c[5]), float(c[6])
+        assert steps > 0 and abs(tiles - steps * int(c[0])) <= 0.5 + 0.01 * tiles
+        assert (c[8] != "-") == (c[1] == "ours")  # upload time for the in-memory tiles only
+    assert "batch 1 ours: precision: cpu: reduced precision is for GPUs" in out and "step: cpu: CUDA graphs need a CUDA GPU" in out
