@@ -2,7 +2,7 @@
 # The whole GPU check in one go, for a CUDA machine that has python3 with torch, numpy, click, tqdm, pillow and
 # pytest but not rasterio/shapely/pyproj/affine and no package access (see README "GPU check").
 #
-#   here, once:        ../shared/tools/gpu-wheels.sh          # fills the git-ignored .whl/
+#   here, once:        benchmarks/gpu_wheels.sh               # fills the git-ignored .whl/
 #   on the GPU machine, from the project root, with .whl/ carried along:
 #                      OUT=/some/folder bash benchmarks/gpu_check.sh [quick]
 #
@@ -45,5 +45,6 @@ if [ "${1:-}" = quick ]; then
 fi
 step tests 300 python3 -m pytest -q -p no:cacheprovider -m "cuda or not slow" tests
 step translate_bench 300 python3 benchmarks/translate_bench.py --device cuda --size 16384 --seconds 3
+step cog_bench 120 python3 benchmarks/cog_bench.py --size 16384 --threads 4,8,16 --deflate-levels 1 --skip-gdal
 step train_bench 240 python3 benchmarks/train_bench.py --device cuda --baseline
 exit $status

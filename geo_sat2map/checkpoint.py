@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ import torch
 from torch import nn
 
 from geo_sat2map.atomic import atomic_output, file_sha256
-from geo_sat2map.errors import CheckpointError
+from geo_sat2map.errors import CheckpointError, first_line
 from geo_sat2map.models import ARCHITECTURES, DEFAULT_NORM_MODE, NORM_MODES, InferenceGenerator, build_generator
 from geo_sat2map.scaling import InputScaling
 
@@ -98,7 +99,11 @@ def load_generator(path: str | os.PathLike[str], hash_file: bool = True) -> Load
 
     ``hash_file=False`` leaves ``sha256`` empty, for callers that hash the file concurrently."""
     path = Path(path)
-    obj = _torch_load(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: weights file not found")
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a directory; give the weights file (e.g. RUN_DIR/generator.pt)")
+    obj = read_torch_file(path)
     if isinstance(obj, dict) and obj.get("format") == FORMAT_NAME:
         meta, state = _read_own_format(path, obj)
     elif isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
@@ -122,33 +127,40 @@ def load_generator(path: str | os.PathLike[str], hash_file: bool = True) -> Load
     return LoadedGenerator(net=net, meta=meta, path=path, sha256=file_sha256(path) if hash_file else "")
 
 
-def _torch_load(path: Path) -> Any:
-    if not path.exists():
-        raise CheckpointError(f"{path}: weights file not found")
-    if path.is_dir():
-        raise CheckpointError(f"{path}: is a directory; give the weights file (e.g. RUN_DIR/generator.pt)")
+def read_torch_file(path: Path, what: str = "PyTorch checkpoint") -> Any:
+    """``torch.load(weights_only=True)`` of a user's file; any failure is one CheckpointError line naming it.
+
+    On damaged or foreign bytes torch.load raises nearly anything (UnpicklingError, RuntimeError, IndexError,
+    KeyError, UnicodeDecodeError, ...) and may warn first ("Detected pickle protocol 157"): all of it means
+    "not a readable checkpoint", so every exception is caught here, at the reader, and warnings are silenced.
+    """
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if "GLOBAL" in str(exc) or "global" in str(exc):  # a class/function reference: pickled objects
             raise CheckpointError(
                 f"{path}: contains pickled Python objects (e.g. a whole model saved with torch.save(model)); "
                 "refusing to unpickle code. Save and pass the model's state_dict() instead"
             ) from exc
-        detail = _unpickling_detail(exc)
-        raise CheckpointError(f"{path}: not a PyTorch checkpoint (unreadable pickle: {detail})") from exc
-    except (RuntimeError, EOFError, ValueError, OSError, AttributeError, ImportError) as exc:
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): {detail}") from exc
+        raise CheckpointError(f"{path}: not a {what} (unreadable pickle: {_unpickling_detail(exc)})") from exc
+    except Exception as exc:
+        detail = first_line(exc)
+        if not isinstance(exc, RuntimeError | OSError | EOFError):  # e.g. KeyError: 122 says little on its own
+            detail = f"{type(exc).__name__}: {detail}"
+        raise CheckpointError(f"{path}: not a readable {what} (truncated or corrupt?): {detail}") from exc
 
 
 def _unpickling_detail(exc: Exception) -> str:
     """The informative line of torch's multi-paragraph weights-only error (errors must stay one line)."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    for index, line in enumerate(lines[:-1]):
-        if line.startswith("WeightsUnpickler error"):
-            return lines[index + 1]
-    return lines[0] if lines else type(exc).__name__
+    marker = "WeightsUnpickler error:"
+    text = str(exc)
+    if marker in text:
+        detail = text.split(marker, 1)[1].strip()
+        if detail:
+            return detail.splitlines()[0].strip()
+    return first_line(exc)
 
 
 def _read_own_format(path: Path, obj: dict[str, Any]) -> tuple[GeneratorMeta, dict[str, torch.Tensor]]:

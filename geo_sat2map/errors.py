@@ -10,3 +10,9 @@ class UserError(Exception):
 
 class CheckpointError(UserError):
     """A weights file that cannot be loaded as any supported generator checkpoint."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's message (errors must stay one line), else its type name."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__

@@ -449,6 +449,9 @@ def test_pairs_that_do_not_overlap(tmp_path):
         ("min_valid", ("--min-valid 1.5",)),
         ("map_uint16", ("8-bit map",)),
         ("too_few_tiles", ("too few to split",)),
+        ("aoi_too_small", ("AOI", "aoi.geojson: ", "candidate tile(s) lie outside it; only 1 tile(s): too few")),
+        ("pairs_binary", ("--pairs", "pairs.csv: not a UTF-8 CSV file of image,map rows",)),
+        ("pairs_missing_raster", ("--pairs", "pairs.csv row 2: ", "sat.tiff: file not found")),
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(pair, tmp_path, case, fragments):
@@ -489,6 +492,14 @@ def test_bad_input_is_one_line_and_writes_nothing(pair, tmp_path, case, fragment
         args[3] = bad_map
     elif case == "too_few_tiles":
         args[-1] = 256
+    elif case == "aoi_too_small":  # inside the scene, but only one 64 px tile fits in it
+        aoi.write_text(f"SRID=32618;POLYGON(({ORIGIN[0]} {ORIGIN[1]}, {ORIGIN[0] + 200} {ORIGIN[1]}, "
+                       f"{ORIGIN[0] + 200} {ORIGIN[1] - 200}, {ORIGIN[0]} {ORIGIN[1] - 200}, {ORIGIN[0]} {ORIGIN[1]}))")
+        args += ["--aoi", aoi]
+    elif case in ("pairs_binary", "pairs_missing_raster"):
+        pairs = tmp_path / "pairs.csv"
+        pairs.write_bytes(bytes(range(256)) if case == "pairs_binary" else f"{sat},{map_path}\n{sat}f,{map_path}\n".encode())
+        args = ["--pairs", pairs, "-o", out, "--tile-size", 64]
     assert_one_line_error(invoke(*args), *fragments)
     assert_nothing_written(out)
 

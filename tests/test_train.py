@@ -202,6 +202,36 @@ def test_resume_refuses_another_width_and_leaves_the_run_alone(straight_run, dat
     assert file_sha256(straight_run / "checkpoint.pt") == before
 
 
+@pytest.mark.parametrize(
+    ("damage", "expected"),
+    [
+        ("drop-history", "damaged training checkpoint ('history' is missing or not a list)"),
+        ("rename-a-weight", "damaged training checkpoint, cannot resume from it (RuntimeError: Error(s) in loading"),
+        ("short-rng-state", "damaged training checkpoint, cannot resume from it ("),
+    ],
+)
+def test_resume_from_a_checkpoint_that_loads_but_is_damaged(straight_run, data, tmp_path, damage, expected):
+    """Loads with torch.load, but its contents do not fit: one line naming checkpoint.pt, the run left as it was."""
+    run = tmp_path / "run"
+    shutil.copytree(straight_run, run)
+    state = _checkpoint(run)
+    if damage == "drop-history":
+        del state["history"]
+    elif damage == "rename-a-weight":
+        weights = state["model"]["G"]
+        weights["renamed"] = weights.pop(next(iter(weights)))
+    else:
+        state["epoch"] = 1  # resume mid-run, so that the RNG state is restored
+        state["processes"][0]["rng"]["torch"] = state["processes"][0]["rng"]["torch"][:10]
+    torch.save(state, run / "checkpoint.pt")
+    before = {p.name: file_sha256(p) for p in run.iterdir() if p.is_file()}
+    result = train_cli(data, "-o", run, "--resume")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"Error: {run / 'checkpoint.pt'}: {expected}"), result.output
+    assert {p.name: file_sha256(p) for p in run.iterdir() if p.is_file()} == before
+
+
 def test_divergence_stops_keeps_the_checkpoint_and_overwrite_restarts(data, config_file, tmp_path):
     run = tmp_path / "run"
     ok(train_cli(data, "-o", run, "--config", config_file, "--epochs-decay", "0"))

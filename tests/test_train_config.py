@@ -60,6 +60,14 @@ def test_bad_values_are_user_errors(tmp_path, text, match):
         config_from_mapping(read_config_file(path), str(path))
 
 
+@pytest.mark.parametrize("data", ["# café\nngf = 32\n".encode("latin-1"), bytes(range(256))])
+def test_a_file_that_is_not_utf8_is_a_user_error(tmp_path, data):
+    path = tmp_path / "c.toml"
+    path.write_bytes(data)
+    with pytest.raises(UserError, match=r"--config .*c\.toml: not a UTF-8 TOML text file \(invalid .* at byte \d+\)"):
+        read_config_file(path)
+
+
 def test_ints_are_accepted_for_floats_and_toml_round_trips(tmp_path):
     config = config_from_mapping({"lr": 1, "lambda_l1": 10, "device": 'cu"da', "rot90": True}, "test")
     assert config.lr == 1.0 and isinstance(config.lr, float)

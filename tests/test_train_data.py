@@ -19,6 +19,7 @@ from geo_sat2map.training.data import (
     dataset_hash,
     evenly_spaced,
     scan_dataset,
+    worker_error,
 )
 
 from .train_fixtures import make_tiles_folder, synthetic_pair, write_pair
@@ -46,6 +47,7 @@ def test_pix2pix_folder_without_manifest_or_val(tmp_path):
 def _write(path, array):
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(array).save(path)
+    return path
 
 
 @pytest.mark.parametrize(
@@ -58,6 +60,8 @@ def _write(path, array):
         ("not-pair", "is not an A|B pair"),
         ("grey", "image mode is L, expected 8-bit RGB"),
         ("manifest", "says tile_size 512 but the tiles are 256"),
+        ("bit-flip", "a.png: cannot read image"),
+        ("truncated-jpeg", "a.jpg: cannot read image"),
     ],
 )
 def test_bad_folders(tmp_path, case, match):
@@ -75,6 +79,16 @@ def test_bad_folders(tmp_path, case, match):
         _write(root / "train" / "a.png", np.zeros((256, 256, 3), np.uint8))
     elif case == "grey":
         _write(root / "train" / "a.png", np.zeros((256, 512), np.uint8))
+    elif case == "bit-flip":  # one flipped bit in the pixel data: Pillow would decode it without a word
+        path = _write(root / "train" / "a.png", np.random.default_rng(0).integers(0, 255, (256, 512, 3), np.uint8))
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 4
+        path.write_bytes(bytes(data))
+    elif case == "truncated-jpeg":
+        (root / "train").mkdir(parents=True)
+        Image.fromarray(np.full((256, 512, 3), 90, np.uint8)).save(root / "train" / "b.jpg")
+        Image.fromarray(np.random.default_rng(0).integers(0, 255, (256, 512, 3), np.uint8)).save(root / "t.jpg")
+        (root / "train" / "a.jpg").write_bytes((root / "t.jpg").read_bytes()[:20_000])
     elif case == "manifest":
         make_tiles_folder(root, 1, 0)
         manifest = json.loads((root / "dataset.json").read_text())
@@ -163,6 +177,17 @@ def test_worker_processes_do_not_change_the_batches(tmp_path):
 
     for x, y in zip(batches(0), batches(2)):
         assert torch.equal(x, y)
+
+
+def test_an_error_in_a_worker_process_is_its_own_one_line_message(tmp_path):
+    info = scan_dataset(make_tiles_folder(tmp_path / "d", 2, 0))
+    info.train[1].write_bytes(info.train[1].read_bytes()[:5000])  # damaged after the scan, e.g. mid-run
+    loader = DataLoader(PairDataset(info.train, 256), batch_size=1, num_workers=1)
+    with pytest.raises(UserError) as err:
+        list(loader)
+    assert "Traceback" in str(err.value)  # how torch re-raises it: the worker's traceback is the message
+    assert str(worker_error(err.value)) == f"{info.train[1]}: cannot read image (image file is truncated)"
+    assert worker_error(err.value.__class__("plain")).args == ("plain",)
 
 
 def test_dataset_hash_names_the_bytes(tmp_path):

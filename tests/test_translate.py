@@ -228,19 +228,28 @@ def test_all_nodata_scene_gives_a_fully_transparent_output(tmp_path, weights):
     assert "fully transparent" in result.output
 
 
-def test_cog_has_internal_overviews_and_the_requested_compression(tmp_path, weights):
+@pytest.mark.parametrize("compress", ["zstd", "lzw"])  # the streaming COG writer; GDAL's COG driver
+def test_cog_has_internal_overviews_and_the_requested_compression(tmp_path, weights, compress):
+    from geo_sat2map.raster_io.cog import check_cog_layout
+
     src = write_raster(tmp_path / "big.tif", texture(1024, 1100, seed=10), tiled=True)
     out = tmp_path / "map.tif"
-    result = run_translate(src, "-o", out, "-w", weights, "--overlap", "0", "--compress", "zstd", "--batch-size", "8")
+    result = run_translate(src, "-o", out, "-w", weights, "--overlap", "0", "--compress", compress,
+                           "--batch-size", "8")
     assert result.exit_code == 0, result.output
+    assert check_cog_layout(out) == []
     _, profile, info = read(out)
-    assert info["structure"]["LAYOUT"] == "COG" and info["structure"]["COMPRESSION"] == "ZSTD"
+    assert info["structure"]["LAYOUT"] == "COG" and info["structure"]["COMPRESSION"] == compress.upper()
     assert info["structure"]["PREDICTOR"] == "2"
     assert info["overviews"] == [2, 4] and profile["blockxsize"] == 512 and profile["tiled"]
     with rasterio.open(out) as ds:
         assert ds.overviews(4) == [2, 4]
-        low = ds.read(4, out_shape=(ds.height // 4, ds.width // 4))
-        assert (low == 255).all()
+        low = ds.read(out_shape=(4, ds.height // 4, ds.width // 4))
+        full = ds.read()
+    assert (low[3] == 255).all()
+    # overviews are 4x4 means of the full-resolution map (GDAL's average or our in-stream pyramid)
+    means = full[:3, :1024, :1100].reshape(3, 256, 4, 275, 4).mean(axis=(2, 4))
+    assert np.abs(low[:3].astype(float) - means).mean() < 1.0
 
 
 def test_no_cog_writes_a_tiled_geotiff_with_internal_overviews(tmp_path, weights):

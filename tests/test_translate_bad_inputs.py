@@ -47,6 +47,15 @@ def test_unreadable_input(tmp_path, weights):
     _assert_clean_failure(run_translate(src, "-o", out, "-w", weights), out, "notes.tif", "not a raster")
 
 
+def test_a_truncated_geotiff_says_what_gdal_noticed(tmp_path, weights):
+    full = write_raster(tmp_path / "full.tif", texture(64, 64), compress="deflate").read_bytes()
+    cut = tmp_path / "cut.tif"  # an interrupted download: cut inside the CRS text (GeoASCIIParams), after the IFD
+    cut.write_bytes(full[: full.index(b"WGS 84 / UTM zone 33N") + 5])
+    out = tmp_path / "map.tif"
+    _assert_clean_failure(run_translate(cut, "-o", out, "-w", weights), out, "cut.tif: has no CRS",
+                          "(GDAL warned on opening it: ", "GeoASCIIParams")
+
+
 def test_no_crs_is_refused_unless_allowed(tmp_path, weights):
     src = write_raster(tmp_path / "plain.tif", texture(200, 260), crs=None, transform=Affine.identity())
     out = tmp_path / "map.tif"
@@ -128,7 +137,7 @@ def test_output_folder_not_writable(tmp_path, weights, scene):
 
 def test_weights_that_do_not_load(tmp_path, scene):
     bad = tmp_path / "latest_net_G.pth"
-    bad.write_bytes(os.urandom(2000))
+    bad.write_bytes(bytes(range(256)) * 8)  # fixed junk; random bytes are tried, by seed, in test_fuzz_inputs
     out = tmp_path / "map.tif"
     _assert_clean_failure(run_translate(scene, "-o", out, "-w", bad), out, "latest_net_G.pth")
     _assert_clean_failure(run_translate(scene, "-o", out, "-w", tmp_path / "missing.pt"), out, "not found")
@@ -170,15 +179,18 @@ def test_ctrl_c_mid_run_leaves_nothing_behind(tmp_path, weights, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["generator.pt", "scene.tif"]
 
 
-def test_writer_failure_mid_run_leaves_nothing_behind(tmp_path, weights, monkeypatch):
+@pytest.mark.parametrize("compress", ["deflate", "lzw"])  # the streaming COG writer, and GDAL's path
+def test_writer_failure_mid_run_leaves_nothing_behind(tmp_path, weights, monkeypatch, compress):
     from geo_sat2map.errors import UserError
+    from geo_sat2map.raster_io.cog import StreamingCOGWriter
     from geo_sat2map.raster_io.output import RGBAStripWriter
 
-    def disk_full(self, row_off, rgba):
+    def disk_full(self, *args, **kwargs):
         raise UserError("map.tif: no space left on device")
 
+    monkeypatch.setattr(StreamingCOGWriter, "write_rows", disk_full)
     monkeypatch.setattr(RGBAStripWriter, "write_rows", disk_full)
     src = write_raster(tmp_path / "scene.tif", np.ascontiguousarray(texture(600, 300)))
     out = tmp_path / "map.tif"
-    _assert_clean_failure(run_translate(src, "-o", out, "-w", weights), out, "no space left")
+    _assert_clean_failure(run_translate(src, "-o", out, "-w", weights, "--compress", compress), out, "no space left")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["generator.pt", "scene.tif"]

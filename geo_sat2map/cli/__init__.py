@@ -8,19 +8,25 @@ import signal
 import sys
 import threading
 import traceback
+import warnings
 from collections.abc import Iterator
 
 import click
 
 from geo_sat2map import __version__, progress
-from geo_sat2map.errors import UserError
+from geo_sat2map.errors import UserError, first_line
 
 log = logging.getLogger("geo_sat2map")
 _EVENTS = "geo_sat2map.events"  # ctx.meta key of the JSON event writer (--progress json)
 
 
+# Exit status of an unexpected exception (a bug, not a user mistake); EX_SOFTWARE in BSD sysexits.h.
+INTERNAL_ERROR_EXIT = 70
+
+
 class _Group(click.Group):
-    """Turns library UserErrors into one-line messages; -v shows the traceback too."""
+    """Turns library UserErrors into one-line messages and bugs into one 'internal error' line; -v shows the
+    traceback too."""
 
     def invoke(self, ctx: click.Context):  # type: ignore[override]
         try:
@@ -32,6 +38,21 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             click.echo("Interrupted: nothing was written at the output path.", err=True)
             ctx.exit(130)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as exc:  # the safety net for bugs; junk input is refused by each reader as a UserError
+            if ctx.find_root().meta.get("verbose"):
+                traceback.print_exc()
+            raise _InternalError(
+                f"internal error: {type(exc).__name__}: {first_line(exc)} (a bug in geo-sat2map; rerun with -v for "
+                "the traceback and please report it)"
+            ) from None
+
+
+class _InternalError(click.ClickException):
+    """Printed by click as one ``Error: internal error: ...`` line; exits with INTERNAL_ERROR_EXIT."""
+
+    exit_code = INTERNAL_ERROR_EXIT
 
 
 class _EventGroup(_Group):
@@ -47,9 +68,6 @@ class _EventGroup(_Group):
             if exc.exit_code:
                 message = "interrupted" if exc.exit_code == 130 else f"stopped with exit status {exc.exit_code}"
                 _error_event(ctx, message, exc.exit_code)
-            raise
-        except Exception as exc:  # a bug: the traceback follows as plain text
-            _error_event(ctx, f"{type(exc).__name__}: {exc}", 1)
             raise
 
 
@@ -82,6 +100,9 @@ def cli(ctx: click.Context, verbose: bool, quiet: bool, progress_mode: str) -> N
     log.handlers[:] = [handler]
     log.setLevel(level)
     log.propagate = False
+    # rasterio's "Dataset has no geotransform" warning would print two lines before, and repeat, our own check's
+    # one-line error (or precede the output of --allow-ungeoreferenced); -v shows it.
+    warnings.filterwarnings("default" if verbose else "ignore", message="Dataset has no geotransform")
 
 
 def _start_json_events(ctx: click.Context) -> logging.Handler:

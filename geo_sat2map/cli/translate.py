@@ -114,8 +114,8 @@ def command(ctx: click.Context, inputs: tuple[Path, ...], output: str, input_lis
         raise click.BadParameter(f"{vrt}: the mosaic file must end in .vrt", param_hint="'--vrt'")
     config = TranslateConfig(
         input=scenes[0], output=Path(output), weights=weights, tile_size=tile_size, overlap=overlap, blend=blend,
-        batch_size=batch_size, device=device, precision=precision, compile=compile_model, norm_stats=norm_stats, bands=bands,
-        scaling=scaling,
+        batch_size=batch_size, device=device, precision=precision, compile=compile_model, norm_stats=norm_stats,
+        bands=bands, scaling=scaling,
         output_options=OutputOptions(compress=compress, cog=cog, creation_options=creation_options),
         overwrite=overwrite, allow_ungeoreferenced=allow_ungeoreferenced, progress=not quiet(ctx),
     )

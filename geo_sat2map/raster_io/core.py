@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +17,7 @@ from rasterio.enums import ColorInterp
 from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 
-from geo_sat2map.errors import UserError
+from geo_sat2map.errors import UserError, first_line
 from geo_sat2map.scaling import InputScaling, percentile_scaling
 
 # Decimated read used for scene statistics: longest side at most this many pixels.
@@ -36,18 +38,46 @@ class RasterInfo:
     georeferenced: bool
 
 
+class _GdalWarnings(logging.Handler):
+    """GDAL's warnings (rasterio logs them) in this thread: a damaged file often opens with only a warning."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.thread = threading.get_ident()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.thread == self.thread:
+            self.messages.append(record.getMessage().split(": ", 1)[-1])  # drop "CPLE_AppDefined in NAME: "
+
+
 @contextlib.contextmanager
 def open_raster(path: str | os.PathLike[str]) -> Iterator[rasterio.io.DatasetReader]:
-    """Open a raster for reading; a missing or unreadable file is a UserError naming it."""
+    """Open a raster for reading; a missing or unreadable file is a UserError naming it.
+
+    A UserError about this file raised while it is open gets GDAL's first warning from opening it appended: a
+    truncated GeoTIFF may open with "IO error during reading of GeoASCIIParams; tag ignored" and then simply
+    have no CRS, which the error alone would not explain.
+    """
     path = str(path)
     if not Path(path).exists() and "://" not in path and not path.startswith("/vsi"):
         raise UserError(f"{path}: file not found")
+    gdal = _GdalWarnings()
+    rasterio_log = logging.getLogger("rasterio")
+    rasterio_log.addHandler(gdal)
     try:
         ds = rasterio.open(path)
     except RasterioIOError as exc:
-        raise UserError(f"{path}: not a raster GDAL can read ({_first_line(exc)})") from exc
+        raise UserError(f"{path}: not a raster GDAL can read ({first_line(exc)})") from exc
+    finally:
+        rasterio_log.removeHandler(gdal)
     with ds:
-        yield ds
+        try:
+            yield ds
+        except UserError as exc:
+            if gdal.messages and path in str(exc):
+                raise UserError(f"{exc} (GDAL warned on opening it: {gdal.messages[0]})") from exc
+            raise
 
 
 def raster_info(ds: rasterio.io.DatasetReader) -> RasterInfo:
@@ -105,7 +135,7 @@ def read_window(
     except RasterioIOError as exc:
         raise UserError(
             f"{ds.name}: could not read window col={int(window.col_off)} row={int(window.row_off)} "
-            f"{int(window.width)}x{int(window.height)} (corrupt or unreadable block: {_first_line(exc)})"
+            f"{int(window.width)}x{int(window.height)} (corrupt or unreadable block: {first_line(exc)})"
         ) from exc
     return data, valid
 
@@ -120,7 +150,7 @@ def scene_scaling(ds: rasterio.io.DatasetReader, bands: Sequence[int]) -> InputS
         sample = ds.read(list(bands), out_shape=(len(bands), *shape), resampling=rasterio.enums.Resampling.nearest)
         valid = ds.dataset_mask(out_shape=shape, resampling=rasterio.enums.Resampling.nearest) > 0
     except RasterioIOError as exc:
-        raise UserError(f"{ds.name}: could not read an overview for scene statistics ({_first_line(exc)})") from exc
+        raise UserError(f"{ds.name}: could not read an overview for scene statistics ({first_line(exc)})") from exc
     return percentile_scaling(sample.astype(np.float64), valid)
 
 
@@ -175,11 +205,6 @@ def colormap_lut(ds: rasterio.io.DatasetReader) -> np.ndarray | None:
         if 0 <= index < 256:
             lut[index] = rgba[:3]
     return lut
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 @contextlib.contextmanager

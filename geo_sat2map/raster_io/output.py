@@ -8,11 +8,13 @@ Masked pixels are 0 in every band; there is never a nodata *value* on the RGB ba
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import rasterio
@@ -24,6 +26,11 @@ from rasterio.windows import Window
 
 from geo_sat2map.errors import UserError
 from geo_sat2map.raster_io.core import RasterInfo
+
+if TYPE_CHECKING:
+    from geo_sat2map.raster_io.cog import StreamingCOGWriter
+
+log = logging.getLogger("geo_sat2map")
 
 COMPRESSIONS = ("deflate", "zstd", "lzw", "none")
 RGBA_INTERP = (ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha)
@@ -227,8 +234,49 @@ class GDALMapSink:
                 os.unlink(self.stream_path)
 
 
+# GDAL creation options the streaming COG writer honours itself; any other sends the run through GDAL.
+_STREAMING_OPTIONS = {"LEVEL", "ZLEVEL", "ZSTD_LEVEL", "PREDICTOR", "BLOCKSIZE", "NUM_THREADS", "BIGTIFF"}
+
+
 def open_map_sink(
     path: str | os.PathLike[str], info: RasterInfo, tags: Mapping[str, str], options: OutputOptions
-) -> GDALMapSink:
-    """The sink for a translate run's rows at ``path`` (a temporary path; the caller renames it)."""
-    return GDALMapSink(path, info, tags, options)
+) -> StreamingCOGWriter | GDALMapSink:
+    """The sink for a translate run's rows at ``path`` (a temporary path; the caller renames it).
+
+    The streaming COG writer (one encode, overviews from the stream) whenever it can honour the codec and the
+    creation options; otherwise GDAL (e.g. LZW, JPEG-style options), which encodes the full resolution twice.
+    """
+    from geo_sat2map.raster_io.cog import FAST_CODECS, StreamingCOGWriter
+
+    extra = {key.upper(): value for key, value in options.creation_options.items()}
+    unsupported = sorted(set(extra) - _STREAMING_OPTIONS)
+    if options.compress not in FAST_CODECS or unsupported or _predictor(extra) is None:
+        why = f"--compress {options.compress}" if options.compress not in FAST_CODECS else (
+            f"--co {', '.join(unsupported) or 'PREDICTOR'}")
+        log.info("output through GDAL (%s is not one the streaming writer handles): the map is encoded twice", why)
+        return GDALMapSink(path, info, tags, options)
+    level = extra.get("LEVEL", extra.get("ZLEVEL", extra.get("ZSTD_LEVEL")))
+    try:
+        return StreamingCOGWriter(
+            path, info.width, info.height, info.crs, info.transform, tags, compress=options.compress,
+            level=int(level) if level is not None else None, predictor=bool(_predictor(extra)),
+            blocksize=int(extra.get("BLOCKSIZE", options.blocksize)), threads=_threads(extra.get("NUM_THREADS")),
+            cog=options.cog, bigtiff={"YES": True, "NO": False}.get(extra.get("BIGTIFF", "").upper()),
+        )
+    except ValueError as exc:
+        raise UserError(f"--co {' '.join(f'{k}={v}' for k, v in extra.items())}: {exc}") from None
+
+
+def _predictor(extra: Mapping[str, str]) -> bool | None:
+    """PREDICTOR=YES/2 -> True, NO/1 -> False (default True); a floating-point predictor -> None (GDAL's)."""
+    value = extra.get("PREDICTOR", "YES").upper()
+    return {"YES": True, "2": True, "STANDARD": True, "NO": False, "1": False, "NONE": False}.get(value)
+
+
+def _threads(value: str | None) -> int | None:
+    if value is None or value.upper() == "ALL_CPUS":
+        return None
+    try:
+        return max(1, int(value))
+    except ValueError:
+        raise UserError(f"--co NUM_THREADS={value}: expected a number or ALL_CPUS") from None

@@ -21,7 +21,7 @@ from shapely import affinity
 from shapely.geometry import shape
 from shapely.geometry.base import BaseGeometry
 
-from geo_sat2map.errors import UserError
+from geo_sat2map.errors import UserError, first_line
 
 # Vertices per edge when densifying outlines and AOIs before reprojection.
 DENSIFY_POINTS = 64
@@ -179,7 +179,7 @@ def read_aoi(path: str | os.PathLike[str]) -> Aoi:
         try:
             geometries = [shapely.from_wkt(text)]
         except shapely.errors.GEOSException as exc:
-            raise UserError(f"AOI {path}: neither GeoJSON nor WKT ({str(exc).splitlines()[0]})") from exc
+            raise UserError(f"AOI {path}: neither GeoJSON nor WKT ({first_line(exc)})") from exc
     try:
         _crs(crs)
     except CRSError as exc:

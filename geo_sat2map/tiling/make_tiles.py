@@ -24,7 +24,7 @@ import shapely
 from shapely.geometry.base import BaseGeometry
 from shapely.geometry.polygon import orient
 
-from geo_sat2map.errors import UserError
+from geo_sat2map.errors import UserError, first_line
 from geo_sat2map.progress import progress_bar
 from geo_sat2map.raster_io.pairs import RESAMPLING_METHODS, PairSpec, inspect_pair, open_pair
 from geo_sat2map.scaling import PERCENTILE_KIND, UINT8_KIND, InputScaling
@@ -59,6 +59,7 @@ _EDGE_EPS = 1e-6  # pixel-coordinate slack for outlines that went through a repr
 class TilePair:
     image: str
     map: str
+    origin: str | None = None  # "--pairs FILE row N" for a row of a pairs CSV: named in errors about the pair
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,8 @@ def read_pairs_csv(path: str) -> list[TilePair]:
             rows = [r for r in csv.reader(fh) if r and any(c.strip() for c in r) and not r[0].lstrip().startswith("#")]
     except OSError as exc:
         raise UserError(f"--pairs {path}: cannot read it ({exc.strerror or exc})") from exc
+    except (UnicodeDecodeError, csv.Error) as exc:  # a binary file, another encoding, NUL bytes
+        raise UserError(f"--pairs {path}: not a UTF-8 CSV file of image,map rows ({first_line(exc)})") from None
     if rows and [c.strip().lower() for c in rows[0]] == ["image", "map"]:
         rows = rows[1:]
     pairs = []
@@ -140,7 +143,7 @@ def read_pairs_csv(path: str) -> list[TilePair]:
         if len(row) != 2:
             raise UserError(f"--pairs {path}: row {number} has {len(row)} column(s); expected image,map")
         image, map_path = (str(folder / c.strip()) if not os.path.isabs(c.strip()) else c.strip() for c in row)
-        pairs.append(TilePair(image, map_path))
+        pairs.append(TilePair(image, map_path, origin=f"--pairs {path} row {number}"))
     if not pairs:
         raise UserError(f"--pairs {path}: no image,map rows")
     return pairs
@@ -201,6 +204,15 @@ def _pair_region(spec: PairSpec, aoi: Aoi | None) -> tuple[BaseGeometry, BaseGeo
     if aoi is None:
         return overlap, overlap
     return overlap, intersect_in(overlap, grid.crs_wkt, aoi.geometry, aoi.crs)
+
+
+def _inspect(pair: TilePair, config: MakeTilesConfig) -> PairSpec:
+    try:
+        return inspect_pair(os.path.abspath(pair.image), os.path.abspath(pair.map), config.bands, config.resolution)
+    except UserError as exc:
+        if pair.origin is None:
+            raise
+        raise UserError(f"{pair.origin}: {exc}") from exc
 
 
 def _pixel_bounds(region_px: BaseGeometry, grid_width: int, grid_height: int) -> tuple[int, int, int, int]:
@@ -391,14 +403,15 @@ def make_tiles(
     pairs = config.resolve_pairs()
     check_destination(out_dir, config.overwrite)
     aoi = read_aoi(config.aoi) if config.aoi else None
-    specs = [
-        inspect_pair(os.path.abspath(p.image), os.path.abspath(p.map), config.bands, config.resolution) for p in pairs
-    ]
+    specs = [_inspect(p, config) for p in pairs]
     plans = [_plan_pair(i, spec, aoi, config) for i, spec in enumerate(specs)]
     if aoi is not None:
         _require_aoi_hits(plans, aoi)
     candidates = sum(len(p.windows) for p in plans)
     if candidates < minimum_windows(config.val_fraction, config.test_fraction):
+        outside = sum(p.skipped["outside_aoi"] for p in plans)
+        if aoi is not None and outside:
+            raise UserError(f"AOI {aoi.path}: {outside} candidate tile(s) lie outside it; {too_few_windows(candidates)}")
         raise too_few_windows(candidates)
     for p in plans:
         log.info(

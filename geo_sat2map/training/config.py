@@ -161,6 +161,8 @@ def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise UserError(f"--config {path}: is a directory; give a .toml file such as configs/pix2pix.toml") from None
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"--config {path}: not valid TOML ({exc})") from None
+    except UnicodeDecodeError as exc:  # TOML is UTF-8: a binary file, or text saved in another encoding
+        raise UserError(f"--config {path}: not a UTF-8 TOML text file ({exc.reason} at byte {exc.start})") from None
     tables = [k for k, v in data.items() if isinstance(v, dict)]
     if tables:
         raise UserError(f"{path}: unknown config key {tables[0]!r} (config files are flat: key = value, no tables)")

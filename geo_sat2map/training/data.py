@@ -89,8 +89,8 @@ def scan_dataset(data_dir: str | os.PathLike[str]) -> DatasetInfo:
 def check_fits(info: DatasetInfo, crop_size: int) -> None:
     if info.tile_size < crop_size:
         raise UserError(
-            f"tiles in {info.root} are {info.tile_size} px but crop_size is {crop_size}; make larger tiles "
-            f"(make-tiles) or lower crop_size/load_size in the config (multiples of 256)"
+            f"tiles in {info.root} are {info.tile_size} px (e.g. {info.train[0].name}) but crop_size is {crop_size}; "
+            "make larger tiles (make-tiles) or lower crop_size/load_size in the config (multiples of 256)"
         )
 
 
@@ -99,10 +99,13 @@ def _list_tiles(folder: Path) -> list[Path]:
 
 
 def _check_tiles(paths: Sequence[Path]) -> int:
-    """The common tile size (height) of RGB A|B tiles; anything else names the first offending file."""
+    """The common tile size (height) of intact RGB A|B tiles; anything else names the first offending file.
+
+    Every tile is verified here, before RUN_DIR is touched: a damaged tile found mid-run would stop the run.
+    """
     first: tuple[Path, int, int] | None = None
     for path in paths:
-        mode, width, height = probe_image(path)
+        mode, width, height = probe_image(path, verify=True)
         if mode != "RGB":
             raise UserError(f"{path}: image mode is {mode}, expected 8-bit RGB A|B tiles")
         if width != 2 * height:
@@ -132,6 +135,18 @@ def _read_manifest(root: Path) -> dict[str, Any] | None:
     if not isinstance(version, int) or version > MANIFEST_VERSION:
         raise UserError(f"{path}: format_version {version!r} is newer than this tool supports; upgrade geo-sat2map")
     return manifest
+
+
+def worker_error(exc: UserError) -> UserError:
+    """``exc``, or, if torch re-raised it from a DataLoader worker process, a UserError with its own message.
+
+    torch re-raises a worker's exception as ``UserError("Caught UserError in DataLoader worker process 0.\n
+    Original Traceback ...")``; the original message is the traceback's last line, after the exception's name.
+    """
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].startswith("Caught "):
+        return UserError(lines[-1].split(": ", 1)[-1])
+    return exc
 
 
 def dataset_hash(info: DatasetInfo) -> str:

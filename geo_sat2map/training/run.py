@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 from geo_sat2map.atomic import atomic_output
 from geo_sat2map.checkpoint import GeneratorMeta, save_generator
 from geo_sat2map.device import resolve_device
-from geo_sat2map.errors import UserError
+from geo_sat2map.errors import UserError, first_line
 from geo_sat2map.metrics import to_uint8
 from geo_sat2map.progress import progress_bar
 from geo_sat2map.training import distributed, report
@@ -49,6 +49,7 @@ from geo_sat2map.training.data import (
     evenly_spaced,
     ignore_stop_signals,
     scan_dataset,
+    worker_error,
 )
 from geo_sat2map.training.device_data import DeviceFeed, DeviceTiles, DeviceValSet, WorkerFeed, plan_device_data
 from geo_sat2map.training.distributed import DistContext
@@ -126,6 +127,11 @@ def train(
             f"GPU out of memory at batch_size {config.batch_size}, ngf {config.ngf}, crop_size {config.crop_size}: "
             "lower --batch-size or --ngf, or use --precision bf16"
         ) from None
+    except UserError as exc:  # e.g. a tile damaged mid-run, read in a DataLoader worker: one line, not its traceback
+        plain = worker_error(exc)
+        if plain is exc:
+            raise
+        raise plain from exc
     finally:
         distributed.stop(ctx)
 
@@ -231,7 +237,15 @@ class _Run:
         self.model = Pix2Pix(config, self.device, self.dtype, ctx, graphed=self.graphed)
         seed_everything(config.seed + ctx.rank)  # dropout draws differ between processes
         if self.stored:
-            self._restore(self.stored)
+            try:
+                self._restore(self.stored)
+            except torch.cuda.OutOfMemoryError:
+                raise
+            except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as exc:  # loaded, but does not fit
+                raise UserError(
+                    f"{self.run_dir / CHECKPOINT}: damaged training checkpoint, cannot resume from it "
+                    f"({type(exc).__name__}: {first_line(exc)}); start the run again with --overwrite"
+                ) from exc
             self.stored = None  # the weights now live in the model; let the loaded copy go
             if ctx.is_main and self.history:  # drop lines of an epoch whose checkpoint was never written
                 report.write_metrics(self.run_dir / METRICS, self.history)

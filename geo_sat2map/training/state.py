@@ -15,10 +15,16 @@ import numpy as np
 import torch
 
 from geo_sat2map.atomic import atomic_output
+from geo_sat2map.checkpoint import read_torch_file
 from geo_sat2map.errors import UserError
 
 CHECKPOINT_FORMAT = "geo-sat2map-train-checkpoint"
 CHECKPOINT_VERSION = 1
+# What --resume reads from checkpoint.pt (beside the format header): a file that loads without one is damaged.
+CHECKPOINT_FIELDS: dict[str, type] = {
+    "config": dict, "epoch": int, "epoch_samples": int, "global_step": int, "model": dict, "history": list,
+    "best": dict, "dataset_hash": str, "processes": list,
+}
 
 
 def capture_rng() -> dict[str, Any]:
@@ -78,12 +84,15 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
             f"{path} not found: the run was killed before its first checkpoint (nothing to resume); "
             "start it again with --overwrite"
         )
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt, truncated or foreign file: all mean "cannot resume from this"
-        raise UserError(f"{path}: not a readable training checkpoint ({type(exc).__name__}: {exc})") from None
+    state = read_torch_file(path, "training checkpoint")
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise UserError(f"{path}: not a geo-sat2map training checkpoint")
     if not isinstance(state.get("format_version"), int) or state["format_version"] > CHECKPOINT_VERSION:
         raise UserError(f"{path}: checkpoint format {state.get('format_version')!r} is newer than this tool; upgrade")
+    for key, kind in CHECKPOINT_FIELDS.items():
+        if not isinstance(state.get(key), kind):
+            raise UserError(
+                f"{path}: damaged training checkpoint ({key!r} is missing or not a {kind.__name__}); "
+                "start the run again with --overwrite"
+            )
     return state
