@@ -5,8 +5,9 @@ batch (``fixed_batch``), so the parts hold exactly the pixels of a one-process r
 own (COGs of scene rows [start, stop), transform derived from the scene's), written in a work folder beside
 the output, each renamed only when complete and tagged with the run's identity and its rows:
 
-- ``-o map.tif``: once every rank is done, rank 0 assembles one map from the parts through a VRT, renames it
-  onto ``map.tif`` and removes the work folder;
+- ``-o map.tif``: once every rank is done, rank 0 reads the parts back through a VRT into the sink a
+  one-process run writes with (overview rows made as the engine makes them), renames the map onto
+  ``map.tif`` and removes the work folder;
 - ``-o map.vrt``: the work folder becomes ``map.parts/`` and ``map.vrt`` lists the parts (no serial
   re-encode: for mosaics too large for one host to encode).
 
@@ -24,12 +25,17 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from geo_sat2map.atomic import atomic_output, check_output_path
+import torch
+
+from geo_sat2map.atomic import check_output_path
 from geo_sat2map.errors import UserError
-from geo_sat2map.inference.identity import tags_match
+from geo_sat2map.inference.engine import OverviewPyramid
+from geo_sat2map.inference.identity import RUN_ID_TAG, tags_match
 from geo_sat2map.inference.ranks import launched_by_torchrun, process_group
-from geo_sat2map.inference.translate import TranslateConfig, _output_tags, _prepare, _Run, _write_map
-from geo_sat2map.raster_io.mosaic import assemble_map, part_info, read_finished, write_parts_vrt
+from geo_sat2map.inference.stages import MapSink
+from geo_sat2map.inference.translate import TranslateConfig, _output_tags, _prepare, _Run, _stream, _write_map
+from geo_sat2map.raster_io.mosaic import part_info, read_finished, write_parts_vrt
+from geo_sat2map.raster_io.strips import rgba_strips
 from geo_sat2map.training import distributed
 from geo_sat2map.windows import RowBand
 
@@ -154,15 +160,16 @@ def _part(
     """This rank's part: reused when a finished one matches the run, else translated."""
     start, stop = band.output_rows
     path = work / part_name(band)
-    expected = {**tags, PART_ROWS_TAG: f"{start},{stop}"}
+    identity = {RUN_ID_TAG: tags[RUN_ID_TAG], PART_ROWS_TAG: f"{start},{stop}"}
     found = read_finished(path)
-    if found is not None and tags_match(found.tags, expected) and (
+    if found is not None and tags_match(found.tags, identity) and (
             found.info.width, found.info.height) == (run.info.width, stop - start):
         return PartResult(rank, path.name, (start, stop), True, 0.0, 0)
     if found is not None:
         log.info("%s is not a part of this run (other model, settings or source); translating it again", path.name)
     started = time.perf_counter()
-    stream, _ = _write_map(config, run, path, part_info(run.info, start, stop), expected, band=band, overwrite=True)
+    stream, _ = _write_map(config, path, part_info(run.info, start, stop), {**tags, **identity},
+                           lambda sink: _stream(config, run, sink, band), strip_rows=run.grid.tile, overwrite=True)
     return PartResult(rank, path.name, (start, stop), False,
                       time.perf_counter() - started, stream.windows_run)
 
@@ -170,12 +177,28 @@ def _part(
 def _assemble(
     output: Path, work: Path, run: _Run, bands: list[RowBand], tags: dict[str, str], config: TranslateConfig
 ) -> None:
+    """One map from the parts, read back through a VRT and written by the sink a one-process run uses, with
+    overview rows made the same way: the same file as one process would write."""
     vrt = work / PARTS_VRT
     write_parts_vrt(vrt, _parts(work, bands), run.info, tags=tags, overwrite=True)
     log.info("assembling %s from %d parts", output, len(bands))
-    with atomic_output(output, overwrite=config.overwrite, what="output") as tmp:
-        assemble_map(vrt, tmp, config.output_options)
+    strip = config.output_options.blocksize
+    _write_map(config, output, run.info, tags, lambda sink: _copy_rows(vrt, sink, strip), strip_rows=strip)
     shutil.rmtree(work)
+
+
+def _copy_rows(vrt: Path, sink: MapSink, strip_rows: int) -> None:
+    pyramid = OverviewPyramid(sink.overview_levels) if sink.overview_levels else None
+    width = 0
+    for rows in rgba_strips(vrt, strip_rows):
+        sink.write_rows(0, rows)
+        width = rows.shape[1]
+        if pyramid is not None:
+            for level, level_rows in pyramid.push(torch.from_numpy(rows)):
+                sink.write_rows(level, level_rows.numpy())
+    if pyramid is not None:
+        for level, level_rows in pyramid.finish(width, torch.device("cpu")):
+            sink.write_rows(level, level_rows.numpy())
 
 
 def _publish_vrt(

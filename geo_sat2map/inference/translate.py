@@ -15,10 +15,11 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -47,6 +48,7 @@ from geo_sat2map.windows import BLEND_MODES, DEFAULT_BLEND, RowBand, WindowGrid
 
 log = logging.getLogger("geo_sat2map")
 
+_Filled = TypeVar("_Filled")
 TILE_MULTIPLE = 256  # both generator families downsample 8 times
 SCALING_MODES = ("auto", "scene")
 DEFAULT_BATCH = {"cpu": 4, "cuda": 16, "mps": 8}
@@ -132,7 +134,9 @@ def translate(config: TranslateConfig, model: LoadedGenerator | None = None) -> 
     ``model``: the checkpoint ``config.weights`` already loaded (with its SHA-256), to reuse over many scenes."""
     started = time.perf_counter()
     run = _prepare(config, model)
-    stream, stages = _write_map(config, run, run.output, run.info, _output_tags(config, run))
+    stream, sink_stages = _write_map(config, run.output, run.info, _output_tags(config, run),
+                                     lambda sink: _stream(config, run, sink), strip_rows=run.grid.tile)
+    stages = {**stream.stages, **sink_stages}
     report = TranslateReport(
         output=run.output, width=run.info.width, height=run.info.height, tile_size=run.grid.tile,
         overlap=run.grid.overlap, blend=config.blend, batch_size=run.batch_size, device=str(run.device),
@@ -151,24 +155,25 @@ def translate(config: TranslateConfig, model: LoadedGenerator | None = None) -> 
 
 
 def _write_map(
-    config: TranslateConfig, run: _Run, output: Path, info: RasterInfo, tags: dict[str, str],
-    band: RowBand | None = None, overwrite: bool | None = None,
-) -> tuple[_StreamResult, dict[str, float]]:
-    """Stream ``band`` (default: the whole scene) into a map at ``output`` with the raster layout ``info``,
-    written beside it and renamed on success. Returns the stream result and seconds per stage."""
+    config: TranslateConfig, output: Path, info: RasterInfo, tags: dict[str, str], fill: Callable[[Any], _Filled],
+    strip_rows: int, overwrite: bool | None = None,
+) -> tuple[_Filled, dict[str, float]]:
+    """A map at ``output`` with the raster layout ``info``, its rows written by ``fill(sink)`` (strips of about
+    ``strip_rows``), beside ``output`` and renamed on success. Returns what ``fill`` returned and the sink's
+    seconds per stage."""
     options = config.output_options
     overwrite = config.overwrite if overwrite is None else overwrite
-    cache = streaming_cache_bytes(info.width, run.grid.tile, options.blocksize)
+    cache = streaming_cache_bytes(info.width, strip_rows, options.blocksize)
     with streaming_gdal_env(cache), atomic_output(output, overwrite=overwrite, what="output") as tmp:
         sink = open_map_sink(tmp, info, tags, options)
         try:
-            stream = _stream(config, run, sink, band)
+            filled = fill(sink)
             log.info("finishing %s", "the Cloud-Optimized GeoTIFF" if options.cog else "the GeoTIFF")
             sink.close()
         except BaseException:
             sink.abort()
             raise
-    return stream, {**stream.stages, **sink.stats}
+    return filled, dict(sink.stats.items())
 
 
 @dataclass

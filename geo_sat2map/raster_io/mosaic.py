@@ -7,7 +7,6 @@
   one scene stacked at their rows, on the scene's own grid. Both with overview
   levels made of the sources' own overviews (GDAL gives a VRT of several sources none by itself, so a large
   mosaic would otherwise be read at full resolution to display it zoomed out);
-- ``assemble_map``: one COG (or tiled GeoTIFF) from a VRT, re-encoded by GDAL.
 """
 
 from __future__ import annotations
@@ -20,14 +19,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import rasterio
-import rasterio.shutil
 from affine import Affine
 from rasterio.errors import RasterioError
 
 from geo_sat2map.atomic import atomic_output
 from geo_sat2map.errors import UserError
 from geo_sat2map.raster_io.core import RasterInfo, open_raster, raster_info
-from geo_sat2map.raster_io.output import OutputOptions, finish_output
 
 # Offsets closer than this to a whole pixel are whole pixels (float noise of transforms derived by products).
 SNAP_PIXELS = 1e-6
@@ -249,21 +246,3 @@ def _offset(value: float) -> str:
 def _gdal_type(dtype: str) -> str:
     return {"uint8": "Byte", "uint16": "UInt16", "int16": "Int16", "uint32": "UInt32", "int32": "Int32",
             "float32": "Float32", "float64": "Float64"}[dtype]
-
-
-def assemble_map(vrt: str | os.PathLike[str], dest: str | os.PathLike[str], options: OutputOptions) -> None:
-    """Encode the raster behind ``vrt`` into ``dest``: a COG, or (``options.cog`` off) a tiled GeoTIFF with
-    internal overviews. The VRT's metadata becomes the file's tags."""
-    if options.cog:
-        finish_output(vrt, dest, options)
-        return
-    try:
-        with rasterio.Env(GDAL_NUM_THREADS="ALL_CPUS"):
-            rasterio.shutil.copy(
-                str(vrt), str(dest), driver="GTiff", TILED="YES", BLOCKXSIZE=str(options.blocksize),
-                BLOCKYSIZE=str(options.blocksize), PHOTOMETRIC="RGB", ALPHA="YES", NUM_THREADS="ALL_CPUS",
-                **options.gdal_options(),
-            )
-    except RasterioError as exc:
-        raise UserError(f"{dest}: could not write the output ({exc})") from exc
-    finish_output(dest, dest, options)

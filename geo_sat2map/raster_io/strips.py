@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import rasterio
@@ -48,3 +48,13 @@ class RowReader:
     def read(self, row_off: int, height: int, out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         with open_raster(self.path) as ds:
             return read_rows(ds, self.bands, row_off, height, out=out)
+
+
+def rgba_strips(path: str | os.PathLike[str], rows: int) -> Iterator[np.ndarray]:
+    """A 4-band uint8 raster (an RGBA map, e.g. a VRT of parts) as consecutive (n, width, 4) strips of ``rows``
+    rows, pixel-interleaved like the rows a map sink takes."""
+    with open_raster(path) as ds:
+        for row_off in range(0, ds.height, rows):
+            height = min(rows, ds.height - row_off)
+            planar = ds.read(window=Window(0, row_off, ds.width, height))
+            yield np.ascontiguousarray(planar.transpose(1, 2, 0))
