@@ -245,8 +245,11 @@ def test_many_scenes_failure_resume_and_mosaic(tmp_path, weights):
     assert not mosaic.exists() and "not written" in first.output
     stamps = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
 
+    leftover = out / ".se.tif.k1ll3d.tif.part"  # as a run killed while writing se.tif would leave it
+    leftover.write_bytes(b"half a map")
     second = invoke(*inputs, "-o", out, "-w", weights, "--vrt", mosaic)
     assert second.exit_code == 1 and len(error_lines(second.output)) == 1
+    assert not leftover.exists()
     for name in ("nw", "ne", "sw"):
         assert f"skipped {sheets[name][0]}" in second.output
     assert summary(second.output) == {"done": 0, "skipped": 3, "failed": 1}

@@ -195,6 +195,7 @@ def _scene(
         if found is not None and found.tags.get(RUN_ID_TAG) == run_id(config, model.sha256, precision):
             log.info("skipped %s: %s is finished with this model, settings and source", source, output)
             return SceneResult(source, output, "skipped", found.info.width * found.info.height / 1e6, 0.0, rank)
+    _remove_leftovers(output)
     try:
         report = translate(config, model)
     except UserError as exc:
@@ -208,6 +209,15 @@ def _scene(
         message = f"{source}: {message}"
     log.error("Error: %s", message)
     return SceneResult(source, output, "failed", 0.0, 0.0, rank, message)
+
+
+def _remove_leftovers(output: Path) -> None:
+    """Hidden files a killed run left while writing ``output``: its temporary map (``.<name>.*.part``) and the
+    COG writer's spill files beside that (``..<name>.*``). Only this scene's rank writes them."""
+    for pattern in (f".{output.name}.*.part", f"..{output.name}.*"):
+        for leftover in output.parent.glob(pattern):
+            log.info("removing %s, left by an interrupted run", leftover)
+            leftover.unlink(missing_ok=True)
 
 
 def _write_mosaic(vrt: Path, results: list[SceneResult], overwrite: bool) -> Path | None:
