@@ -145,7 +145,7 @@ def translate_many(config: BatchConfig) -> BatchReport:
         mine = []
         for number, index in enumerate(plan[ctx.rank], 1):
             source, output = jobs[index]
-            log.info("scene %d of %d on this process: %s", number, len(plan[ctx.rank]), source)
+            log.info("scene %d of %d%s: %s", number, len(plan[ctx.rank]), " on rank 0" if ctx.enabled else "", source)
             mine.append((index, _scene(base, source, output, model, precision, ctx.rank)))
         gathered = [item for items in distributed.gather(ctx, mine) for item in items]
         results = [result for _, result in sorted(gathered, key=lambda item: item[0])]
