@@ -28,13 +28,13 @@ import torch.nn.functional as F
 from geo_sat2map.inference.runner import StageClock
 from geo_sat2map.inference.ops import downsample_rgba, fill_invalid, quantize_rgba, reflect_index, scale_to_unit
 from geo_sat2map.scaling import InputScaling
-from geo_sat2map.windows import RowBand, WindowGrid, axis_weights
+from geo_sat2map.windows import RowBand, RowBuffer, WindowGrid, axis_weights
 
 Emit = Callable[[int, torch.Tensor], None]  # (level, (rows, width, 4) uint8 RGBA on the engine's device)
 Generator = Callable[[torch.Tensor], torch.Tensor]  # (n, 3, tile, tile) float32 in [-1, 1] -> same shape
 
 
-class DeviceRowAssembler:
+class DeviceRowAssembler(RowBuffer):
     """Weighted overlap-add of whole window rows into full-width accumulators; releases finished rows.
 
     The device counterpart of ``windows.RowAssembler`` (its oracle): same weights, same release rule, but one
@@ -55,17 +55,11 @@ class DeviceRowAssembler:
         # Plain tiles (--overlap 0 with feather or average): every weight is 1 and windows do not overlap, so
         # merging a window row is a reshape instead of a weighted fold.
         self.plain = self.stride == tile and bool((row_weights == 1).all() and (col_weights == 1).all())
-        self._base = first_row  # scene row held in buffer row 0
-        self._used = 0
-        self._mask_end = first_row
+        super().__init__(first_row)
         self._sums = torch.zeros((3, 0, grid.width), device=device)
         self._weights = torch.zeros((0, grid.width), device=device)
         self._valid = torch.zeros((0, grid.width), dtype=torch.bool, device=device)
         self._grow(2 * tile)
-
-    @property
-    def released(self) -> int:
-        return self._base
 
     def _grow(self, rows: int) -> None:
         extra = rows - self._weights.shape[0]
@@ -75,28 +69,13 @@ class DeviceRowAssembler:
             self._weights = torch.cat([self._weights, torch.zeros((extra, width), device=self.device)])
             self._valid = torch.cat([self._valid, torch.zeros((extra, width), dtype=torch.bool, device=self.device)])
 
-    def _ensure_rows(self, end: int) -> None:
-        self._grow(end - self._base)
-        self._used = max(self._used, end - self._base)
-
-    def add_mask(self, row_off: int, valid: torch.Tensor) -> None:
-        """The scene's validity (True = valid) for rows [row_off, row_off + n), delivered in order."""
-        if row_off != self._mask_end:
-            raise ValueError(f"mask rows must arrive in order: expected row {self._mask_end}, got {row_off}")
-        end = row_off + valid.shape[0]
-        self._ensure_rows(end)
-        self._valid[row_off - self._base:end - self._base] = valid
-        self._mask_end = end
-
     def add_row(self, row: int, outputs: torch.Tensor | None, ran: torch.Tensor | None) -> None:
         """Merge window row ``row``: ``outputs`` (columns, 3, tile, tile), zeros where a window did not run;
         ``ran`` (columns,) float 1/0. ``None`` when no window of the row ran."""
         grid, tile = self.grid, self.grid.tile
         top = grid.row_starts[row]
         r0, r1 = grid.rows_in_scene(row)
-        if r0 < self._base:
-            raise ValueError(f"window row {row} touches scene rows already released (< {self._base})")
-        self._ensure_rows(r1)
+        self._rows(slice(r0, r1))
         if outputs is None:
             return
         columns = outputs.shape[0]
@@ -120,29 +99,21 @@ class DeviceRowAssembler:
 
     def reserve(self, row: int) -> None:
         """Make room for window row ``row``'s scene rows (plain tiles are added window by window)."""
-        r0, r1 = self.grid.rows_in_scene(row)
-        if r0 < self._base:
-            raise ValueError(f"window row {row} touches scene rows already released (< {self._base})")
-        self._ensure_rows(r1)
+        self._rows(slice(*self.grid.rows_in_scene(row)))
 
     def add_plain_window(self, row: int, column: int, output: torch.Tensor) -> None:
         """Add one window of plain tiles (no overlap, unit weights): a copy into its place, weight 1."""
-        grid, tile = self.grid, self.grid.tile
-        top, left = grid.row_starts[row], grid.col_starts[column]
-        r0, r1 = grid.rows_in_scene(row)
-        c0, c1 = max(left, 0), min(left + tile, grid.width)
-        b0, b1 = r0 - self._base, r1 - self._base
-        self._sums[:, b0:b1, c0:c1] += output[:, r0 - top:r1 - top, c0 - left:c1 - left]
-        self._weights[b0:b1, c0:c1] += 1.0
+        scene_rows, cols, win_rows, win_cols = self.grid.window_in_scene(row, column)
+        rows = self._rows(scene_rows)
+        self._sums[:, rows, cols] += output[:, win_rows, win_cols]
+        self._weights[rows, cols] += 1.0
 
     def release(self, row: int) -> tuple[int, torch.Tensor] | None:
         """After window row ``row`` is merged: (row_off, (rows, width, 4) RGBA uint8) of newly finished rows."""
-        end = self.grid.finished_rows(row)
-        count = end - self._base
-        if count <= 0:
+        count = self._finishing(row)
+        if count == 0:
             return None
-        if end > self._mask_end:
-            raise ValueError(f"rows up to {end} finished but the mask only reaches row {self._mask_end}")
+        end = self._base + count
         weights = self._weights[:count]
         covered = weights > 0
         scale = torch.where(covered, weights.reciprocal(), 0.0)  # a pixel no window covered stays 0 (and masked)
