@@ -9,8 +9,8 @@ unet256 with the compute of a trained one, default options unless the row says o
 - the bare generator on the device alone (static batch, no copies): the ceiling, in windows/s and in Mpx/s of
   new pixels at the default overlap;
 - ``translate`` runs: whole call (``TranslateReport.seconds``: model load + stream + output finished) and stream
-  Mpx/s, generator busy, per-stage seconds (read, upload, device work, generator, overviews, download, encode,
-  assemble), compile time, peak GPU memory;
+  Mpx/s, generator busy, per-stage seconds (read, upload, input-side device work, generator, merge, overviews,
+  download, encode, assemble), compile time, peak GPU memory;
 - the CLI wall time of ``python -m geo_sat2map translate`` including interpreter start-up, with its peak RSS;
 - bf16 against fp32 output difference (max / mean DN) on a crop.
 CPU: whole CLI call at ``--overlap 0 --batch-size 8`` on ``--cpu-ratio-size``² against the bare generator
@@ -38,7 +38,7 @@ from geo_sat2map.inference import TranslateConfig, TranslateReport, translate
 from geo_sat2map.inference.runner import GeneratorRunner, StageClock
 from geo_sat2map.models import build_generator
 
-STAGES = ("read", "upload", "device", "generator", "overviews", "download", "encode", "assemble")
+STAGES = ("read", "upload", "device", "generator", "merge", "overviews", "download", "encode", "assemble")
 
 
 def make_scene(path: Path, width: int, height: int, compress: str = "deflate") -> Path:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -133,6 +134,13 @@ class WindowGrid:
         start = self.row_starts[row]
         return max(start, 0), min(start + self.tile, self.height)
 
+    def window_in_scene(self, row: int, col: int) -> tuple[slice, slice, slice, slice]:
+        """Window (row, col) clipped to the scene: (scene rows, scene columns, window rows, window columns)."""
+        top, left = self.row_starts[row], self.col_starts[col]
+        r0, r1 = max(top, 0), min(top + self.tile, self.height)
+        c0, c1 = max(left, 0), min(left + self.tile, self.width)
+        return slice(r0, r1), slice(c0, c1), slice(r0 - top, r1 - top), slice(c0 - left, c1 - left)
+
     def new_rows(self, row: int) -> tuple[int, int]:
         """Scene rows [first, end) that window row ``row`` needs beyond those of the rows before it (read once)."""
         end = self.rows_in_scene(row)[1]
@@ -186,7 +194,61 @@ class RowBand:
         return [cls(grid, a, b) for a, b in zip(edges, edges[1:]) if b > a]
 
 
-class RowAssembler:
+class RowBuffer:
+    """Bookkeeping of a buffer of full-width scene rows that moves down the scene: rows [base, base + used) are
+    held (buffer row 0 is scene row ``base``) and the validity mask has arrived for rows before ``mask_end``.
+    Subclasses own the arrays (numpy here, torch in ``inference.engine``): ``_grow`` and ``_valid``."""
+
+    grid: WindowGrid
+    _valid: Any  # (rows, width) boolean array of the held rows
+
+    def __init__(self, first_row: int = 0) -> None:
+        self._base = first_row  # first scene row not yet released
+        self._used = 0  # buffer rows [0, _used) hold data
+        self._mask_end = first_row  # scene rows before this have had their validity mask delivered
+
+    @property
+    def released(self) -> int:
+        """Scene rows before this have been handed out by ``release``."""
+        return self._base
+
+    @property
+    def buffered_rows(self) -> int:
+        """Rows currently held (about one tile height in steady state)."""
+        return self._used
+
+    def _grow(self, rows: int) -> None:
+        raise NotImplementedError
+
+    def _ensure_rows(self, end: int) -> None:
+        self._grow(end - self._base)
+        self._used = max(self._used, end - self._base)
+
+    def _rows(self, scene_rows: slice) -> slice:
+        """Buffer rows of ``scene_rows``, growing the buffer to hold them; released rows are refused."""
+        if scene_rows.start < self._base:
+            raise ValueError(f"scene rows from {scene_rows.start} were already released (< {self._base})")
+        self._ensure_rows(scene_rows.stop)
+        return slice(scene_rows.start - self._base, scene_rows.stop - self._base)
+
+    def _finishing(self, window_row: int) -> int:
+        """How many held rows become final once window row ``window_row`` is merged (their mask must be in)."""
+        end = self.grid.finished_rows(window_row)
+        if end > self._base and end > self._mask_end:
+            raise ValueError(f"rows up to {end} finished but the mask only reaches row {self._mask_end}")
+        return max(end - self._base, 0)
+
+    def add_mask(self, row_off: int, valid: Any) -> None:
+        """Deliver the scene's validity mask (True = valid) for rows [row_off, row_off + len); rows in order."""
+        if row_off != self._mask_end:
+            raise ValueError(f"mask rows must arrive in order: expected row {self._mask_end}, got {row_off}")
+        end = row_off + valid.shape[0]
+        self._ensure_rows(end)
+        self._valid[row_off - self._base:end - self._base] = valid
+        self._mask_end = end
+
+
+class RowAssembler(RowBuffer):
     """Weighted merge of window outputs that releases finished full-width rows of the scene.
 
     Holds only the unfinished rows (about one tile high): accumulated ``sum(w * value)``, ``sum(w)`` and the
@@ -198,23 +260,11 @@ class RowAssembler:
         self.channels = channels
         self._row_weights = axis_weights(grid.row_starts, grid.tile, blend)
         self._col_weights = axis_weights(grid.col_starts, grid.tile, blend)
-        self._base = 0  # first scene row not yet released; buffer row 0 is this scene row
-        self._used = 0  # buffer rows [0, _used) hold data
+        super().__init__()
         self._sums = np.zeros((channels, 0, grid.width), dtype=np.float32)
         self._weights = np.zeros((0, grid.width), dtype=np.float32)
         self._valid = np.zeros((0, grid.width), dtype=bool)
         self._grow(2 * grid.tile)  # one window row plus the carried-over overlap
-        self._mask_end = 0  # scene rows [0, _mask_end) have had their validity mask delivered
-
-    @property
-    def released(self) -> int:
-        """Scene rows [0, released) have been handed out by ``release``."""
-        return self._base
-
-    @property
-    def buffered_rows(self) -> int:
-        """Rows currently held (about one tile height in steady state)."""
-        return self._used
 
     def _grow(self, rows: int) -> None:
         extra = rows - self._weights.shape[0]
@@ -224,44 +274,23 @@ class RowAssembler:
             self._weights = np.concatenate([self._weights, np.zeros((extra, width), np.float32)], axis=0)
             self._valid = np.concatenate([self._valid, np.zeros((extra, width), bool)], axis=0)
 
-    def _ensure_rows(self, end: int) -> None:
-        self._grow(end - self._base)
-        self._used = max(self._used, end - self._base)
-
     def add(self, row: int, col: int, values: np.ndarray) -> None:
         """Merge one window's output (channels, tile, tile), float, for window (row, col) of the grid."""
-        grid = self.grid
-        top, left = grid.row_starts[row], grid.col_starts[col]
-        r0, r1 = max(top, 0), min(top + grid.tile, grid.height)
-        c0, c1 = max(left, 0), min(left + grid.tile, grid.width)
-        if r0 < self._base:
-            raise ValueError(f"window row {row} touches scene rows already released (< {self._base})")
-        weight = np.outer(self._row_weights[row][r0 - top:r1 - top], self._col_weights[col][c0 - left:c1 - left])
-        self._ensure_rows(r1)
-        b0, b1 = r0 - self._base, r1 - self._base
-        self._sums[:, b0:b1, c0:c1] += values[:, r0 - top:r1 - top, c0 - left:c1 - left] * weight
-        self._weights[b0:b1, c0:c1] += weight
-
-    def add_mask(self, row_off: int, valid: np.ndarray) -> None:
-        """Deliver the scene's validity mask (True = valid) for rows [row_off, row_off + len); rows in order."""
-        if row_off != self._mask_end:
-            raise ValueError(f"mask rows must arrive in order: expected row {self._mask_end}, got {row_off}")
-        end = row_off + valid.shape[0]
-        self._ensure_rows(end)
-        self._valid[row_off - self._base:end - self._base] = valid
-        self._mask_end = end
+        scene_rows, cols, win_rows, win_cols = self.grid.window_in_scene(row, col)
+        weight = np.outer(self._row_weights[row][win_rows], self._col_weights[col][win_cols])
+        rows = self._rows(scene_rows)
+        self._sums[:, rows, cols] += values[:, win_rows, win_cols] * weight
+        self._weights[rows, cols] += weight
 
     def release(self, window_row: int) -> tuple[int, np.ndarray, np.ndarray] | None:
         """After window row ``window_row`` is merged: (row_off, blended values, valid) of newly finished rows.
 
         ``valid`` is the scene mask restricted to pixels some window covered; blended values are 0 elsewhere.
         """
-        end = self.grid.finished_rows(window_row)
-        count = end - self._base
-        if count <= 0:
+        count = self._finishing(window_row)
+        if count == 0:
             return None
-        if end > self._mask_end:
-            raise ValueError(f"rows up to {end} finished but the mask only reaches row {self._mask_end}")
+        end = self._base + count
         weights = self._weights[:count]
         covered = weights > 0
         values = np.zeros((self.channels, count, self.grid.width), np.float32)

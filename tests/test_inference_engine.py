@@ -37,13 +37,13 @@ def torch_generator(model):
 
 
 def run_engine(data, valid, grid, blend, scaling, model, batch_size=3, overview_levels=0, fixed_batch=False,
-               device="cpu", band=None):
+               device="cpu", band=None, background=False):
     """Stream ``data`` through the engine exactly as translate does (new rows per window row); gather levels."""
     device = torch.device(device)
     levels: dict[int, list[np.ndarray]] = {}
     engine = StreamEngine(grid=grid, blend=blend, scaling=scaling, generator=torch_generator(model.to(device)),
                           device=device, batch_size=batch_size, overview_levels=overview_levels,
-                          fixed_batch=fixed_batch, band=band, emit=lambda level, rows: levels.setdefault(
+                          fixed_batch=fixed_batch, band=band, background=background, emit=lambda level, rows: levels.setdefault(
                               level, []).append(rows.cpu().numpy().copy()))
     raw = data.astype(np.int32) if data.dtype == np.uint16 else data
     band = band or RowBand.whole(grid)
@@ -116,6 +116,36 @@ def test_windows_without_a_valid_pixel_are_not_run_and_stay_transparent(model):
     levels, engine = run_engine(data, valid, grid, "feather", InputScaling.uint8(3), model)
     assert engine.windows_skipped > 0
     assert not levels[0][:, 300:].any()
+
+
+@pytest.mark.parametrize("overlap", [0, 64])
+def test_merging_on_a_background_thread_gives_the_same_rows(model, overlap):
+    data, valid = scene(520, 600, seed=9), holes(520, 600, seed=9)
+    grid = WindowGrid.build(520, 600, 256, overlap)
+    args = (data, valid, grid, "feather", InputScaling.uint8(3), model)
+    inline, _ = run_engine(*args, batch_size=4, overview_levels=2)
+    threaded, _ = run_engine(*args, batch_size=4, overview_levels=2, background=True)
+    assert inline.keys() == threaded.keys()
+    assert all(np.array_equal(inline[level], threaded[level]) for level in inline)
+
+
+def test_a_failure_on_the_merge_thread_reaches_the_caller(model):
+    data, valid = scene(300, 300), np.ones((300, 300), bool)
+    grid = WindowGrid.build(300, 300, 256, 64)
+
+    def broken(level, rows):
+        raise OSError("disk full")
+
+    engine = StreamEngine(grid=grid, blend="feather", scaling=InputScaling.uint8(3), generator=torch_generator(model),
+                          device=torch.device("cpu"), batch_size=2, emit=broken, background=True)
+    with pytest.raises(OSError, match="disk full"):
+        for row in range(grid.shape[0]):
+            start, stop = grid.new_rows(row)
+            engine.add_rows(torch.from_numpy(np.ascontiguousarray(data[:, start:stop])), valid[start:stop],
+                            torch.from_numpy(valid[start:stop]))
+            engine.process_window_row(row)
+        engine.finish()
+    engine.abandon()
 
 
 def test_batch_size_never_changes_results(model):

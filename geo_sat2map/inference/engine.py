@@ -13,9 +13,13 @@ Memory is bounded by the scene width: the accumulators hold about two tiles of r
 
 from __future__ import annotations
 
+import contextlib
+import queue
+import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,13 +28,13 @@ import torch.nn.functional as F
 from geo_sat2map.inference.runner import StageClock
 from geo_sat2map.inference.ops import downsample_rgba, fill_invalid, quantize_rgba, reflect_index, scale_to_unit
 from geo_sat2map.scaling import InputScaling
-from geo_sat2map.windows import RowBand, WindowGrid, axis_weights
+from geo_sat2map.windows import RowBand, RowBuffer, WindowGrid, axis_weights
 
 Emit = Callable[[int, torch.Tensor], None]  # (level, (rows, width, 4) uint8 RGBA on the engine's device)
 Generator = Callable[[torch.Tensor], torch.Tensor]  # (n, 3, tile, tile) float32 in [-1, 1] -> same shape
 
 
-class DeviceRowAssembler:
+class DeviceRowAssembler(RowBuffer):
     """Weighted overlap-add of whole window rows into full-width accumulators; releases finished rows.
 
     The device counterpart of ``windows.RowAssembler`` (its oracle): same weights, same release rule, but one
@@ -51,17 +55,11 @@ class DeviceRowAssembler:
         # Plain tiles (--overlap 0 with feather or average): every weight is 1 and windows do not overlap, so
         # merging a window row is a reshape instead of a weighted fold.
         self.plain = self.stride == tile and bool((row_weights == 1).all() and (col_weights == 1).all())
-        self._base = first_row  # scene row held in buffer row 0
-        self._used = 0
-        self._mask_end = first_row
+        super().__init__(first_row)
         self._sums = torch.zeros((3, 0, grid.width), device=device)
         self._weights = torch.zeros((0, grid.width), device=device)
         self._valid = torch.zeros((0, grid.width), dtype=torch.bool, device=device)
         self._grow(2 * tile)
-
-    @property
-    def released(self) -> int:
-        return self._base
 
     def _grow(self, rows: int) -> None:
         extra = rows - self._weights.shape[0]
@@ -71,28 +69,13 @@ class DeviceRowAssembler:
             self._weights = torch.cat([self._weights, torch.zeros((extra, width), device=self.device)])
             self._valid = torch.cat([self._valid, torch.zeros((extra, width), dtype=torch.bool, device=self.device)])
 
-    def _ensure_rows(self, end: int) -> None:
-        self._grow(end - self._base)
-        self._used = max(self._used, end - self._base)
-
-    def add_mask(self, row_off: int, valid: torch.Tensor) -> None:
-        """The scene's validity (True = valid) for rows [row_off, row_off + n), delivered in order."""
-        if row_off != self._mask_end:
-            raise ValueError(f"mask rows must arrive in order: expected row {self._mask_end}, got {row_off}")
-        end = row_off + valid.shape[0]
-        self._ensure_rows(end)
-        self._valid[row_off - self._base:end - self._base] = valid
-        self._mask_end = end
-
     def add_row(self, row: int, outputs: torch.Tensor | None, ran: torch.Tensor | None) -> None:
         """Merge window row ``row``: ``outputs`` (columns, 3, tile, tile), zeros where a window did not run;
         ``ran`` (columns,) float 1/0. ``None`` when no window of the row ran."""
         grid, tile = self.grid, self.grid.tile
         top = grid.row_starts[row]
         r0, r1 = grid.rows_in_scene(row)
-        if r0 < self._base:
-            raise ValueError(f"window row {row} touches scene rows already released (< {self._base})")
-        self._ensure_rows(r1)
+        self._rows(slice(r0, r1))
         if outputs is None:
             return
         columns = outputs.shape[0]
@@ -114,14 +97,23 @@ class DeviceRowAssembler:
         self._sums[:, b0:b1] += sums[:, rows, self.crop]
         self._weights[b0:b1] += weights[rows, self.crop]
 
+    def reserve(self, row: int) -> None:
+        """Make room for window row ``row``'s scene rows (plain tiles are added window by window)."""
+        self._rows(slice(*self.grid.rows_in_scene(row)))
+
+    def add_plain_window(self, row: int, column: int, output: torch.Tensor) -> None:
+        """Add one window of plain tiles (no overlap, unit weights): a copy into its place, weight 1."""
+        scene_rows, cols, win_rows, win_cols = self.grid.window_in_scene(row, column)
+        rows = self._rows(scene_rows)
+        self._sums[:, rows, cols] += output[:, win_rows, win_cols]
+        self._weights[rows, cols] += 1.0
+
     def release(self, row: int) -> tuple[int, torch.Tensor] | None:
         """After window row ``row`` is merged: (row_off, (rows, width, 4) RGBA uint8) of newly finished rows."""
-        end = self.grid.finished_rows(row)
-        count = end - self._base
-        if count <= 0:
+        count = self._finishing(row)
+        if count == 0:
             return None
-        if end > self._mask_end:
-            raise ValueError(f"rows up to {end} finished but the mask only reaches row {self._mask_end}")
+        end = self._base + count
         weights = self._weights[:count]
         covered = weights > 0
         scale = torch.where(covered, weights.reciprocal(), 0.0)  # a pixel no window covered stays 0 (and masked)
@@ -175,8 +167,11 @@ class _PendingRow:
     row: int
     host_columns: np.ndarray  # indices of the window columns that run
     columns: torch.Tensor  # the same on the device
-    outputs: torch.Tensor | None  # (all columns, 3, tile, tile), filled as batches finish
+    outputs: torch.Tensor | None  # (all columns, 3, tile, tile), filled as batches finish (overlapping windows)
     remaining: int
+
+
+Segment = tuple[int, int, int, int]  # (window row, first position in the row's runs, first batch slot, count)
 
 
 def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -187,34 +182,204 @@ def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
     return tensor.pin_memory().to(device, non_blocking=True)
 
 
+class RowMerger:
+    """The output half of the engine: generator outputs -> merged, finished RGBA rows and overview rows.
+
+    Calls arrive in stream order: a row's mask rows, ``start_row`` when its windows are queued, then the batch
+    outputs that contain them. Rows are merged and released strictly in window-row order.
+    """
+
+    def __init__(
+        self, grid: WindowGrid, blend: str, device: torch.device, band: RowBand, emit: Emit, overview_levels: int,
+        clock: StageClock,
+    ) -> None:
+        self.grid, self.device, self.band, self.emit, self.clock = grid, device, band, emit, clock
+        self.assembler = DeviceRowAssembler(grid, blend, device, grid.rows_in_scene(band.process_from)[0])
+        self.pyramid = OverviewPyramid(overview_levels) if overview_levels else None
+        self._pending: deque[_PendingRow] = deque()
+        self._rows: dict[int, _PendingRow] = {}
+
+    def add_mask(self, row_off: int, valid: torch.Tensor) -> None:
+        self.assembler.add_mask(row_off, valid)
+
+    def start_row(self, row: int, host_columns: np.ndarray, columns: torch.Tensor) -> None:
+        pending = _PendingRow(row, host_columns, columns, None, len(host_columns))
+        self._pending.append(pending)
+        self._rows[row] = pending
+        if self.assembler.plain:
+            self.assembler.reserve(row)
+        self._release_finished()
+
+    def add_outputs(self, outputs: torch.Tensor, segments: list[Segment]) -> None:
+        """Place one batch's outputs: directly into the accumulators for plain tiles, else into the row's
+        buffer, merged with one fold when the row is complete."""
+        with self.clock("merge"):
+            for row, position, slot, count in segments:
+                pending = self._rows[row]
+                if self.assembler.plain:
+                    for offset in range(count):
+                        column = int(pending.host_columns[position + offset])
+                        self.assembler.add_plain_window(row, column, outputs[slot + offset])
+                else:
+                    if pending.outputs is None:
+                        pending.outputs = self._row_outputs(pending, outputs.shape[1:])
+                    index = pending.columns[position:position + count]
+                    pending.outputs.index_copy_(0, index, outputs[slot:slot + count])
+                pending.remaining -= count
+        self._release_finished()
+
+    def _row_outputs(self, pending: _PendingRow, shape: torch.Size) -> torch.Tensor:
+        """Output buffer of a whole window row; windows that do not run are zeros (no weight in the merge)."""
+        columns = len(self.grid.col_starts)
+        outputs = torch.empty((columns, *shape), device=self.device)
+        if len(pending.host_columns) < columns:
+            idle = np.setdiff1d(np.arange(columns), pending.host_columns)
+            outputs.index_fill_(0, to_device(idle, self.device), 0.0)
+        return outputs
+
+    def _release_finished(self) -> None:
+        while self._pending and self._pending[0].remaining == 0:
+            pending = self._pending.popleft()
+            del self._rows[pending.row]
+            with self.clock("merge"):
+                if not self.assembler.plain:
+                    ran = None
+                    if pending.outputs is not None:
+                        ran = torch.zeros(len(self.grid.col_starts), device=self.device)
+                        ran.index_fill_(0, pending.columns, 1.0)
+                    self.assembler.add_row(pending.row, pending.outputs, ran)
+                released = self.assembler.release(pending.row)
+            if released is not None:
+                self._emit_owned(*released)
+
+    def _emit_owned(self, row_off: int, rgba: torch.Tensor) -> None:
+        """Emit the released rows that belong to this band, and their overview rows."""
+        start, stop = self.band.output_rows
+        first, last = max(row_off, start), min(row_off + rgba.shape[0], stop)
+        if last <= first:
+            return
+        rows = rgba[first - row_off:last - row_off]
+        self.emit(0, rows)
+        if self.pyramid is not None:
+            with self.clock("overviews"):
+                overviews = self.pyramid.push(rows)
+            for level, level_rows in overviews:
+                self.emit(level, level_rows)
+
+    def finish(self) -> None:
+        self._release_finished()
+        stop = self.band.output_rows[1]
+        if self._pending or self.assembler.released != stop:
+            raise RuntimeError(f"internal error: {self.assembler.released} of {stop} rows finished")
+        if self.pyramid is not None:
+            with self.clock("overviews"):
+                overviews = self.pyramid.finish(self.grid.width, self.device)
+            for level, rows in overviews:
+                self.emit(level, rows)
+
+
+_STOP = object()
+
+
+class BackgroundMerger:
+    """A ``RowMerger`` on a thread of its own, fed through a bounded queue in call order.
+
+    Merging, quantising and the overview pyramid then overlap the generator: on a CPU they run on other cores
+    while the generator's threads wait at layer boundaries; on a GPU a second host thread queues their kernels.
+    On CUDA both threads use the device's current stream, so kernels still run in the order they were queued.
+    A failure on the thread is raised by the next call; ``abandon`` stops it without finishing.
+    """
+
+    def __init__(self, merger: RowMerger, max_queued: int = 4) -> None:
+        self.merger = merger
+        self._calls: queue.Queue[Any] = queue.Queue(maxsize=max_queued)
+        self._error: BaseException | None = None
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._work, name="translate-merge", daemon=True)
+        self._thread.start()
+
+    def __getattr__(self, name: str) -> Callable[..., None]:
+        if name not in ("add_mask", "start_row", "add_outputs"):
+            raise AttributeError(name)
+        return lambda *args: self._put((name, args))
+
+    def _put(self, item: Any) -> None:
+        while True:
+            if self._error is not None:
+                raise self._error
+            if self._stopping.is_set():
+                raise RuntimeError("internal error: the merge thread was stopped")
+            try:
+                self._calls.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def _work(self) -> None:
+        try:
+            while True:
+                item = self._calls.get()
+                if item is _STOP:
+                    return
+                name, args = item
+                getattr(self.merger, name)(*args)
+        except BaseException as exc:  # raised in the feeding thread by its next call or by finish()
+            self._error = exc
+            self._drain()
+
+    def _drain(self) -> None:
+        """Unblock a feeder waiting on a full queue after a failure."""
+        while True:
+            try:
+                self._calls.get_nowait()
+            except queue.Empty:
+                return
+
+    def finish(self) -> None:
+        self._put(("finish", ()))
+        self._put(_STOP)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+    def abandon(self) -> None:
+        self._stopping.set()
+        self._drain()
+        with contextlib.suppress(queue.Full):
+            self._calls.put_nowait(_STOP)
+        self._thread.join(timeout=30)
+
+
 class StreamEngine:
-    """Window rows of raw scene strips -> finished RGBA rows, all on ``device`` (see the module docstring)."""
+    """Window rows of raw scene strips -> finished RGBA rows, all on ``device`` (see the module docstring).
+
+    The input half (strips, batches, the generator) runs on the calling thread; the output half is a
+    ``RowMerger``, on a thread of its own when ``background`` (call ``finish`` or ``abandon`` at the end).
+    """
 
     def __init__(
         self, *, grid: WindowGrid, blend: str, scaling: InputScaling, generator: Generator, device: torch.device,
         batch_size: int, emit: Emit, overview_levels: int = 0, fixed_batch: bool = False,
-        clock: StageClock | None = None, band: RowBand | None = None,
+        clock: StageClock | None = None, band: RowBand | None = None, background: bool = False,
     ) -> None:
-        """``band``: only these window rows' output rows are emitted (level 0 rows counted from the band's first
-        output row); default the whole scene."""
+        """``band``: only these window rows' output rows are emitted; default the whole scene."""
         self.grid, self.scaling, self.generator, self.device = grid, scaling, generator, device
         self.clock = clock or StageClock(device)
-        self.batch_size, self.emit, self.fixed_batch = batch_size, emit, fixed_batch
+        self.batch_size, self.fixed_batch = batch_size, fixed_batch
         self.band = band or RowBand.whole(grid)
-        first_scene_row = grid.rows_in_scene(self.band.process_from)[0]
-        self.assembler = DeviceRowAssembler(grid, blend, device, first_scene_row)
-        self.pyramid = OverviewPyramid(overview_levels) if overview_levels else None
+        merger = RowMerger(grid, blend, device, self.band, emit, overview_levels, self.clock)
+        self.stride = merger.assembler.stride
+        self._merger: RowMerger | BackgroundMerger = BackgroundMerger(merger) if background else merger
         tile = grid.tile
         first, end = grid.padded_cols  # lattice columns; those outside [0, width) are reflected
         self._left_index = to_device(reflect_index(first, 0, grid.width), device) if first < 0 else None
         self._right_index = (to_device(reflect_index(grid.width, end, grid.width), device)
                              if end > grid.width else None)
         self._batch = torch.empty((batch_size, 3, tile, tile), device=device)
-        # Segments of the batch buffer: (row, first position in the row's runs, first slot, count).
-        self._segments: list[tuple[_PendingRow, int, int, int]] = []
+        self._segments: list[Segment] = []
         self._filled = 0
-        self._pending: deque[_PendingRow] = deque()
         # Raw scene rows [_rows_start, _rows_end) on the device, and their validity on both sides.
+        first_scene_row = grid.rows_in_scene(self.band.process_from)[0]
         self._rows_start = self._rows_end = first_scene_row
         self._raw: torch.Tensor | None = None
         self._valid_dev: torch.Tensor | None = None
@@ -230,7 +395,7 @@ class StreamEngine:
         (``raw``, ``valid``) and on the host (``valid_host``). Rows before the next window row are dropped."""
         if raw.shape[1] == 0:
             return
-        self.assembler.add_mask(self._rows_end, valid)
+        self._merger.add_mask(self._rows_end, valid)
         if self._raw is None:
             self._raw, self._valid_dev, self._valid_host = raw, valid, valid_host
         else:
@@ -260,14 +425,12 @@ class StreamEngine:
         columns = self._columns_to_run(valid_host)
         self.windows_skipped += len(grid.col_starts) - len(columns)
         if not len(columns):
-            self._pending.append(_PendingRow(row, columns, torch.empty(0), None, 0))
-        else:
-            pending = _PendingRow(row, columns, to_device(columns, self.device), None, len(columns))
-            self._pending.append(pending)
-            with self.clock("device"):
-                strip = self._strip(row, self._raw[:, local], self._valid_dev[local], not valid_host.all())
-            self._queue_windows(pending, strip)
-        self._release_finished()
+            self._merger.start_row(row, columns, torch.empty(0))
+            return
+        self._merger.start_row(row, columns, to_device(columns, self.device))
+        with self.clock("device"):
+            strip = self._strip(row, self._raw[:, local], self._valid_dev[local], not valid_host.all())
+        self._queue_windows(row, columns, strip)
 
     def _columns_to_run(self, valid_host: np.ndarray) -> np.ndarray:
         """Window columns with at least one valid pixel (the others stay transparent and are not run)."""
@@ -304,17 +467,17 @@ class StreamEngine:
             parts.append(rows.index_select(dim, self._right_index))
         return torch.cat(parts, dim=dim)
 
-    def _queue_windows(self, pending: _PendingRow, strip: torch.Tensor) -> None:
+    def _queue_windows(self, row: int, columns: np.ndarray, strip: torch.Tensor) -> None:
         """Copy the row's windows to run from the strip into the batch buffer; run every full batch."""
-        tile, stride = self.grid.tile, self.assembler.stride
+        tile = self.grid.tile
         position = 0
-        while position < len(pending.host_columns):
-            take = min(self.batch_size - self._filled, len(pending.host_columns) - position)
+        while position < len(columns):
+            take = min(self.batch_size - self._filled, len(columns) - position)
             with self.clock("device"):
-                for offset, column in enumerate(pending.host_columns[position:position + take]):
-                    left = int(column) * stride
+                for offset, column in enumerate(columns[position:position + take]):
+                    left = int(column) * self.stride
                     self._batch[self._filled + offset].copy_(strip[:, :, left:left + tile])
-            self._segments.append((pending, position, self._filled, take))
+            self._segments.append((row, position, self._filled, take))
             self._filled += take
             position += take
             if self._filled == self.batch_size:
@@ -327,61 +490,15 @@ class StreamEngine:
         outputs = self.generator(inputs)
         self.generator_calls += 1
         self.windows_run += self._filled
-        columns = len(self.grid.col_starts)
-        with self.clock("device"):
-            for pending, position, slot, count in self._segments:
-                if pending.outputs is None:
-                    pending.outputs = self._row_outputs(pending, outputs.shape[1:])
-                pending.outputs.index_copy_(0, pending.columns[position:position + count], outputs[slot:slot + count])
-                pending.remaining -= count
+        self._merger.add_outputs(outputs, self._segments)
         self._segments, self._filled = [], 0
-        self._release_finished()
-
-    def _row_outputs(self, pending: _PendingRow, shape: torch.Size) -> torch.Tensor:
-        """Output buffer of a whole window row; windows that do not run are zeros (no weight in the merge)."""
-        columns = len(self.grid.col_starts)
-        outputs = torch.empty((columns, *shape), device=self.device)
-        if len(pending.host_columns) < columns:
-            idle = np.setdiff1d(np.arange(columns), pending.host_columns)
-            outputs.index_fill_(0, to_device(idle, self.device), 0.0)
-        return outputs
-
-    def _release_finished(self) -> None:
-        while self._pending and self._pending[0].remaining == 0:
-            pending = self._pending.popleft()
-            with self.clock("device"):
-                ran = None
-                if pending.outputs is not None:
-                    ran = torch.zeros(len(self.grid.col_starts), device=self.device)
-                    ran.index_fill_(0, pending.columns, 1.0)
-                self.assembler.add_row(pending.row, pending.outputs, ran)
-                released = self.assembler.release(pending.row)
-            if released is not None:
-                self._emit_owned(*released)
-
-    def _emit_owned(self, row_off: int, rgba: torch.Tensor) -> None:
-        """Emit the released rows that belong to this engine's band, and their overview rows."""
-        start, stop = self.band.output_rows
-        first, last = max(row_off, start), min(row_off + rgba.shape[0], stop)
-        if last <= first:
-            return
-        rows = rgba[first - row_off:last - row_off]
-        self.emit(0, rows)
-        if self.pyramid is not None:
-            with self.clock("overviews"):
-                overviews = self.pyramid.push(rows)
-            for level, level_rows in overviews:
-                self.emit(level, level_rows)
 
     def finish(self) -> None:
         """Run the last partial batch and flush every remaining row and overview row."""
         self._run_batch()
-        self._release_finished()
-        stop = self.band.output_rows[1]
-        if self._pending or self.assembler.released != stop:
-            raise RuntimeError(f"internal error: {self.assembler.released} of {stop} rows finished")
-        if self.pyramid is not None:
-            with self.clock("overviews"):
-                overviews = self.pyramid.finish(self.grid.width, self.device)
-            for level, rows in overviews:
-                self.emit(level, rows)
+        self._merger.finish()
+
+    def abandon(self) -> None:
+        """Stop a background merger after a failure (nothing more is emitted)."""
+        if isinstance(self._merger, BackgroundMerger):
+            self._merger.abandon()

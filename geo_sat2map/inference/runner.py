@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -26,6 +27,7 @@ class StageClock:
         self.cuda = device.type == "cuda"
         self._events: dict[str, list[tuple[torch.cuda.Event, torch.cuda.Event]]] = defaultdict(list)
         self._seconds: dict[str, float] = defaultdict(float)
+        self._lock = threading.Lock()  # sections are timed from several threads
 
     @contextlib.contextmanager
     def __call__(self, stage: str, stream: torch.cuda.Stream | None = None) -> Iterator[None]:
@@ -35,11 +37,13 @@ class StageClock:
             start.record(stream)
             yield
             end.record(stream)
-            self._events[stage].append((start, end))
+            with self._lock:
+                self._events[stage].append((start, end))
         else:
             started = time.perf_counter()
             yield
-            self._seconds[stage] += time.perf_counter() - started
+            with self._lock:
+                self._seconds[stage] += time.perf_counter() - started
 
     def totals(self) -> dict[str, float]:
         """Seconds per stage (synchronises the device once)."""

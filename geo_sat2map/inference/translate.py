@@ -290,7 +290,8 @@ def _stream(config: TranslateConfig, run: _Run, sink: Any, band: RowBand | None 
     engine = StreamEngine(
         grid=grid, blend=config.blend, scaling=run.scaling, generator=runner, device=device,
         batch_size=run.batch_size, emit=writer.submit, overview_levels=sink.overview_levels,
-        fixed_batch=device.type == "cuda" or config.compile or config.fixed_batch, clock=clock, band=band,
+        fixed_batch=device.type == "cuda" or config.compile or config.fixed_batch, clock=clock, background=True,
+        band=band,
     )
     threads = config.read_threads or READ_THREADS.get(device.type, 1)
     band = band or RowBand.whole(grid)
@@ -314,12 +315,14 @@ def _stream(config: TranslateConfig, run: _Run, sink: Any, band: RowBand | None 
             bar.update(engine.windows_run + engine.windows_skipped - counted)  # the last partial batch runs in finish()
         writer.close()
     except torch.cuda.OutOfMemoryError:
+        engine.abandon()
         writer.abandon()
         raise UserError(
             f"GPU out of memory at --batch-size {run.batch_size}, --tile-size {grid.tile}: lower --batch-size, "
             "or use --precision bf16"
         ) from None
     except BaseException:
+        engine.abandon()
         writer.abandon()
         raise
     finally:
