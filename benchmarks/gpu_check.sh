@@ -8,6 +8,7 @@
 #
 # Writes under $OUT (default ./gpu-check): env.txt, tests.log, translate_bench.log, train_bench.log.
 # "quick" runs the CUDA tests and smaller benchmarks only (for a second try when time is short).
+# DEVICE=cpu runs the same script on a CPU as a dry run (tiny sizes; the CUDA tests skip).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-check}
@@ -38,13 +39,21 @@ step() {  # step NAME TIMEOUT COMMAND...: run, log to $OUT/NAME.log, remember fa
   [ $rc -eq 0 ] || status=1
 }
 python3 -m geo_sat2map --help > /dev/null || exit 1
+DEVICE=${DEVICE:-cuda}
+if [ "$DEVICE" = cpu ]; then
+  SIZE=1024; COG=2048; WIDTH="--width 8"; TRAIN="--table --tiles 4 --ngf 8 --batches 1 2 --workers 0"
+else
+  SIZE=16384; COG=16384; WIDTH=""; TRAIN=""
+fi
 if [ "${1:-}" = quick ]; then
   step tests 240 python3 -m pytest -q -x -p no:cacheprovider -m cuda tests
-  step translate_bench 240 python3 benchmarks/translate_bench.py --device cuda --size 8192 --seconds 2
+  step translate_bench 240 python3 benchmarks/translate_bench.py --device "$DEVICE" --suite gpu $WIDTH \
+    --size $((SIZE / 2)) --seconds 2
   exit $status
 fi
 step tests 300 python3 -m pytest -q -p no:cacheprovider -m "cuda or not slow" tests
-step translate_bench 300 python3 benchmarks/translate_bench.py --device cuda --size 16384 --seconds 3
-step cog_bench 120 python3 benchmarks/cog_bench.py --size 16384 --threads 4,8,16 --deflate-levels 1 --skip-gdal
-step train_bench 240 python3 benchmarks/train_bench.py --device cuda --baseline
+step translate_bench 300 python3 benchmarks/translate_bench.py --device "$DEVICE" --suite gpu $WIDTH --size $SIZE \
+  --seconds 3
+step cog_bench 120 python3 benchmarks/cog_bench.py --size $COG --threads 4,8,16 --deflate-levels 1 --skip-gdal
+step train_bench 240 python3 benchmarks/train_bench.py --device "$DEVICE" --baseline $TRAIN
 exit $status
