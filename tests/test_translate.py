@@ -61,6 +61,7 @@ def test_output_is_on_exactly_the_input_grid_as_an_rgba_cog(tmp_path, weights, c
     tags = info["tags"]
     assert tags["TILE_SIZE"] == "256" and tags["OVERLAP"] == "64" and tags["BLEND"] == "feather"
     assert tags["NORM_MODE"] == "instance" and tags["GEO_SAT2MAP_VERSION"]
+    assert tags["TIFFTAG_SOFTWARE"].startswith("geo-sat2map")
     from geo_sat2map.atomic import file_sha256
 
     assert tags["MODEL_SHA256"] == file_sha256(weights)

@@ -37,9 +37,12 @@ GEO_DOUBLE_PARAMS = 34736
 GEO_ASCII_PARAMS = 34737
 GDAL_METADATA = 42112
 GDAL_NODATA = 42113
+# Baseline TIFF text tags GDAL fills from TIFFTAG_* metadata items (DocumentName, ImageDescription, Software,
+# DateTime, Artist, HostComputer, Copyright).
+TEXT_TAGS = (269, 270, 305, 306, 315, 316, 33432)
 # What GDAL writes for a CRS, a geotransform and dataset metadata: copied verbatim from a template file.
 GEOREFERENCING_TAGS = (MODEL_PIXEL_SCALE, MODEL_TIEPOINT, MODEL_TRANSFORMATION, GEO_KEY_DIRECTORY,
-                       GEO_DOUBLE_PARAMS, GEO_ASCII_PARAMS, GDAL_METADATA, GDAL_NODATA)
+                       GEO_DOUBLE_PARAMS, GEO_ASCII_PARAMS, GDAL_METADATA, GDAL_NODATA, *TEXT_TAGS)
 
 SUBFILE_REDUCED = 1  # NewSubfileType bits
 SUBFILE_MASK = 4
