@@ -169,12 +169,13 @@ def _train_until_ctrl_c_in_epoch_2(data, config_file, run, monkeypatch):
 
 def test_ctrl_c_mid_epoch_saves_and_resume_is_bit_identical(straight_run, data, config_file, tmp_path, monkeypatch):
     run = tmp_path / "run"
+    handler = signal.getsignal(signal.SIGINT)  # SIG_IGN where the suite itself was started in the background
     result = _train_until_ctrl_c_in_epoch_2(data, config_file, run, monkeypatch)
     assert "--resume" in result.output and "Stopped after 1 of 2 epochs" in result.output
     state = _checkpoint(run)
     assert (state["epoch"], state["epoch_samples"], state["global_step"]) == (1, 2, N_TRAIN + 2)
     assert load_generator(run / "generator.pt").meta.provenance["epochs"] == 1
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    assert signal.getsignal(signal.SIGINT) is handler  # the caller's handler is restored
 
     ok(train_cli(data, "-o", run, "--resume"))
     _assert_same_training_state(straight_run, run)
