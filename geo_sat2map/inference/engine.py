@@ -2,10 +2,10 @@
 
 ``StreamEngine`` is fed the scene's raw rows in order (``add_rows``) and processed one window row at a time
 (``process_window_row``). Everything per pixel happens on the engine's device, in torch: scaling, reflection
-padding, mask fill, window extraction (slices of one padded strip per window row), batching, the generator, blend weighting and
-overlap-add (``fold``) into full-width row accumulators, normalisation, masking, quantisation to RGBA uint8 and
-the overview pyramid. Finished rows leave through ``emit(level, rows)``; nothing is read back to the host, so
-on CUDA the host only queues work. Decisions that need the mask (which windows to run, whether to fill) use a
+padding, mask fill, window extraction (slices of one padded strip per window row), batching, the generator,
+blend weighting and overlap-add (``fold``) into full-width row accumulators, normalisation, masking,
+quantisation to RGBA uint8 and the overview pyramid. Finished rows leave through ``emit(level, rows)``;
+nothing is read back to the host, so on CUDA the host only queues work. Decisions that need the mask (which windows to run, whether to fill) use a
 host copy of the validity rows, never a device read.
 
 Memory is bounded by the scene width: the accumulators hold about two tiles of rows, the raw rows one tile.
@@ -14,18 +14,16 @@ Memory is bounded by the scene width: the accumulators hold about two tiles of r
 from __future__ import annotations
 
 import contextlib
-import queue
-import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from geo_sat2map.inference.runner import StageClock
+from geo_sat2map.inference.stages import QueueWorker
 from geo_sat2map.inference.ops import downsample_rgba, fill_invalid, quantize_rgba, reflect_index, scale_to_unit
 from geo_sat2map.scaling import InputScaling
 from geo_sat2map.windows import RowBand, RowBuffer, WindowGrid, axis_weights
@@ -53,7 +51,7 @@ class DeviceRowAssembler(RowBuffer):
         self.row_weights = torch.from_numpy(row_weights).to(device)
         self.col_weights = torch.from_numpy(col_weights).to(device)
         # Plain tiles (--overlap 0 with feather or average): every weight is 1 and windows do not overlap, so
-        # merging a window row is a reshape instead of a weighted fold.
+        # each window is added in place (add_plain_window) instead of a weighted fold per window row.
         self.plain = self.stride == tile and bool((row_weights == 1).all() and (col_weights == 1).all())
         super().__init__(first_row)
         self._sums = torch.zeros((3, 0, grid.width), device=device)
@@ -81,12 +79,6 @@ class DeviceRowAssembler(RowBuffer):
         columns = outputs.shape[0]
         b0, b1 = r0 - self._base, r1 - self._base
         rows = slice(r0 - top, r1 - top)
-        if self.plain:
-            sums = outputs[:, :, rows].permute(1, 2, 0, 3).reshape(3, r1 - r0, self.span)
-            weights = ran.repeat_interleave(tile)[None]
-            self._sums[:, b0:b1] += sums[:, :, self.crop]
-            self._weights[b0:b1] += weights[:, self.crop]
-            return
         row_w = self.row_weights[row]
         col_w = self.col_weights * ran[:, None]
         weighted = outputs * (row_w[:, None] * col_w[:, None, :])[:, None]
@@ -160,6 +152,35 @@ class OverviewPyramid:
         return self.push(torch.zeros((0, width, 4), dtype=torch.uint8, device=device), final=True)
 
 
+class LevelEmitter:
+    """Full-resolution rows in order -> ``emit(0, rows)`` and the overview rows they complete (levels 1..n).
+
+    ``clock`` times the pyramid alone (stage "overviews"), not the emits, which may wait on a writer.
+    """
+
+    def __init__(self, emit: Emit, overview_levels: int, clock: StageClock | None = None) -> None:
+        self.emit, self.clock = emit, clock
+        self.pyramid = OverviewPyramid(overview_levels) if overview_levels else None
+        self._width, self._device = 0, torch.device("cpu")
+
+    def rows(self, rows: torch.Tensor) -> None:
+        self._width, self._device = rows.shape[1], rows.device
+        self.emit(0, rows)
+        if self.pyramid is not None:
+            self._emit_overviews(lambda: self.pyramid.push(rows))
+
+    def finish(self) -> None:
+        """Flush the overview rows still waiting for a partner row."""
+        if self.pyramid is not None:
+            self._emit_overviews(lambda: self.pyramid.finish(self._width, self._device))
+
+    def _emit_overviews(self, make: Callable[[], list[tuple[int, torch.Tensor]]]) -> None:
+        with self.clock("overviews") if self.clock is not None else contextlib.nullcontext():
+            overviews = make()
+        for level, rows in overviews:
+            self.emit(level, rows)
+
+
 @dataclass
 class _PendingRow:
     """A window row whose windows are (partly) still in the batch buffer."""
@@ -193,9 +214,9 @@ class RowMerger:
         self, grid: WindowGrid, blend: str, device: torch.device, band: RowBand, emit: Emit, overview_levels: int,
         clock: StageClock,
     ) -> None:
-        self.grid, self.device, self.band, self.emit, self.clock = grid, device, band, emit, clock
+        self.grid, self.device, self.band, self.clock = grid, device, band, clock
         self.assembler = DeviceRowAssembler(grid, blend, device, grid.rows_in_scene(band.process_from)[0])
-        self.pyramid = OverviewPyramid(overview_levels) if overview_levels else None
+        self.levels = LevelEmitter(emit, overview_levels, clock)
         self._pending: deque[_PendingRow] = deque()
         self._rows: dict[int, _PendingRow] = {}
 
@@ -256,98 +277,44 @@ class RowMerger:
         """Emit the released rows that belong to this band, and their overview rows."""
         start, stop = self.band.output_rows
         first, last = max(row_off, start), min(row_off + rgba.shape[0], stop)
-        if last <= first:
-            return
-        rows = rgba[first - row_off:last - row_off]
-        self.emit(0, rows)
-        if self.pyramid is not None:
-            with self.clock("overviews"):
-                overviews = self.pyramid.push(rows)
-            for level, level_rows in overviews:
-                self.emit(level, level_rows)
+        if last > first:
+            self.levels.rows(rgba[first - row_off:last - row_off])
 
     def finish(self) -> None:
         self._release_finished()
         stop = self.band.output_rows[1]
         if self._pending or self.assembler.released != stop:
             raise RuntimeError(f"internal error: {self.assembler.released} of {stop} rows finished")
-        if self.pyramid is not None:
-            with self.clock("overviews"):
-                overviews = self.pyramid.finish(self.grid.width, self.device)
-            for level, rows in overviews:
-                self.emit(level, rows)
-
-
-_STOP = object()
+        self.levels.finish()
 
 
 class BackgroundMerger:
-    """A ``RowMerger`` on a thread of its own, fed through a bounded queue in call order.
+    """A ``RowMerger`` on a thread of its own (a ``QueueWorker``), its calls handled in order.
 
     Merging, quantising and the overview pyramid then overlap the generator: on a CPU they run on other cores
     while the generator's threads wait at layer boundaries; on a GPU a second host thread queues their kernels.
     On CUDA both threads use the device's current stream, so kernels still run in the order they were queued.
-    A failure on the thread is raised by the next call; ``abandon`` stops it without finishing.
     """
 
     def __init__(self, merger: RowMerger, max_queued: int = 4) -> None:
+        self._worker = QueueWorker(lambda call: call[0](*call[1:]), "translate-merge", max_queued)
         self.merger = merger
-        self._calls: queue.Queue[Any] = queue.Queue(maxsize=max_queued)
-        self._error: BaseException | None = None
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._work, name="translate-merge", daemon=True)
-        self._thread.start()
 
-    def __getattr__(self, name: str) -> Callable[..., None]:
-        if name not in ("add_mask", "start_row", "add_outputs"):
-            raise AttributeError(name)
-        return lambda *args: self._put((name, args))
+    def add_mask(self, row_off: int, valid: torch.Tensor) -> None:
+        self._worker.put((self.merger.add_mask, row_off, valid))
 
-    def _put(self, item: Any) -> None:
-        while True:
-            if self._error is not None:
-                raise self._error
-            if self._stopping.is_set():
-                raise RuntimeError("internal error: the merge thread was stopped")
-            try:
-                self._calls.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                continue
+    def start_row(self, row: int, host_columns: np.ndarray, columns: torch.Tensor) -> None:
+        self._worker.put((self.merger.start_row, row, host_columns, columns))
 
-    def _work(self) -> None:
-        try:
-            while True:
-                item = self._calls.get()
-                if item is _STOP:
-                    return
-                name, args = item
-                getattr(self.merger, name)(*args)
-        except BaseException as exc:  # raised in the feeding thread by its next call or by finish()
-            self._error = exc
-            self._drain()
-
-    def _drain(self) -> None:
-        """Unblock a feeder waiting on a full queue after a failure."""
-        while True:
-            try:
-                self._calls.get_nowait()
-            except queue.Empty:
-                return
+    def add_outputs(self, outputs: torch.Tensor, segments: list[Segment]) -> None:
+        self._worker.put((self.merger.add_outputs, outputs, segments))
 
     def finish(self) -> None:
-        self._put(("finish", ()))
-        self._put(_STOP)
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
+        self._worker.put((self.merger.finish,))
+        self._worker.close()
 
     def abandon(self) -> None:
-        self._stopping.set()
-        self._drain()
-        with contextlib.suppress(queue.Full):
-            self._calls.put_nowait(_STOP)
-        self._thread.join(timeout=30)
+        self._worker.abandon()
 
 
 class StreamEngine:
@@ -386,7 +353,6 @@ class StreamEngine:
         self._valid_host = np.zeros((0, grid.width), dtype=bool)
         self.windows_run = 0
         self.windows_skipped = 0
-        self.generator_calls = 0
 
     # -- input -----------------------------------------------------------------------------------------------
 
@@ -488,7 +454,6 @@ class StreamEngine:
             return
         inputs = self._batch if self.fixed_batch else self._batch[:self._filled]
         outputs = self.generator(inputs)
-        self.generator_calls += 1
         self.windows_run += self._filled
         self._merger.add_outputs(outputs, self._segments)
         self._segments, self._filled = [], 0

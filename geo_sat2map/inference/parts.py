@@ -29,7 +29,7 @@ import torch
 
 from geo_sat2map.atomic import check_output_path
 from geo_sat2map.errors import UserError
-from geo_sat2map.inference.engine import OverviewPyramid
+from geo_sat2map.inference.engine import LevelEmitter
 from geo_sat2map.inference.identity import RUN_ID_TAG, tags_match
 from geo_sat2map.inference.ranks import launched_by_torchrun, process_group
 from geo_sat2map.inference.stages import MapSink
@@ -188,17 +188,10 @@ def _assemble(
 
 
 def _copy_rows(vrt: Path, sink: MapSink, strip_rows: int) -> None:
-    pyramid = OverviewPyramid(sink.overview_levels) if sink.overview_levels else None
-    width = 0
+    levels = LevelEmitter(lambda level, rows: sink.write_rows(level, rows.numpy()), sink.overview_levels)
     for rows in rgba_strips(vrt, strip_rows):
-        sink.write_rows(0, rows)
-        width = rows.shape[1]
-        if pyramid is not None:
-            for level, level_rows in pyramid.push(torch.from_numpy(rows)):
-                sink.write_rows(level, level_rows.numpy())
-    if pyramid is not None:
-        for level, level_rows in pyramid.finish(width, torch.device("cpu")):
-            sink.write_rows(level, level_rows.numpy())
+        levels.rows(torch.from_numpy(rows))
+    levels.finish()
 
 
 def _publish_vrt(

@@ -4,8 +4,10 @@
   threads (one GDAL handle each) and a few chunks ahead, straight into pinned memory when the device is a GPU.
 - ``RowWriter`` downloads finished rows on a CUDA stream of its own (overlapping the compute stream) into
   pinned buffers and hands them to the map sink on a writer thread, which waits only for its own copy.
+- ``QueueWorker`` is the thread-behind-a-bounded-queue both the writer and the engine's background merger run
+  on: items handled in order, backpressure on the feeder, the first failure raised in the feeder.
 
-Both stop promptly when the run fails or is interrupted; a failure in the writer is raised in the caller.
+They stop promptly when the run fails or is interrupted.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -92,32 +94,74 @@ _TORCH_DTYPES = {np.dtype(np.uint8): torch.uint8, np.dtype(np.int32): torch.int3
 _END = object()
 
 
+class QueueWorker:
+    """A thread that calls ``handle(item)`` for every queued item, in order.
+
+    ``put`` blocks while ``max_queued`` items wait (the feeder cannot run ahead of the worker by more); the
+    worker's first failure is raised by the next ``put`` or by ``close``; ``abandon`` stops it without handling
+    what is still queued.
+    """
+
+    def __init__(self, handle: Callable[[Any], None], name: str, max_queued: int) -> None:
+        self.handle = handle
+        self.error: BaseException | None = None
+        self._items: queue.Queue[Any] = queue.Queue(maxsize=max_queued)
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._work, name=name, daemon=True)
+        self._thread.start()
+
+    def put(self, item: Any) -> None:
+        while True:
+            if self.error is not None:
+                raise self.error
+            if self._stopped.is_set():
+                raise RuntimeError("internal error: a pipeline thread was stopped")
+            try:
+                self._items.put(item, timeout=POLL_SECONDS)
+                return
+            except queue.Full:
+                continue
+
+    def _work(self) -> None:
+        try:
+            while not self._stopped.is_set():
+                try:
+                    item = self._items.get(timeout=POLL_SECONDS)
+                except queue.Empty:
+                    continue
+                if item is _END:
+                    return
+                self.handle(item)
+        except BaseException as exc:  # raised in the feeding thread by its next put() or by close()
+            self.error = exc
+            self._stopped.set()
+
+    def close(self) -> None:
+        """Wait until every queued item is handled; raise the worker's failure, if any."""
+        self.put(_END)
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
+
+    def abandon(self) -> None:
+        self._stopped.set()
+        self._thread.join()
+
+
 class RowWriter:
     """Downloads finished rows and writes them to the sink on a thread of its own (see the module docstring)."""
 
     def __init__(self, sink: MapSink, device: torch.device, clock: StageClock, max_queued: int = 8) -> None:
         self.sink, self.device, self.clock = sink, device, clock
         self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
-        self.items: queue.Queue[Any] = queue.Queue(maxsize=max_queued)
-        self.stop = threading.Event()
-        self.error: BaseException | None = None
         self.seconds = 0.0  # writer thread time in the sink (encoding, file writes)
-        self.waited = 0.0  # writer thread time waiting for downloads to land
-        self._thread = threading.Thread(target=self._work, name="translate-write", daemon=True)
-        self._thread.start()
+        self._worker = QueueWorker(self._write, "translate-write", max_queued)
 
     def submit(self, level: int, rows: torch.Tensor) -> None:
         """Queue (rows, width, 4) uint8 device rows of ``level``; blocks while the writer is behind."""
-        if self.error is not None:
-            raise self.error
-        host, done = self._download(rows)
-        while not self.stop.is_set():
-            try:
-                self.items.put((level, host, done), timeout=POLL_SECONDS)
-                return
-            except queue.Full:
-                continue
-        raise self.error or RuntimeError("internal error: the writer stopped early")
+        if self._worker.error is not None:  # do not start a download for a writer that has failed
+            raise self._worker.error
+        self._worker.put((level, *self._download(rows)))
 
     def _download(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Event | None]:
         if self.stream is None:
@@ -131,42 +175,18 @@ class RowWriter:
         rows.record_stream(self.stream)  # keep the device rows alive until the copy has run
         return host, done
 
-    def _work(self) -> None:
-        try:
-            while True:
-                try:
-                    item = self.items.get(timeout=POLL_SECONDS)
-                except queue.Empty:
-                    if self.stop.is_set():
-                        return
-                    continue
-                if item is _END:
-                    return
-                level, host, done = item
-                started = time.perf_counter()
-                if done is not None:
-                    done.synchronize()
-                written = time.perf_counter()
-                self.sink.write_rows(level, host.numpy())
-                self.waited += written - started
-                self.seconds += time.perf_counter() - written
-        except BaseException as exc:  # raised in the calling thread by submit/close
-            self.error = exc
-            self.stop.set()
+    def _write(self, item: tuple[int, torch.Tensor, torch.cuda.Event | None]) -> None:
+        level, host, done = item
+        if done is not None:
+            done.synchronize()
+        started = time.perf_counter()
+        self.sink.write_rows(level, host.numpy())
+        self.seconds += time.perf_counter() - started
 
     def close(self) -> None:
         """Wait until every queued row is written; raise the writer's failure, if any."""
-        while self._thread.is_alive() and not self.stop.is_set():
-            try:
-                self.items.put(_END, timeout=POLL_SECONDS)
-                break
-            except queue.Full:
-                continue
-        self._thread.join()
-        if self.error is not None:
-            raise self.error
+        self._worker.close()
 
     def abandon(self) -> None:
         """Stop without writing what is still queued (the run failed)."""
-        self.stop.set()
-        self._thread.join()
+        self._worker.abandon()
