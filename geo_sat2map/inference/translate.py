@@ -186,14 +186,12 @@ class _Run:
     scaling: InputScaling
     grid: WindowGrid
     model: InferenceGenerator
-    meta: GeneratorMeta
     model_file: str
     sha256: Future[str]  # hashed on a thread while the model loads
     device: torch.device
     dtype: torch.dtype
     batch_size: int
     norm_mode: str
-    scaling_source: str
 
 
 def _prepare(config: TranslateConfig, model: LoadedGenerator | None = None) -> _Run:
@@ -208,12 +206,13 @@ def _prepare(config: TranslateConfig, model: LoadedGenerator | None = None) -> _
     dtype = resolve_precision(config.precision, device)
     if device.type == "cuda":
         threading.Thread(target=_start_device, args=(device,), name="cuda-init", daemon=True).start()
-    hasher = ThreadPoolExecutor(1, thread_name_prefix="sha256")
     with open_raster(config.input) as ds:
         require_georeferenced(ds, config.allow_ungeoreferenced)
         info = raster_info(ds)
         if model is None:
+            hasher = ThreadPoolExecutor(1, thread_name_prefix="sha256")
             sha256 = hasher.submit(_sha256_or_empty, config.weights)
+            hasher.shutdown(wait=False)  # the hash finishes on its thread; the future holds it
             loaded = load_generator(config.weights, hash_file=False)
         else:
             sha256, loaded = _done(model.sha256), model
@@ -221,7 +220,6 @@ def _prepare(config: TranslateConfig, model: LoadedGenerator | None = None) -> _
         if len(bands) != 3:
             raise UserError(f"{config.weights}: the checkpoint's bands {bands} are not three; pass --bands R,G,B")
         scaling, scaling_source = _input_scaling(ds, bands, info.dtype, loaded.meta, config.scaling)
-    hasher.shutdown(wait=False)
     tile = config.tile_size or _checkpoint_tile(loaded.meta)
     overlap = default_overlap(tile) if config.overlap is None else config.overlap
     if overlap >= tile:
@@ -239,8 +237,8 @@ def _prepare(config: TranslateConfig, model: LoadedGenerator | None = None) -> _
              ", compiled" if config.compile else "")
     log.info("windows: %d (%d x %d) of %d px, overlap %d, blend %s", len(grid), *grid.shape, tile, overlap,
              config.blend)
-    return _Run(output, info, bands, scaling, grid, loaded.for_inference(norm_mode), loaded.meta, loaded.path.name,
-                sha256, device, dtype, batch_size, norm_mode, scaling_source)
+    return _Run(output, info, bands, scaling, grid, loaded.for_inference(norm_mode), loaded.path.name, sha256, device,
+                dtype, batch_size, norm_mode)
 
 
 def _done(value: str) -> Future[str]:
@@ -278,6 +276,7 @@ class _StreamResult:
 def _stream(config: TranslateConfig, run: _Run, sink: Any, band: RowBand | None = None) -> _StreamResult:
     """Read -> device engine -> write, for every window row of ``band`` (default: the whole grid)."""
     device, grid = run.device, run.grid
+    band = band or RowBand.whole(grid)
     clock = StageClock(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -294,7 +293,6 @@ def _stream(config: TranslateConfig, run: _Run, sink: Any, band: RowBand | None 
         band=band,
     )
     threads = config.read_threads or READ_THREADS.get(device.type, 1)
-    band = band or RowBand.whole(grid)
     reader = ChunkReader(RowReader(config.input, run.bands), band, streaming_dtype(run.info.dtype),
                          pin=device.type == "cuda", workers=threads, ahead=threads + 2)
     bar = progress_bar(total=(band.end - band.process_from) * grid.shape[1], unit="win", desc="translate",
