@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from geo_sat2map.inference.engine import StreamEngine
-from geo_sat2map.inference.ops import downsample_rgba, fill_invalid, level_sizes, reflect_index, scale_to_unit
+from geo_sat2map.inference.ops import downsample_rgba, fill_invalid, reflect_index, scale_to_unit
+from geo_sat2map.raster_io.cog import level_sizes
 from geo_sat2map.fill import fill_invalid as fill_reference
 from geo_sat2map.models import build_generator, prepare_for_inference
 from geo_sat2map.scaling import InputScaling, percentile_scaling

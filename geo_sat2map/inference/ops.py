@@ -9,8 +9,6 @@ a CUDA stream never stalls on it.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -29,14 +27,9 @@ def reflect_index(start: int, stop: int, size: int) -> np.ndarray:
     return np.where(folded >= size, period - folded, folded)
 
 
-def raw_to_float(raw: torch.Tensor) -> torch.Tensor:
-    """Raw band values (uint8, uint16 carried as int16 bits, int32 or float) -> float32, exactly."""
-    return raw.to(torch.float32)
-
-
 def scale_to_unit(raw: torch.Tensor, scaling: InputScaling) -> torch.Tensor:
     """(bands, ...) raw values -> float32 in [-1, 1]; same operations, in the same order, as ``to_unit``."""
-    unit = raw_to_float(raw)
+    unit = raw.to(torch.float32)  # uint8, int32 or float32 raw rows: exact
     if scaling.kind == UINT8_KIND:
         return unit.div_(127.5).sub_(1.0)
     shape = (-1,) + (1,) * (raw.dim() - 1)
@@ -110,12 +103,3 @@ def downsample_rgba(rows: torch.Tensor, last: bool = False) -> torch.Tensor:
     colour = torch.where(mean_alpha > 0, pooled[:3] / mean_alpha.clamp(min=1e-30), 0.0)
     out = torch.cat([colour, mean_alpha]).add_(0.5).floor_().clamp_(0, 255).to(torch.uint8)
     return out.permute(1, 2, 0).contiguous()
-
-
-def level_sizes(width: int, height: int, blocksize: int) -> list[tuple[int, int]]:
-    """(width, height) of the full-resolution level and each 2x overview until one fits in a block."""
-    sizes = [(width, height)]
-    while max(sizes[-1]) > blocksize:
-        w, h = sizes[-1]
-        sizes.append((math.ceil(w / 2), math.ceil(h / 2)))
-    return sizes

@@ -189,8 +189,8 @@ class GDALMapSink:
         self.stream_path: str | None = None
         target = str(path)
         if options.cog:
-            dest = os.fspath(path)
-            fd, self.stream_path = tempfile.mkstemp(prefix=".", suffix=".stream.tif.part", dir=os.path.dirname(dest) or ".")
+            folder = os.path.dirname(os.fspath(path)) or "."
+            fd, self.stream_path = tempfile.mkstemp(prefix=".", suffix=".stream.tif.part", dir=folder)
             os.close(fd)
             target = self.stream_path
         self.stats = {"encode": 0.0, "assemble": 0.0}
