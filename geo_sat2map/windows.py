@@ -197,9 +197,11 @@ class RowBand:
 class RowBuffer:
     """Bookkeeping of a buffer of full-width scene rows that moves down the scene: rows [base, base + used) are
     held (buffer row 0 is scene row ``base``) and the validity mask has arrived for rows before ``mask_end``.
-    Subclasses own the arrays (numpy here, torch in ``inference.engine``): ``_grow`` and ``_valid``."""
+    Subclasses own the arrays (numpy here, torch in ``inference.engine``, both sliced alike) and ``_grow``."""
 
     grid: WindowGrid
+    _sums: Any  # (channels, rows, width) weighted sums of the held rows
+    _weights: Any  # (rows, width) summed weights
     _valid: Any  # (rows, width) boolean array of the held rows
 
     def __init__(self, first_row: int = 0) -> None:
@@ -237,6 +239,16 @@ class RowBuffer:
         if end > self._base and end > self._mask_end:
             raise ValueError(f"rows up to {end} finished but the mask only reaches row {self._mask_end}")
         return max(end - self._base, 0)
+
+    def _advance(self, count: int) -> None:
+        """Drop the first ``count`` held rows (released): shift the rest up, zero the freed tail."""
+        rest = self._used - count
+        for buffer in (*self._sums[:, :self._used], self._weights[:self._used], self._valid[:self._used]):
+            for start in range(0, rest, count):  # shift up in non-overlapping chunks: no temporary copy
+                stop = min(start + count, rest)
+                buffer[start:stop] = buffer[count + start:count + stop]
+            buffer[rest:] = 0
+        self._base, self._used = self._base + count, rest
 
     def add_mask(self, row_off: int, valid: Any) -> None:
         """Deliver the scene's validity mask (True = valid) for rows [row_off, row_off + len); rows in order."""
@@ -290,20 +302,13 @@ class RowAssembler(RowBuffer):
         count = self._finishing(window_row)
         if count == 0:
             return None
-        end = self._base + count
         weights = self._weights[:count]
         covered = weights > 0
         values = np.zeros((self.channels, count, self.grid.width), np.float32)
         np.divide(self._sums[:, :count], weights, out=values, where=covered)
         valid = self._valid[:count] & covered
         out = (self._base, values, valid)
-        rest = self._used - count
-        for buffer in (*self._sums[:, :self._used], self._weights[:self._used], self._valid[:self._used]):
-            for start in range(0, rest, count):  # shift up in non-overlapping chunks: no temporary copy
-                stop = min(start + count, rest)
-                buffer[start:stop] = buffer[count + start:count + stop]
-            buffer[rest:] = 0
-        self._base, self._used = end, rest
+        self._advance(count)
         return out
 
 

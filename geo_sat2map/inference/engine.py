@@ -105,20 +105,13 @@ class DeviceRowAssembler(RowBuffer):
         count = self._finishing(row)
         if count == 0:
             return None
-        end = self._base + count
         weights = self._weights[:count]
         covered = weights > 0
         scale = torch.where(covered, weights.reciprocal(), 0.0)  # a pixel no window covered stays 0 (and masked)
         values = self._sums[:, :count] * scale
         rgba = quantize_rgba(values, self._valid[:count] & covered)
         out = (self._base, rgba)
-        rest = self._used - count
-        for buffer in (self._sums[:, :self._used], self._weights[:self._used], self._valid[:self._used]):
-            rows_dim = buffer.dim() - 2
-            kept = buffer.narrow(rows_dim, count, rest).clone()
-            buffer.narrow(rows_dim, 0, rest).copy_(kept)
-            buffer.narrow(rows_dim, rest, count).zero_()
-        self._base, self._used = end, rest
+        self._advance(count)
         return out
 
 
