@@ -187,7 +187,7 @@ def _translate(weights: Callable[[Path, ValidInputs], Path], scene: Callable[[Pa
     return lambda f, case, v: ["translate", str(scene(f, v)), "-o", str(case / "map.tif"), "-w", str(weights(f, v))]
 
 
-def _make_tiles(f: Path, case: Path, v: ValidInputs, *inputs: str) -> list[str]:
+def _make_tiles(case: Path, *inputs: str) -> list[str]:
     return ["make-tiles", *inputs, "-o", str(case / "tiles"), "--tile-size", str(TILE), "--val-fraction", "0.25",
             "--split-block", "1", "--min-valid", "0.5"]
 
@@ -218,17 +218,17 @@ TARGETS = (
                                "--json", str(case / "report.json")],
            "report.json", random_cases=RANDOM_CASES_FEW, truncations=12, flips=10, zero_runs=4),
     Target("make-tiles --aoi: GeoJSON", "aoi", _as("aoi.geojson"),
-           lambda f, case, v: _make_tiles(f, case, v, "-i", str(v.files["scene"]), "-m", str(v.files["map"]),
+           lambda f, case, v: _make_tiles(case, "-i", str(v.files["scene"]), "-m", str(v.files["map"]),
                                           "--aoi", str(f)),
            "tiles", truncations=30, flips=30, zero_runs=10),
     Target("make-tiles --pairs: CSV", "pairs", _as("pairs.csv"),
-           lambda f, case, v: _make_tiles(f, case, v, "--pairs", str(f)), "tiles",
+           lambda f, case, v: _make_tiles(case, "--pairs", str(f)), "tiles",
            truncations=40, flips=40, zero_runs=16),
     Target("make-tiles -i: satellite GeoTIFF", "scene", _as("scene.tif"),
-           lambda f, case, v: _make_tiles(f, case, v, "-i", str(f), "-m", str(v.files["map"])), "tiles",
+           lambda f, case, v: _make_tiles(case, "-i", str(f), "-m", str(v.files["map"])), "tiles",
            truncations=16, flips=12),
     Target("make-tiles -m: paletted map GeoTIFF", "map", _as("map.tif"),
-           lambda f, case, v: _make_tiles(f, case, v, "-i", str(v.files["scene"]), "-m", str(f)), "tiles",
+           lambda f, case, v: _make_tiles(case, "-i", str(v.files["scene"]), "-m", str(f)), "tiles",
            truncations=24, flips=16),
     Target("make-tiles --from-pix2pix: JPEG A|B image", "jpeg",
            _in_copy_of(lambda v: v.files["jpeg"].parent.parent, "train/1.jpg"),

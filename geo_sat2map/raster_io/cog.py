@@ -113,7 +113,6 @@ class COGWriterStats:
     raw_bytes: int = 0  # tile bytes before compression (edge tiles padded)
     compressed_bytes: int = 0  # tile payloads after compression
     write_seconds: float = 0.0  # caller's wall time in write_rows: copies, and waits when the pool is behind
-    wait_seconds: float = 0.0  # the part of write_seconds blocked on the pool (backpressure)
     drain_seconds: float = 0.0  # close() waiting for the last tiles to be compressed and stored
     encode_seconds: float = 0.0  # CPU seconds of the pool's threads in predictor + compression (summed)
     assemble_seconds: float = 0.0  # close(): header, IFDs and byte copies of the spill files
@@ -270,10 +269,7 @@ class StreamingCOGWriter:
             row.buffer[stream.filled:] = 0
         stream.block, stream.filled = None, 0
         for col in range(row.pending):
-            if not self._slots.acquire(blocking=False):
-                start = time.perf_counter()
-                self._slots.acquire()
-                self.stats.wait_seconds += time.perf_counter() - start
+            self._slots.acquire()
             self._finished.put((stream, row, self._pool.submit(self._encode_tile, row.buffer, col)))
 
     def _encode_tile(self, block: np.ndarray, col: int) -> tuple[bytes, float]:

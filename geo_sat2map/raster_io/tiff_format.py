@@ -168,7 +168,6 @@ class Ifd:
 class TiffStructure:
     bigtiff: bool
     first_ifd: int
-    file_size: int
     ifds: list[Ifd] = field(default_factory=list)
     ghost: str | None = None  # GDAL's structural metadata after the header, if any
     ghost_end: int = 0
@@ -191,9 +190,9 @@ def _read_structure(fh: BinaryIO, size: int, name: str) -> TiffStructure:
         raise ValueError(f"{name}: not a little-endian TIFF")
     magic = struct.unpack_from("<H", head, 2)[0]
     if magic == 42:
-        structure = TiffStructure(False, struct.unpack_from("<I", head, 4)[0], size)
+        structure = TiffStructure(False, struct.unpack_from("<I", head, 4)[0])
     elif magic == 43 and len(head) == 16:
-        structure = TiffStructure(True, struct.unpack_from("<Q", head, 8)[0], size)
+        structure = TiffStructure(True, struct.unpack_from("<Q", head, 8)[0])
     else:
         raise ValueError(f"{name}: not a TIFF (version {magic})")
     _read_ghost(fh, structure)
