@@ -18,7 +18,7 @@ from pathlib import Path
 from geo_sat2map.atomic import check_output_path
 from geo_sat2map.checkpoint import LoadedGenerator, load_generator
 from geo_sat2map.device import precision_name, resolve_precision
-from geo_sat2map.errors import UserError
+from geo_sat2map.errors import UserError, first_line
 from geo_sat2map.inference.identity import RUN_ID_TAG, run_id
 from geo_sat2map.inference.ranks import from_main, largest_first, process_group
 from geo_sat2map.inference.translate import TranslateConfig, translate
@@ -201,7 +201,7 @@ def _scene(
     except UserError as exc:
         message = str(exc)
     except Exception as exc:  # noqa: BLE001 - one scene's failure must not stop the others; -v shows where
-        message = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        message = f"{type(exc).__name__}: {first_line(exc)}"
         log.debug("traceback of the failure on %s", source, exc_info=True)
     else:
         return SceneResult(source, output, "done", report.width * report.height / 1e6, report.seconds, rank)

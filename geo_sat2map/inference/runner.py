@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import torch
 
+from geo_sat2map.errors import first_line
 from geo_sat2map.models import InferenceGenerator
 
 log = logging.getLogger("geo_sat2map")
@@ -126,8 +127,7 @@ class GeneratorRunner:
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
         except Exception as exc:  # compilers fail in many ways (no C++ toolchain, unsupported op): stay eager
-            log.warning("--compile: torch.compile failed (%s: %s); running eager", type(exc).__name__,
-                        str(exc).strip().splitlines()[0] if str(exc).strip() else "")
+            log.warning("--compile: torch.compile failed (%s: %s); running eager", type(exc).__name__, first_line(exc))
             self._forward, self.compiled = self.model, False
             with self.clock("generator"):
                 return self._run(inputs)
