@@ -17,7 +17,6 @@ from qgis.core import (
     QgsProcessingException,
     QgsProcessingFeedback,
     QgsProcessingLayerPostProcessorInterface,
-    QgsProcessingOutputFolder,
     QgsProcessingOutputNumber,
     QgsProcessingParameterBand,
     QgsProcessingParameterDefinition,
@@ -215,7 +214,6 @@ class MakeTilesAlgorithm(_GeoSat2MapAlgorithm):
         ))
         self.add_advanced(QgsProcessingParameterNumber("SEED", "Split seed", defaultValue=0, minValue=0))
         self.addParameter(QgsProcessingParameterFolderDestination("OUTPUT", "Tiles dataset folder"))
-        self.addOutput(QgsProcessingOutputFolder("OUTPUT", "Tiles dataset folder"))
         for split in SPLITS:
             self.addOutput(QgsProcessingOutputNumber(f"{split.upper()}_TILES", f"{split} tiles"))
 
