@@ -166,12 +166,21 @@ def set_ini_value(path: Path, section: str, key: str, value: str | None) -> None
         tmp.write_text("\n".join(lines) + "\n", encoding="utf-8", errors="surrogateescape")
 
 
-def _default_profile(profiles: Path) -> str:
-    """The profile QGIS opens by default: profiles.ini's [core] defaultProfile, else 'default'."""
+def _read_ini(path: Path) -> tuple[configparser.ConfigParser, bool]:
+    """An INI file read leniently: (what could be parsed, whether all of it could). Damaged files (bad syntax,
+    not UTF-8) are not errors of ours to report."""
     parser = configparser.ConfigParser(interpolation=None, strict=False)
     try:
-        parser.read(profiles / "profiles.ini", encoding="utf-8")
-    except configparser.Error:
+        parser.read(path, encoding="utf-8")
+    except (configparser.Error, UnicodeDecodeError):
+        return parser, False
+    return parser, True
+
+
+def _default_profile(profiles: Path) -> str:
+    """The profile QGIS opens by default: profiles.ini's [core] defaultProfile, else 'default'."""
+    parser, complete = _read_ini(profiles / "profiles.ini")
+    if not complete:
         return DEFAULT_PROFILE
     return parser.get("core", "defaultprofile", fallback="").strip() or DEFAULT_PROFILE
 
@@ -180,10 +189,6 @@ def _refuse_foreign(plugin_dir: Path) -> None:
     """Never replace or delete a folder that is not a copy of this plugin."""
     if not plugin_dir.exists():
         return
-    parser = configparser.ConfigParser(interpolation=None, strict=False)
-    try:
-        parser.read(plugin_dir / "metadata.txt", encoding="utf-8")
-    except configparser.Error:
-        pass
+    parser, _ = _read_ini(plugin_dir / "metadata.txt")
     if parser.get("general", "name", fallback=None) != PLUGIN_DISPLAY_NAME:
         raise UserError(f"{plugin_dir} exists and is not the geo-sat2map plugin; remove or rename it first")

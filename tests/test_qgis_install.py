@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import ast
 import configparser
 import json
@@ -84,14 +86,16 @@ def test_the_default_profile_is_the_one_qgis_starts_with_and_unknown_profiles_ar
     assert "profiles: default, work" in result.stderr
 
 
-def test_a_foreign_folder_of_the_same_name_is_never_replaced_or_removed(tmp_path):
+@pytest.mark.parametrize("metadata", [b"[general]\nname=something else\n", b"\xff\xfe[general]\nname=x\n"])
+def test_a_foreign_folder_of_the_same_name_is_never_replaced_or_removed(tmp_path, metadata):
     foreign = plugin_dir(tmp_path)
     foreign.mkdir(parents=True)
-    (foreign / "metadata.txt").write_text("[general]\nname=something else\n")
+    (foreign / "metadata.txt").write_bytes(metadata)  # another plugin's, or not even UTF-8
     for command in ("install", "uninstall"):
         result = qgis(command, "--profiles-path", tmp_path)
         assert result.exit_code == 1 and "is not the geo-sat2map plugin" in result.stderr
-    assert (foreign / "metadata.txt").read_text().endswith("something else\n")
+        assert "Traceback" not in result.output
+    assert (foreign / "metadata.txt").read_bytes() == metadata
 
 
 def test_qgis_profile_folders_per_platform():
