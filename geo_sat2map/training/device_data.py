@@ -21,13 +21,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from geo_sat2map.training.data import (
     EpochKeyedSampler,
     PairDataset,
     draw_sample,
-    ignore_stop_signals,
+    make_loader,
     orient,
     to_unit,
 )
@@ -100,11 +100,7 @@ class _CentreCrops(Dataset):
 
 def _decode_into(dataset: Dataset, device: torch.device, workers: int) -> Iterator[Any]:
     """Batches of ``dataset`` decoded by ``workers`` processes (pinned for an asynchronous copy on CUDA)."""
-    return iter(DataLoader(
-        dataset, batch_size=UPLOAD_BATCH, num_workers=workers, pin_memory=device.type == "cuda",
-        worker_init_fn=ignore_stop_signals if workers > 0 else None,
-        generator=torch.Generator(),  # a loader without one draws its seed from the global RNG (dropout's)
-    ))
+    return iter(make_loader(dataset, workers, batch_size=UPLOAD_BATCH, pin_memory=device.type == "cuda"))
 
 
 class UnitScale:

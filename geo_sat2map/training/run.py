@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from geo_sat2map.atomic import atomic_output
 from geo_sat2map.checkpoint import GeneratorMeta, save_generator
@@ -47,7 +46,7 @@ from geo_sat2map.training.data import (
     check_fits,
     dataset_hash,
     evenly_spaced,
-    ignore_stop_signals,
+    make_loader,
     scan_dataset,
     worker_error,
 )
@@ -308,15 +307,13 @@ class _Run:
             self.setup["upload_seconds"] = tiles.upload_seconds
             self.feed: DeviceFeed | WorkerFeed = DeviceFeed(tiles, self.sampler, config.batch_size, memory_format)
         else:
-            loader = DataLoader(
+            loader = make_loader(
                 train_set,
+                workers,
                 batch_size=config.batch_size,
                 sampler=self.sampler,
-                num_workers=workers,
                 pin_memory=self.device.type == "cuda",
                 persistent_workers=workers > 0,
-                worker_init_fn=ignore_stop_signals if workers > 0 else None,
-                generator=torch.Generator(),  # keeps the loader from drawing on the global RNG (dropout's)
             )
             self.feed = WorkerFeed(loader, memory_format)
         if plan.on_device and ctx.is_main and self.val_paths:
@@ -324,11 +321,7 @@ class _Run:
                 DeviceValSet(val_set, self.device, workers).batches
             )
         else:
-            # Its own generator: a loader without one draws a seed from the global RNG, which on the CPU is the
-            # dropout stream, so validating would change the training that follows.
-            self.val_batches = lambda: DataLoader(
-                val_set, batch_size=VAL_BATCH, num_workers=min(workers, 2), generator=torch.Generator()
-            )
+            self.val_batches = lambda: make_loader(val_set, min(workers, 2), batch_size=VAL_BATCH)
         sample_paths = evenly_spaced(info.val or info.train, config.sample_tiles)
         self.sample_set = PairDataset(sample_paths, config.crop_size)
         self.steps_per_epoch = math.ceil(self.sampler.num_samples / config.batch_size)
