@@ -47,8 +47,6 @@ def plan_graph(config: TrainConfig, device: torch.device, dtype: torch.dtype, ct
 class EagerStep:
     """The step as plain PyTorch calls."""
 
-    graphed = False
-
     def __init__(self, model: Pix2Pix, prepare: Prepare, loss_sum: torch.Tensor) -> None:
         self.model, self.prepare, self.loss_sum = model, prepare, loss_sum
         self.capture_seconds: float | None = None
@@ -68,8 +66,6 @@ class GraphedStep:
     BatchNorm statistics, Adam moments and step counts, the CUDA random stream) is put back before capture, so
     every step of a run, resumed or not, is a replay of the same graph.
     """
-
-    graphed = True
 
     def __init__(self, model: Pix2Pix, prepare: Prepare, loss_sum: torch.Tensor, batch_size: int) -> None:
         assert model.graphed, "build Pix2Pix with graphed=True (capturable Adam, LR in a tensor)"
