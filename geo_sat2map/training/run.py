@@ -54,7 +54,7 @@ from geo_sat2map.training.device_data import DeviceFeed, DeviceTiles, DeviceValS
 from geo_sat2map.training.distributed import DistContext
 from geo_sat2map.training.loop import LOSS_NAMES, Pix2Pix, validate
 from geo_sat2map.training.precision import PrecisionChoice, choose_precision
-from geo_sat2map.training.steps import EagerStep, GraphedStep, plan_graph
+from geo_sat2map.training.steps import plan_graph, step_runner
 from geo_sat2map.training.state import capture_rng, load_checkpoint, restore_rng, save_checkpoint, seed_everything
 
 log = logging.getLogger(__name__)
@@ -253,10 +253,7 @@ class _Run:
                      self.run_dir, self.epoch)
             return self._summary(interrupted=False)
         self._build_loaders()  # after the restore: nothing here draws from the random streams
-        self.stepper: GraphedStep | EagerStep = (
-            GraphedStep(self.model, self.feed.prepare, self.loss_sum, config.batch_size) if self.graphed
-            else EagerStep(self.model, self.feed.prepare, self.loss_sum)
-        )
+        self.stepper = step_runner(self.model, self.feed.prepare, self.loss_sum, config.batch_size)
         self._log_start()
         with StopRequest() as stop:
             while self.epoch < config.total_epochs:

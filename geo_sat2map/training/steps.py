@@ -44,6 +44,13 @@ def plan_graph(config: TrainConfig, device: torch.device, dtype: torch.dtype, ct
     return True, "G, D and both Adam updates launched as one graph per step"
 
 
+def step_runner(model: Pix2Pix, prepare: Prepare, loss_sum: torch.Tensor, batch_size: int) -> EagerStep | GraphedStep:
+    """The runner ``model`` was built for: ``GraphedStep`` when it is ``graphed``, else ``EagerStep``."""
+    if model.graphed:
+        return GraphedStep(model, prepare, loss_sum, batch_size)
+    return EagerStep(model, prepare, loss_sum)
+
+
 class EagerStep:
     """The step as plain PyTorch calls."""
 
