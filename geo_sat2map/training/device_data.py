@@ -194,16 +194,15 @@ class WorkerFeed:
 
 
 class DeviceValSet:
-    """Validation centre crops: A (uint8) on the device, B (uint8) on the host where the metrics run."""
+    """Validation centre crops (of at least one tile): A (uint8) on the device, B (uint8) on the host where the
+    metrics run."""
 
     def __init__(self, dataset: PairDataset, device: torch.device, workers: int) -> None:
         inputs, targets = [], []
         for a, b in _decode_into(dataset, dataset.centre_crop, device, workers):
             inputs.append(a.to(device, non_blocking=True))
             targets.append(b)
-        crop = dataset.crop_size
-        self.inputs = torch.cat(inputs) if inputs else torch.empty((0, 3, crop, crop), dtype=torch.uint8)
-        self.targets = torch.cat(targets) if targets else torch.empty((0, 3, crop, crop), dtype=torch.uint8)
+        self.inputs, self.targets = torch.cat(inputs), torch.cat(targets)
         self.to_unit = UnitScale(device)
 
     def __len__(self) -> int:
