@@ -147,8 +147,7 @@ def acceptance_table(args: argparse.Namespace) -> list[dict[str, object]]:
             variants = [("ours", ours)] + ([("ours, NCHW", {**ours, "channels_last": False})] if args.nchw else [])
             if args.baseline:
                 before = "bf16" if cuda and batch > 1 else "fp32"
-                variants.append(("before", {"cuda_graph": False, "device_data": "off", "precision": before,
-                                            "workers": args.workers}))
+                variants.append(("before", {"cuda_graph": False, "device_data": "off", "precision": before}))
             for name, overrides in variants:
                 if cuda:
                     torch.cuda.reset_peak_memory_stats(device)
