@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from geo_sat2map.errors import UserError
 from geo_sat2map.image_io import probe_image, read_rgb, split_pair
@@ -311,3 +311,16 @@ def ignore_stop_signals(_worker_id: int) -> None:
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def make_loader(dataset: Dataset, workers: int, **options: Any) -> DataLoader:
+    """A DataLoader as training uses them: ``workers`` processes that leave Ctrl-C/SIGTERM to the main process,
+    and its own generator, since a loader without one draws its seed from the global RNG, which on the CPU is
+    the dropout stream, so loading would change the training that follows."""
+    return DataLoader(
+        dataset,
+        num_workers=workers,
+        worker_init_fn=ignore_stop_signals if workers > 0 else None,
+        generator=torch.Generator(),
+        **options,
+    )

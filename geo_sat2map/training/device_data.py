@@ -16,18 +16,18 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from geo_sat2map.training.data import (
     EpochKeyedSampler,
     PairDataset,
     draw_sample,
-    ignore_stop_signals,
+    make_loader,
     orient,
     to_unit,
 )
@@ -74,37 +74,25 @@ def plan_device_data(
                           f"{device_memory / GIB:.0f} GiB)", needed)
 
 
-class _Resized(Dataset):
-    """Index -> uint8 (6, L, L) resized pair, for decoding the whole train set in DataLoader workers."""
+class _View(Dataset):
+    """Index -> ``view(index)`` (``PairDataset.resized`` or ``centre_crop``), for decoding a whole tile set in
+    DataLoader workers."""
 
-    def __init__(self, dataset: PairDataset) -> None:
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> torch.Tensor:
-        return self.dataset.resized(index)
-
-
-class _CentreCrops(Dataset):
-    def __init__(self, dataset: PairDataset) -> None:
-        self.dataset = dataset
+    def __init__(self, view: Callable[[int], Any], length: int) -> None:
+        self.view, self.length = view, length
 
     def __len__(self) -> int:
-        return len(self.dataset)
+        return self.length
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.dataset.centre_crop(index)
+    def __getitem__(self, index: int) -> Any:
+        return self.view(index)
 
 
-def _decode_into(dataset: Dataset, device: torch.device, workers: int) -> Iterator[Any]:
-    """Batches of ``dataset`` decoded by ``workers`` processes (pinned for an asynchronous copy on CUDA)."""
-    return iter(DataLoader(
-        dataset, batch_size=UPLOAD_BATCH, num_workers=workers, pin_memory=device.type == "cuda",
-        worker_init_fn=ignore_stop_signals if workers > 0 else None,
-        generator=torch.Generator(),  # a loader without one draws its seed from the global RNG (dropout's)
-    ))
+def _decode_into(dataset: PairDataset, view: Callable[[int], Any], device: torch.device, workers: int) -> Iterator[Any]:
+    """Batches of ``view`` over ``dataset`` decoded by ``workers`` processes (pinned for an asynchronous copy on
+    CUDA)."""
+    return iter(make_loader(_View(view, len(dataset)), workers, batch_size=UPLOAD_BATCH,
+                            pin_memory=device.type == "cuda"))
 
 
 class UnitScale:
@@ -143,7 +131,7 @@ class DeviceTiles:
         started = time.perf_counter()
         self.data = torch.empty((len(dataset), 6, size, size), dtype=torch.uint8, device=device)
         done = 0
-        for batch in _decode_into(_Resized(dataset), device, workers):
+        for batch in _decode_into(dataset, dataset.resized, device, workers):
             self.data[done : done + len(batch)].copy_(batch, non_blocking=True)
             done += len(batch)
         self.maps = orientation_maps(augment.crop_size, size, device)
@@ -206,16 +194,15 @@ class WorkerFeed:
 
 
 class DeviceValSet:
-    """Validation centre crops: A (uint8) on the device, B (uint8) on the host where the metrics run."""
+    """Validation centre crops (of at least one tile): A (uint8) on the device, B (uint8) on the host where the
+    metrics run."""
 
     def __init__(self, dataset: PairDataset, device: torch.device, workers: int) -> None:
         inputs, targets = [], []
-        for a, b in _decode_into(_CentreCrops(dataset), device, workers):
+        for a, b in _decode_into(dataset, dataset.centre_crop, device, workers):
             inputs.append(a.to(device, non_blocking=True))
             targets.append(b)
-        crop = dataset.crop_size
-        self.inputs = torch.cat(inputs) if inputs else torch.empty((0, 3, crop, crop), dtype=torch.uint8)
-        self.targets = torch.cat(targets) if targets else torch.empty((0, 3, crop, crop), dtype=torch.uint8)
+        self.inputs, self.targets = torch.cat(inputs), torch.cat(targets)
         self.to_unit = UnitScale(device)
 
     def __len__(self) -> int:

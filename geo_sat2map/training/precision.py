@@ -22,7 +22,7 @@ from geo_sat2map.training.config import TrainConfig
 from geo_sat2map.training.device_data import WorkerFeed
 from geo_sat2map.training.distributed import DistContext
 from geo_sat2map.training.loop import LOSS_NAMES, Pix2Pix
-from geo_sat2map.training.steps import EagerStep, GraphedStep, plan_graph
+from geo_sat2map.training.steps import plan_graph, step_runner
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def measure_steps_per_s(
         raw = (torch.rand(shape, device=device) * 2 - 1, torch.rand(shape, device=device) * 2 - 1)
         loss_sum = torch.zeros(len(LOSS_NAMES), device=device)
         prepare = WorkerFeed((), model.memory_format).prepare
-        run = GraphedStep(model, prepare, loss_sum, config.batch_size) if graphed else EagerStep(model, prepare, loss_sum)
+        run = step_runner(model, prepare, loss_sum, config.batch_size)
         for _ in range(2):  # warm-up: cuDNN's kernel choice (and the capture)
             run(raw)
         _sync(device)

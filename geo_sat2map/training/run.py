@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from geo_sat2map.atomic import atomic_output
 from geo_sat2map.checkpoint import GeneratorMeta, save_generator
@@ -47,7 +46,7 @@ from geo_sat2map.training.data import (
     check_fits,
     dataset_hash,
     evenly_spaced,
-    ignore_stop_signals,
+    make_loader,
     scan_dataset,
     worker_error,
 )
@@ -55,7 +54,7 @@ from geo_sat2map.training.device_data import DeviceFeed, DeviceTiles, DeviceValS
 from geo_sat2map.training.distributed import DistContext
 from geo_sat2map.training.loop import LOSS_NAMES, Pix2Pix, validate
 from geo_sat2map.training.precision import PrecisionChoice, choose_precision
-from geo_sat2map.training.steps import EagerStep, GraphedStep, plan_graph
+from geo_sat2map.training.steps import plan_graph, step_runner
 from geo_sat2map.training.state import capture_rng, load_checkpoint, restore_rng, save_checkpoint, seed_everything
 
 log = logging.getLogger(__name__)
@@ -254,10 +253,7 @@ class _Run:
                      self.run_dir, self.epoch)
             return self._summary(interrupted=False)
         self._build_loaders()  # after the restore: nothing here draws from the random streams
-        self.stepper: GraphedStep | EagerStep = (
-            GraphedStep(self.model, self.feed.prepare, self.loss_sum, config.batch_size) if self.graphed
-            else EagerStep(self.model, self.feed.prepare, self.loss_sum)
-        )
+        self.stepper = step_runner(self.model, self.feed.prepare, self.loss_sum, config.batch_size)
         self._log_start()
         with StopRequest() as stop:
             while self.epoch < config.total_epochs:
@@ -308,15 +304,13 @@ class _Run:
             self.setup["upload_seconds"] = tiles.upload_seconds
             self.feed: DeviceFeed | WorkerFeed = DeviceFeed(tiles, self.sampler, config.batch_size, memory_format)
         else:
-            loader = DataLoader(
+            loader = make_loader(
                 train_set,
+                workers,
                 batch_size=config.batch_size,
                 sampler=self.sampler,
-                num_workers=workers,
                 pin_memory=self.device.type == "cuda",
                 persistent_workers=workers > 0,
-                worker_init_fn=ignore_stop_signals if workers > 0 else None,
-                generator=torch.Generator(),  # keeps the loader from drawing on the global RNG (dropout's)
             )
             self.feed = WorkerFeed(loader, memory_format)
         if plan.on_device and ctx.is_main and self.val_paths:
@@ -324,11 +318,7 @@ class _Run:
                 DeviceValSet(val_set, self.device, workers).batches
             )
         else:
-            # Its own generator: a loader without one draws a seed from the global RNG, which on the CPU is the
-            # dropout stream, so validating would change the training that follows.
-            self.val_batches = lambda: DataLoader(
-                val_set, batch_size=VAL_BATCH, num_workers=min(workers, 2), generator=torch.Generator()
-            )
+            self.val_batches = lambda: make_loader(val_set, min(workers, 2), batch_size=VAL_BATCH)
         sample_paths = evenly_spaced(info.val or info.train, config.sample_tiles)
         self.sample_set = PairDataset(sample_paths, config.crop_size)
         self.steps_per_epoch = math.ceil(self.sampler.num_samples / config.batch_size)

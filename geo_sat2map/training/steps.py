@@ -44,10 +44,15 @@ def plan_graph(config: TrainConfig, device: torch.device, dtype: torch.dtype, ct
     return True, "G, D and both Adam updates launched as one graph per step"
 
 
+def step_runner(model: Pix2Pix, prepare: Prepare, loss_sum: torch.Tensor, batch_size: int) -> EagerStep | GraphedStep:
+    """The runner ``model`` was built for: ``GraphedStep`` when it is ``graphed``, else ``EagerStep``."""
+    if model.graphed:
+        return GraphedStep(model, prepare, loss_sum, batch_size)
+    return EagerStep(model, prepare, loss_sum)
+
+
 class EagerStep:
     """The step as plain PyTorch calls."""
-
-    graphed = False
 
     def __init__(self, model: Pix2Pix, prepare: Prepare, loss_sum: torch.Tensor) -> None:
         self.model, self.prepare, self.loss_sum = model, prepare, loss_sum
@@ -68,8 +73,6 @@ class GraphedStep:
     BatchNorm statistics, Adam moments and step counts, the CUDA random stream) is put back before capture, so
     every step of a run, resumed or not, is a replay of the same graph.
     """
-
-    graphed = True
 
     def __init__(self, model: Pix2Pix, prepare: Prepare, loss_sum: torch.Tensor, batch_size: int) -> None:
         assert model.graphed, "build Pix2Pix with graphed=True (capturable Adam, LR in a tensor)"
