@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import pyproj
 import torch
 from torch import nn
 
@@ -45,6 +46,8 @@ class GeneratorMeta:
     scaling: InputScaling | None = None  # None: uint8 data scaled as x/127.5-1, else a per-scene stretch
     tile_size: int | None = 256
     resolution: float | None = None  # ground resolution of the training data (CRS units per pixel)
+    resolution_m: float | None = None  # the same in metres (geographic CRSs: at the tiles' centre); None: unknown
+    crs_kind: str | None = None  # "projected" or "geographic": the kind of CRS ``resolution`` is measured in
     provenance: dict[str, Any] = field(default_factory=dict)
     source_format: str = FORMAT_NAME  # "geo-sat2map-generator", "pix2pix" or "seed"
 
@@ -67,8 +70,32 @@ class GeneratorMeta:
             scaling=InputScaling.from_dict(scaling) if scaling is not None else None,
             tile_size=int(data["tile_size"]) if data.get("tile_size") is not None else None,
             resolution=float(data["resolution"]) if data.get("resolution") is not None else None,
+            resolution_m=float(data["resolution_m"]) if data.get("resolution_m") is not None else None,
+            crs_kind=str(data["crs_kind"]) if data.get("crs_kind") is not None else None,
             provenance=dict(data.get("provenance") or {}),
         )
+
+    def ground_resolution(self) -> float | None:
+        """The training pixel size in metres: stored, or for older files derived from ``resolution`` when their
+        CRS (recorded in the provenance) was projected in metres; None when unknown."""
+        if self.resolution_m is not None:
+            return self.resolution_m
+        factor = _projected_metres_per_unit(self.provenance.get("crs"))
+        return self.resolution * factor if self.resolution is not None and factor is not None else None
+
+
+def _projected_metres_per_unit(crs: Any) -> float | None:
+    """Metres per unit of a projected CRS given as text (e.g. "EPSG:32618"); None for any other or unreadable."""
+    if not isinstance(crs, str) or not crs:
+        return None
+    try:
+        parsed = pyproj.CRS.from_user_input(crs)
+        if not parsed.is_projected:
+            return None
+        factor = parsed.axis_info[0].unit_conversion_factor
+    except (pyproj.exceptions.CRSError, IndexError):
+        return None
+    return float(factor) if factor > 0 else None
 
 
 @dataclass

@@ -21,7 +21,7 @@ from geo_sat2map.errors import UserError
 from geo_sat2map.raster_io import cog
 from geo_sat2map.raster_io import tiff_format as tf
 from geo_sat2map.raster_io.cog import FAST_CODECS, StreamingCOGWriter, check_cog_layout
-from geo_sat2map.raster_io.output import overview_factors
+from geo_sat2map.raster_io.cog import overview_factors
 
 from .translate_fixtures import GEOGRAPHIC, UTM
 

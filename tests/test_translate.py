@@ -208,7 +208,8 @@ def test_float_scene_with_nan_holes_masks_them(tmp_path, weights):
 def test_checkpoint_bands_are_the_default_and_a_resolution_mismatch_is_reported(tmp_path):
     weights = save_small_generator(tmp_path / "generator.pt", bands=(3, 2, 1), resolution=0.5)
     scene = texture(256, 256, seed=13)
-    src = write_raster(tmp_path / "scene.tif", np.concatenate([scene, scene[:1]]))  # 4 bands, 10 m pixels
+    opaque = np.full_like(scene[:1], 255)  # GDAL takes a 4th uint8 band for alpha
+    src = write_raster(tmp_path / "scene.tif", np.concatenate([scene, opaque]))  # 4 bands, 10 m pixels
     out = tmp_path / "map.tif"
     result = CliRunnerWithLog().invoke(src, out, weights, "--overlap", "0")
     assert result.exit_code == 0, result.output

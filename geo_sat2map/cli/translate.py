@@ -19,6 +19,21 @@ BLEND_CHOICES = ("feather", "hann", "average")
 COMPRESS_CHOICES = ("deflate", "zstd", "lzw", "none")
 NORM_CHOICES = ("instance", "running")
 SCALING_CHOICES = ("auto", "scene")
+RESAMPLING_CHOICES = ("average", "bilinear", "cubic", "cubic_spline", "lanczos", "nearest", "mode")
+OUTPUT_GRID_CHOICES = ("processing", "input")
+
+
+def parse_resolution(ctx: click.Context | None, param: click.Parameter | None, value: str) -> str | float:
+    """'auto', 'native' or a pixel size in metres (> 0)."""
+    if value in ("auto", "native"):
+        return value
+    try:
+        metres = float(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: expected auto, native or a pixel size in metres, e.g. 0.5") from None
+    if not metres > 0 or metres != metres or metres == float("inf"):
+        raise click.BadParameter(f"{value!r}: a pixel size in metres must be a positive number")
+    return metres
 
 
 def parse_creation_options(
@@ -69,6 +84,23 @@ def parse_creation_options(
 @click.option("--scaling", type=click.Choice(SCALING_CHOICES), default="auto", show_default=True,
               help="Non-8-bit input: auto = the checkpoint's stretch if it has one, else a 2-98 % stretch of "
                    "this scene; scene = always the stretch of this scene.")
+@click.option("--resolution", default="auto", show_default=True, callback=parse_resolution, metavar="auto|native|METRES",
+              help="Ground size of the pixels the generator sees: auto = the model's training resolution when it "
+                   "is known and more than 10 % off the scene's, else the scene's own; native = the scene's own "
+                   "pixels; or a pixel size in metres. The scene is resampled on the fly.")
+@click.option("--model-resolution", type=click.FloatRange(min=0, min_open=True), default=None, metavar="METRES",
+              help="The model's training pixel size in metres, for checkpoints that do not record it (public "
+                   "pix2pix, seed) or to override it.")
+@click.option("--resampling", type=click.Choice(RESAMPLING_CHOICES), default=None,
+              help="GDAL resampling onto the processing grid [default: average when shrinking, bilinear when "
+                   "enlarging].")
+@click.option("--output-grid", type=click.Choice(OUTPUT_GRID_CHOICES), default="processing", show_default=True,
+              help="processing = the map on the processing grid (same CRS and ground); input = resampled back onto "
+                   "the scene's exact grid (same transform and size, nearest colour, the scene's own mask).")
+@click.option("--alpha-threshold", type=click.FloatRange(min=0, max=1, min_open=True), default=0.5,
+              show_default=True,
+              help="An alpha band marks a pixel valid from this opacity on (nodata values and mask bands are "
+                   "unaffected).")
 @click.option("--compress", type=click.Choice(COMPRESS_CHOICES), default="deflate", show_default=True,
               help="Output compression (with a horizontal predictor).")
 @click.option("--cog/--no-cog", default=True, show_default=True,
@@ -82,7 +114,9 @@ def parse_creation_options(
 def command(ctx: click.Context, inputs: tuple[Path, ...], output: str, input_list: Path | None,
             vrt: Path | None, weights: Path, tile_size: int | None,
             overlap: int | None, blend: str, batch_size: int | None, device: str, precision: str, compile_model: bool,
-            norm_stats: str | None, bands: tuple[int, int, int] | None, scaling: str, compress: str, cog: bool,
+            norm_stats: str | None, bands: tuple[int, int, int] | None, scaling: str, resolution: str | float,
+            model_resolution: float | None, resampling: str | None, output_grid: str, alpha_threshold: float,
+            compress: str, cog: bool,
             creation_options: dict[str, str], allow_ungeoreferenced: bool, overwrite: bool) -> None:
     """Translate georeferenced satellite scenes into map GeoTIFFs on exactly the same grid.
 
@@ -115,7 +149,8 @@ def command(ctx: click.Context, inputs: tuple[Path, ...], output: str, input_lis
     config = TranslateConfig(
         input=scenes[0], output=Path(output), weights=weights, tile_size=tile_size, overlap=overlap, blend=blend,
         batch_size=batch_size, device=device, precision=precision, compile=compile_model, norm_stats=norm_stats,
-        bands=bands, scaling=scaling,
+        bands=bands, scaling=scaling, resolution=resolution, model_resolution=model_resolution,
+        resampling=resampling, output_grid=output_grid, alpha_threshold=alpha_threshold,
         output_options=OutputOptions(compress=compress, cog=cog, creation_options=creation_options),
         overwrite=overwrite, allow_ungeoreferenced=allow_ungeoreferenced, progress=not quiet(ctx),
     )

@@ -12,7 +12,8 @@
 """
 
 from geo_sat2map.inference.batch import BatchConfig, BatchReport, read_input_list, translate_many
-from geo_sat2map.inference.translate import TranslateConfig, TranslateReport, translate
+from geo_sat2map.inference.config import TranslateConfig
+from geo_sat2map.inference.translate import TranslateReport, translate
 
 __all__ = ["BatchConfig", "BatchReport", "TranslateConfig", "TranslateReport", "read_input_list", "translate",
            "translate_many"]

@@ -21,7 +21,8 @@ from geo_sat2map.device import precision_name, resolve_precision
 from geo_sat2map.errors import UserError, first_line
 from geo_sat2map.inference.identity import RUN_ID_TAG, run_id
 from geo_sat2map.inference.ranks import from_main, largest_first, process_group
-from geo_sat2map.inference.translate import TranslateConfig, translate
+from geo_sat2map.inference.config import TranslateConfig
+from geo_sat2map.inference.translate import translate
 from geo_sat2map.raster_io.mosaic import check_mosaic, raster_header, read_finished, write_vrt
 from geo_sat2map.training import distributed
 

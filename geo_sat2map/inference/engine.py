@@ -39,9 +39,12 @@ class DeviceRowAssembler(RowBuffer):
     ``fold`` per window row instead of one add per window.
     """
 
-    def __init__(self, grid: WindowGrid, blend: str, device: torch.device, first_row: int = 0) -> None:
-        """``first_row``: the first scene row it will be given (a band of the scene starts there)."""
-        self.grid, self.device = grid, device
+    def __init__(
+        self, grid: WindowGrid, blend: str, device: torch.device, first_row: int = 0, keep_colour: bool = False,
+    ) -> None:
+        """``first_row``: the first scene row it will be given (a band of the scene starts there).
+        ``keep_colour``: masked pixels that windows cover keep their colour (alpha 0), for maps resampled later."""
+        self.grid, self.device, self.keep_colour = grid, device, keep_colour
         tile = grid.tile
         self.stride = grid.col_starts[1] - grid.col_starts[0] if len(grid.col_starts) > 1 else tile
         self.span = grid.col_starts[-1] + tile - grid.col_starts[0]
@@ -109,7 +112,7 @@ class DeviceRowAssembler(RowBuffer):
         covered = weights > 0
         scale = torch.where(covered, weights.reciprocal(), 0.0)  # a pixel no window covered stays 0 (and masked)
         values = self._sums[:, :count] * scale
-        rgba = quantize_rgba(values, self._valid[:count] & covered)
+        rgba = quantize_rgba(values, self._valid[:count] & covered, covered if self.keep_colour else None)
         out = (self._base, rgba)
         self._advance(count)
         return out
@@ -205,10 +208,11 @@ class RowMerger:
 
     def __init__(
         self, grid: WindowGrid, blend: str, device: torch.device, band: RowBand, emit: Emit, overview_levels: int,
-        clock: StageClock,
+        clock: StageClock, keep_colour: bool = False,
     ) -> None:
         self.grid, self.device, self.band, self.clock = grid, device, band, clock
-        self.assembler = DeviceRowAssembler(grid, blend, device, grid.rows_in_scene(band.process_from)[0])
+        self.assembler = DeviceRowAssembler(grid, blend, device, grid.rows_in_scene(band.process_from)[0],
+                                            keep_colour)
         self.levels = LevelEmitter(emit, overview_levels, clock)
         self._pending: deque[_PendingRow] = deque()
         self._rows: dict[int, _PendingRow] = {}
@@ -321,13 +325,15 @@ class StreamEngine:
         self, *, grid: WindowGrid, blend: str, scaling: InputScaling, generator: Generator, device: torch.device,
         batch_size: int, emit: Emit, overview_levels: int = 0, fixed_batch: bool = False,
         clock: StageClock | None = None, band: RowBand | None = None, background: bool = False,
+        keep_colour: bool = False,
     ) -> None:
-        """``band``: only these window rows' output rows are emitted; default the whole scene."""
+        """``band``: only these window rows' output rows are emitted; default the whole scene. ``keep_colour``:
+        see ``DeviceRowAssembler``."""
         self.grid, self.scaling, self.generator, self.device = grid, scaling, generator, device
         self.clock = clock or StageClock(device)
         self.batch_size, self.fixed_batch = batch_size, fixed_batch
         self.band = band or RowBand.whole(grid)
-        merger = RowMerger(grid, blend, device, self.band, emit, overview_levels, self.clock)
+        merger = RowMerger(grid, blend, device, self.band, emit, overview_levels, self.clock, keep_colour)
         self.stride = merger.assembler.stride
         self._merger: RowMerger | BackgroundMerger = BackgroundMerger(merger) if background else merger
         tile = grid.tile

@@ -13,12 +13,10 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from geo_sat2map import __version__
-
-if TYPE_CHECKING:
-    from geo_sat2map.inference.translate import TranslateConfig
+from geo_sat2map.inference.config import TranslateConfig
 
 RUN_ID_TAG = "RUN_ID"
 
@@ -47,6 +45,11 @@ def run_id(config: TranslateConfig, model_sha256: str, precision: str) -> str:
         "norm_stats": config.norm_stats,
         "bands": list(config.bands) if config.bands else None,
         "scaling": config.scaling,
+        "resolution": config.resolution,
+        "model_resolution": config.model_resolution,
+        "resampling": config.resampling,
+        "output_grid": config.output_grid,
+        "alpha_threshold": config.alpha_threshold,
         "output": {
             "compress": options.compress, "cog": options.cog, "blocksize": options.blocksize,
             "overview_resampling": options.overview_resampling,

@@ -76,10 +76,11 @@ def fill_invalid(data: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return torch.where(valid, data, filled)
 
 
-def quantize_rgba(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+def quantize_rgba(values: torch.Tensor, valid: torch.Tensor, coloured: torch.Tensor | None = None) -> torch.Tensor:
     """(3, H, W) generator-range floats (overwritten) and a validity mask -> (H, W, 4) pixel-interleaved RGBA
-    uint8. Same rounding as ``windows.to_rgba`` (round half to even); masked pixels are 0 in every band."""
-    values.clamp_(-1.0, 1.0).add_(1.0).mul_(127.5).round_().mul_(valid)
+    uint8. Same rounding as ``windows.to_rgba`` (round half to even); masked pixels are 0 in every band, unless
+    ``coloured`` says where colour is kept under a transparent alpha (an intermediate map resampled later)."""
+    values.clamp_(-1.0, 1.0).add_(1.0).mul_(127.5).round_().mul_(valid if coloured is None else coloured)
     rgba = torch.empty((*valid.shape, 4), dtype=torch.uint8, device=values.device)
     rgba[..., :3].copy_(values.permute(1, 2, 0))
     rgba[..., 3] = valid

@@ -33,7 +33,8 @@ from geo_sat2map.inference.engine import LevelEmitter
 from geo_sat2map.inference.identity import RUN_ID_TAG, tags_match
 from geo_sat2map.inference.ranks import launched_by_torchrun, process_group
 from geo_sat2map.inference.stages import MapSink
-from geo_sat2map.inference.translate import TranslateConfig, _output_tags, _prepare, _Run, _stream, _write_map
+from geo_sat2map.inference.config import TranslateConfig
+from geo_sat2map.inference.translate import _output_tags, _prepare, _Run, _stream, _write_map, write_on_scene_grid
 from geo_sat2map.raster_io.mosaic import part_info, read_finished, write_parts_vrt
 from geo_sat2map.raster_io.strips import rgba_strips
 from geo_sat2map.training import distributed
@@ -108,6 +109,9 @@ def translate_in_parts(config: TranslateConfig) -> PartsReport:
     with process_group(config.device) as (ctx, device):
         config = replace(config, device=str(device), fixed_batch=True, progress=config.progress and ctx.is_main)
         run = _prepare(config)
+        if as_vrt and run.resample_back:
+            raise UserError(f"{output}: a VRT map lists its parts on the processing grid; --output-grid input "
+                            "needs a .tif output (or use --output-grid processing)")
         bands = RowBand.split(run.grid, ctx.world_size)
         tags = _output_tags(config, run)
         if ctx.is_main:
@@ -130,7 +134,7 @@ def translate_in_parts(config: TranslateConfig) -> PartsReport:
             else:
                 _assemble(output, work, run, bands, tags, config)
             assemble_seconds = time.perf_counter() - finished
-    report = PartsReport(output, run.info.width, run.info.height, ctx.world_size, parts,
+    report = PartsReport(output, run.output_info.width, run.output_info.height, ctx.world_size, parts,
                          time.perf_counter() - started, assemble_seconds)
     if ctx.is_main:
         slowest = max((part.seconds for part in parts), default=0.0)
@@ -183,7 +187,10 @@ def _assemble(
     write_parts_vrt(vrt, _parts(work, bands), run.info, tags=tags, overwrite=True)
     log.info("assembling %s from %d parts", output, len(bands))
     strip = config.output_options.blocksize
-    _write_map(config, output, run.info, tags, lambda sink: _copy_rows(vrt, sink, strip), strip_rows=strip)
+    if run.resample_back:
+        write_on_scene_grid(config, run, vrt, tags)
+    else:
+        _write_map(config, output, run.info, tags, lambda sink: _copy_rows(vrt, sink, strip), strip_rows=strip)
     shutil.rmtree(work)
 
 

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from geo_sat2map.inference.runner import StageClock
-from geo_sat2map.raster_io.strips import RowReader
+from geo_sat2map.raster_io.grid import GridRows
 from geo_sat2map.windows import RowBand
 
 POLL_SECONDS = 0.1  # how often a blocked thread looks at the stop flag
@@ -53,7 +53,7 @@ class ChunkReader:
     """Reads the new rows of each window row in order, ``ahead`` chunks ahead on ``workers`` threads."""
 
     def __init__(
-        self, reader: RowReader, band: RowBand, dtype: np.dtype, *, pin: bool, workers: int = 1, ahead: int = 3,
+        self, reader: GridRows, band: RowBand, dtype: np.dtype, *, pin: bool, workers: int = 1, ahead: int = 3,
     ) -> None:
         self.reader, self.band, self.dtype, self.pin = reader, band, dtype, pin
         self.workers, self.ahead = max(1, workers), max(1, ahead, workers)

@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -28,23 +28,34 @@ from geo_sat2map.atomic import atomic_output, check_output_path, file_sha256
 from geo_sat2map.checkpoint import GeneratorMeta, LoadedGenerator, load_generator
 from geo_sat2map.device import precision_name, resolve_device, resolve_precision
 from geo_sat2map.errors import UserError
-from geo_sat2map.inference.engine import StreamEngine, to_device
+from geo_sat2map.inference.config import OUTPUT_GRIDS, RESOLUTION_MODES, TranslateConfig
+from geo_sat2map.inference.engine import LevelEmitter, StreamEngine, to_device
 from geo_sat2map.inference.identity import RUN_ID_TAG, run_id
 from geo_sat2map.inference.runner import GeneratorRunner, StageClock
 from geo_sat2map.inference.stages import ChunkReader, RowWriter
 from geo_sat2map.models import NORM_MODES, InferenceGenerator
 from geo_sat2map.progress import progress_bar
 from geo_sat2map.raster_io import RasterInfo, open_raster, raster_info, require_georeferenced, resolve_bands, scene_scaling
+from geo_sat2map.raster_io.grid import (
+    RESAMPLING_METHODS,
+    GridRows,
+    ProcessingGrid,
+    check_grid_size,
+    resampled_grid,
+    rgba_on_scene_grid,
+)
 from geo_sat2map.raster_io.output import (
     COMPRESSIONS,
     OutputOptions,
     open_map_sink,
+    open_scratch_sink,
+    scratch_path,
     streaming_cache_bytes,
     streaming_gdal_env,
 )
-from geo_sat2map.raster_io.strips import RowReader, streaming_dtype
+from geo_sat2map.raster_io.strips import streaming_dtype
 from geo_sat2map.scaling import UINT8_KIND, InputScaling
-from geo_sat2map.windows import BLEND_MODES, DEFAULT_BLEND, RowBand, WindowGrid
+from geo_sat2map.windows import BLEND_MODES, RowBand, WindowGrid
 
 log = logging.getLogger("geo_sat2map")
 
@@ -53,33 +64,7 @@ TILE_MULTIPLE = 256  # both generator families downsample 8 times
 SCALING_MODES = ("auto", "scene")
 DEFAULT_BATCH = {"cpu": 4, "cuda": 16, "mps": 8}
 READ_THREADS = {"cpu": 1, "cuda": 4, "mps": 2}  # reading only has to keep up with the device
-
-
-@dataclass(frozen=True)
-class TranslateConfig:
-    """One translate run. ``None`` means "decide from the checkpoint / device" (see ``translate``)."""
-
-    input: Path
-    output: Path
-    weights: Path
-    tile_size: int | None = None  # default: the checkpoint's training tile size, else 256
-    overlap: int | None = None  # default: tile_size // 4
-    blend: str = DEFAULT_BLEND
-    batch_size: int | None = None  # default: 4 on CPU, 16 on CUDA, 8 on MPS
-    device: str = "auto"
-    precision: str = "auto"
-    compile: bool = False  # torch.compile the generator (fixed batch shape; pays off on large scenes)
-    norm_stats: str | None = None  # default: the checkpoint's norm mode
-    bands: tuple[int, int, int] | None = None  # default: the checkpoint's bands, else the RGB-tagged bands
-    scaling: str = "auto"  # "auto": checkpoint stretch for non-8-bit input if it has one; "scene": always per scene
-    output_options: OutputOptions = field(default_factory=OutputOptions)
-    overwrite: bool = False
-    allow_ungeoreferenced: bool = False
-    progress: bool = True
-    read_threads: int | None = None  # default: 1 on CPU, 4 on CUDA
-    # Every generator call gets a full batch (the last one padded), as on CUDA: on the CPU a batch of another
-    # size can move results by float ulps, so runs that must agree to the bit (split across processes) use it.
-    fixed_batch: bool = False
+AUTO_RESOLUTION_TOLERANCE = 0.10  # `--resolution auto` resamples when scene and model differ by more than this
 
 
 @dataclass(frozen=True)
@@ -134,11 +119,16 @@ def translate(config: TranslateConfig, model: LoadedGenerator | None = None) -> 
     ``model``: the checkpoint ``config.weights`` already loaded (with its SHA-256), to reuse over many scenes."""
     started = time.perf_counter()
     run = _prepare(config, model)
-    stream, sink_stages = _write_map(config, run.output, run.info, _output_tags(config, run),
-                                     lambda sink: _stream(config, run, sink), strip_rows=run.grid.tile)
+    tags = _output_tags(config, run)
+    if run.resample_back:
+        stream, sink_stages = _translate_via_processing_grid(config, run, tags)
+    else:
+        stream, sink_stages = _write_map(config, run.output, run.info, tags,
+                                         lambda sink: _stream(config, run, sink), strip_rows=run.grid.tile)
     stages = {**stream.stages, **sink_stages}
+    out_info = run.output_info
     report = TranslateReport(
-        output=run.output, width=run.info.width, height=run.info.height, tile_size=run.grid.tile,
+        output=run.output, width=out_info.width, height=out_info.height, tile_size=run.grid.tile,
         overlap=run.grid.overlap, blend=config.blend, batch_size=run.batch_size, device=str(run.device),
         precision=precision_name(run.dtype), norm_mode=run.norm_mode, scaling=run.scaling, windows=len(run.grid),
         windows_run=stream.windows_run, stream_seconds=stream.seconds, model_seconds=stages.get("generator", 0.0),
@@ -166,14 +156,56 @@ def _write_map(
     cache = streaming_cache_bytes(info.width, strip_rows, options.blocksize)
     with streaming_gdal_env(cache), atomic_output(output, overwrite=overwrite, what="output") as tmp:
         sink = open_map_sink(tmp, info, tags, options)
-        try:
+
+        def fill_and_say(sink: Any) -> _Filled:
             filled = fill(sink)
             log.info("finishing %s", "the Cloud-Optimized GeoTIFF" if options.cog else "the GeoTIFF")
-            sink.close()
-        except BaseException:
-            sink.abort()
-            raise
+            return filled
+
+        filled = _fill_sink(sink, fill_and_say)
     return filled, dict(sink.stats.items())
+
+
+def _fill_sink(sink: Any, fill: Callable[[Any], _Filled]) -> _Filled:
+    """``fill(sink)`` then close the sink; abort it (its files removed) if anything fails."""
+    try:
+        filled = fill(sink)
+        sink.close()
+    except BaseException:
+        sink.abort()
+        raise
+    return filled
+
+
+def _translate_via_processing_grid(
+    config: TranslateConfig, run: _Run, tags: dict[str, str]
+) -> tuple[_StreamResult, dict[str, float]]:
+    """``--output-grid input`` on a resampled grid: the map is made on the processing grid into a hidden scratch
+    file beside the output (colour kept under the mask), then resampled onto the scene's own grid."""
+    info = run.info
+    with scratch_path(run.output, ".grid.tif") as scratch:
+        with streaming_gdal_env(streaming_cache_bytes(info.width, run.grid.tile)):
+            stream = _fill_sink(open_scratch_sink(scratch, info), lambda sink: _stream(config, run, sink))
+        started = time.perf_counter()
+        _, stages = write_on_scene_grid(config, run, scratch, tags)
+    stages["resample_back"] = time.perf_counter() - started
+    return stream, stages
+
+
+def write_on_scene_grid(
+    config: TranslateConfig, run: _Run, processing_map: Path, tags: dict[str, str]
+) -> tuple[None, dict[str, float]]:
+    """The map at ``run.output`` on the scene's own grid, from a map on the processing grid (a file or a VRT of
+    parts): nearest processing pixel for the colour, the scene's own mask for the alpha band."""
+    strip = config.output_options.blocksize
+
+    def fill(sink: Any) -> None:
+        levels = LevelEmitter(lambda level, rows: sink.write_rows(level, rows.numpy()), sink.overview_levels)
+        for rows in rgba_on_scene_grid(processing_map, run.processing, run.bands, strip, config.alpha_threshold):
+            levels.rows(torch.from_numpy(rows))
+        levels.finish()
+
+    return _write_map(config, run.output, run.processing.source, tags, fill, strip_rows=strip)
 
 
 @dataclass
@@ -181,7 +213,9 @@ class _Run:
     """Everything decided before streaming starts (inputs validated, model loaded)."""
 
     output: Path
-    info: RasterInfo
+    info: RasterInfo  # the processing grid's layout: what the stream produces
+    processing: ProcessingGrid
+    resample_back: bool  # the map goes onto the scene's own grid afterwards (--output-grid input, resampled)
     bands: tuple[int, ...]
     scaling: InputScaling
     grid: WindowGrid
@@ -192,6 +226,11 @@ class _Run:
     dtype: torch.dtype
     batch_size: int
     norm_mode: str
+
+    @property
+    def output_info(self) -> RasterInfo:
+        """The final map's layout."""
+        return self.processing.source if self.resample_back else self.info
 
 
 def _prepare(config: TranslateConfig, model: LoadedGenerator | None = None) -> _Run:
@@ -220,6 +259,9 @@ def _prepare(config: TranslateConfig, model: LoadedGenerator | None = None) -> _
         if len(bands) != 3:
             raise UserError(f"{config.weights}: the checkpoint's bands {bands} are not three; pass --bands R,G,B")
         scaling, scaling_source = _input_scaling(ds, bands, info.dtype, loaded.meta, config.scaling)
+    processing = _processing_grid(config, info, loaded.meta)
+    resample_back = config.output_grid == "input" and not processing.native
+    info = processing.info
     tile = config.tile_size or _checkpoint_tile(loaded.meta)
     overlap = default_overlap(tile) if config.overlap is None else config.overlap
     if overlap >= tile:
@@ -227,7 +269,6 @@ def _prepare(config: TranslateConfig, model: LoadedGenerator | None = None) -> _
     batch_size = config.batch_size or DEFAULT_BATCH.get(device.type, 4)
     norm_mode = config.norm_stats or loaded.meta.norm_mode
     grid = WindowGrid.build(info.height, info.width, tile, overlap, origin=_lattice_origin(info))
-    _warn_on_resolution(info, loaded.meta)
 
     log.info("input: %s (%d x %d, %s, bands %s)", config.input, info.width, info.height, info.dtype,
              ",".join(map(str, bands)))
@@ -237,7 +278,7 @@ def _prepare(config: TranslateConfig, model: LoadedGenerator | None = None) -> _
              ", compiled" if config.compile else "")
     log.info("windows: %d (%d x %d) of %d px, overlap %d, blend %s", len(grid), *grid.shape, tile, overlap,
              config.blend)
-    return _Run(output, info, bands, scaling, grid, loaded.for_inference(norm_mode), loaded.path.name, sha256, device,
+    return _Run(output, info, processing, resample_back, bands, scaling, grid, loaded.for_inference(norm_mode), loaded.path.name, sha256, device,
                 dtype, batch_size, norm_mode)
 
 
@@ -290,10 +331,10 @@ def _stream(config: TranslateConfig, run: _Run, sink: Any, band: RowBand | None 
         grid=grid, blend=config.blend, scaling=run.scaling, generator=runner, device=device,
         batch_size=run.batch_size, emit=writer.submit, overview_levels=sink.overview_levels,
         fixed_batch=device.type == "cuda" or config.compile or config.fixed_batch, clock=clock, background=True,
-        band=band,
+        band=band, keep_colour=run.resample_back,
     )
     threads = config.read_threads or READ_THREADS.get(device.type, 1)
-    reader = ChunkReader(RowReader(config.input, run.bands), band, streaming_dtype(run.info.dtype),
+    reader = ChunkReader(GridRows(config.input, run.bands, run.processing, config.alpha_threshold), band, streaming_dtype(run.info.dtype),
                          pin=device.type == "cuda", workers=threads, ahead=threads + 2)
     bar = progress_bar(total=(band.end - band.process_from) * grid.shape[1], unit="win", desc="translate",
                        disable=not config.progress, dynamic_ncols=True)
@@ -344,6 +385,17 @@ def _check_options(config: TranslateConfig) -> None:
         raise UserError(f"--norm-stats {config.norm_stats!r}: expected one of {', '.join(NORM_MODES)}")
     if config.scaling not in SCALING_MODES:
         raise UserError(f"--scaling {config.scaling!r}: expected one of {', '.join(SCALING_MODES)}")
+    if config.resolution not in RESOLUTION_MODES and not (
+            isinstance(config.resolution, (int, float)) and config.resolution > 0):
+        raise UserError(f"--resolution {config.resolution!r}: expected auto, native or a pixel size in metres > 0")
+    if config.model_resolution is not None and not config.model_resolution > 0:
+        raise UserError(f"--model-resolution {config.model_resolution:g}: must be a pixel size in metres > 0")
+    if config.resampling is not None and config.resampling not in RESAMPLING_METHODS:
+        raise UserError(f"--resampling {config.resampling!r}: expected one of {', '.join(RESAMPLING_METHODS)}")
+    if config.output_grid not in OUTPUT_GRIDS:
+        raise UserError(f"--output-grid {config.output_grid!r}: expected one of {', '.join(OUTPUT_GRIDS)}")
+    if not 0 < config.alpha_threshold <= 1:
+        raise UserError(f"--alpha-threshold {config.alpha_threshold:g}: must be an opacity in (0, 1]")
     if config.output_options.compress not in COMPRESSIONS:
         raise UserError(f"--compress {config.output_options.compress!r}: expected one of {', '.join(COMPRESSIONS)}")
 
@@ -375,16 +427,35 @@ def _lattice_origin(info: RasterInfo) -> tuple[int, int]:
     return round(t.f / t.e), round(t.c / t.a)
 
 
-def _warn_on_resolution(info: RasterInfo, meta: GeneratorMeta) -> None:
-    if meta.resolution is None or info.crs is None or not info.crs.is_projected:
-        return
-    pixel = (abs(info.transform.a) * abs(info.transform.e)) ** 0.5
-    ratio = pixel / meta.resolution
-    if not 2 / 3 <= ratio <= 1.5:
-        log.warning(
-            "pixel size %.3g differs from the training resolution %.3g (CRS units); results may suffer. "
-            "Resample the scene first (e.g. gdalwarp -tr) for best results", pixel, meta.resolution,
-        )
+def _processing_grid(config: TranslateConfig, info: RasterInfo, meta: GeneratorMeta) -> ProcessingGrid:
+    """The grid the generator sees the scene on (``--resolution``), logged with the reason for it."""
+    scene = ProcessingGrid.of_scene(info)
+    scene_m = scene.resolution_m
+    model_m = config.model_resolution or meta.ground_resolution()
+    if config.resolution == "native":
+        log.info("resolution: the scene's own pixels (--resolution native)")
+        return scene
+    if config.resolution == "auto":
+        if model_m is None:
+            log.info("resolution: the scene's own pixels (the model's training resolution is unknown; pass "
+                     "--model-resolution METRES to translate at it)")
+            return scene
+        if scene_m is None:
+            log.info("resolution: the scene's own pixels (its pixel size in metres is unknown)")
+            return scene
+        if abs(scene_m / model_m - 1) <= AUTO_RESOLUTION_TOLERANCE:
+            log.info("resolution: the scene's own %.3g m pixels (within %d %% of the model's %.3g m)", scene_m,
+                     round(100 * AUTO_RESOLUTION_TOLERANCE), model_m)
+            return scene
+        target, how = model_m, "the model's resolution, --resolution auto"
+    else:
+        target, how = float(config.resolution), "--resolution"
+    grid = resampled_grid(info, target, config.resampling)
+    check_grid_size(grid, scene_m, how)
+    log.info("resolution: %.3g m scene pixels resampled to %.3g m (%s, %s resampling): a %d x %d grid; output on "
+             "the %s grid", scene_m, target, how, grid.resampling, grid.width, grid.height,
+             "scene's" if config.output_grid == "input" else "processing")
+    return grid
 
 
 def _output_tags(config: TranslateConfig, run: _Run) -> dict[str, str]:
@@ -401,6 +472,11 @@ def _output_tags(config: TranslateConfig, run: _Run) -> dict[str, str]:
         "INPUT_BANDS": ",".join(map(str, run.bands)),
         "INPUT_SCALING": json.dumps(run.scaling.to_dict()),
         "SOURCE": Path(config.input).name,
+        "PROCESSING_RESOLUTION": (f"{run.processing.resolution_m:.6g}" if run.processing.resolution_m is not None
+                                  else "unknown"),
+        "PROCESSING_GRID": "native" if run.processing.native else f"{run.info.width}x{run.info.height}",
+        "RESAMPLING": run.processing.resampling or "none",
+        "OUTPUT_GRID": "input" if run.resample_back or run.processing.native else "processing",
         RUN_ID_TAG: run_id(config, model_sha256, precision_name(run.dtype)),
     }
 

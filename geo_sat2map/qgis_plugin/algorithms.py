@@ -46,7 +46,7 @@ from .commands import (
     scores,
     translate_args,
 )
-from .provider import executable
+from .settings import executable
 
 SPLITS = ("train", "val", "test")
 

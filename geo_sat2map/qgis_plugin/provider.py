@@ -1,4 +1,4 @@
-"""The geo-sat2map Processing provider, and where it finds the geo-sat2map executable."""
+"""The geo-sat2map Processing provider."""
 
 from __future__ import annotations
 
@@ -7,11 +7,9 @@ import os
 from qgis.core import QgsProcessingProvider
 from qgis.PyQt.QtGui import QIcon
 
-from .child import find_executable
+from .settings import EXECUTABLE_SETTING, PLUGIN_DIR, processing_config
 
 PROVIDER_ID = "geosat2map"
-EXECUTABLE_SETTING = "GEOSAT2MAP_EXECUTABLE"
-PLUGIN_DIR = os.path.dirname(__file__)
 
 
 class GeoSat2MapProvider(QgsProcessingProvider):
@@ -29,7 +27,7 @@ class GeoSat2MapProvider(QgsProcessingProvider):
 
     def load(self) -> bool:
         """Adds the executable override to Settings > Options > Processing > Providers."""
-        config = _processing_config()
+        config = processing_config()
         if config is not None:
             config_class, setting = config
             config_class.settingIcons[self.name()] = self.icon()
@@ -43,7 +41,7 @@ class GeoSat2MapProvider(QgsProcessingProvider):
         return True
 
     def unload(self) -> None:
-        config = _processing_config()
+        config = processing_config()
         if config is not None:
             config[0].removeSetting(EXECUTABLE_SETTING)
 
@@ -55,19 +53,3 @@ class GeoSat2MapProvider(QgsProcessingProvider):
 
     def supportedOutputRasterLayerExtensions(self) -> list[str]:  # noqa: N802
         return ["tif"]
-
-
-def executable() -> str:
-    """The Processing setting if set, else the executable recorded at install, else geo-sat2map on PATH."""
-    config = _processing_config()
-    configured = config[0].getSetting(EXECUTABLE_SETTING) if config is not None else None
-    return find_executable(configured or None, PLUGIN_DIR)
-
-
-def _processing_config():
-    """Processing's settings classes; absent where the Processing plugin is not loaded."""
-    try:
-        from processing.core.ProcessingConfig import ProcessingConfig, Setting
-    except ImportError:
-        return None
-    return ProcessingConfig, Setting

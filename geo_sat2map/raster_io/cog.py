@@ -41,7 +41,6 @@ from rasterio.errors import NotGeoreferencedWarning
 
 from geo_sat2map.errors import UserError
 from geo_sat2map.raster_io import tiff_format as tf
-from geo_sat2map.raster_io.output import overview_factors
 
 # Optional accelerators (the "fast" extra). ISA-L writes the same DEFLATE streams ~5x faster than zlib at its
 # levels 1-3, with a better ratio than zlib's 1-3; zstd is ~3x faster than zlib level 1 and smaller, but not
@@ -474,6 +473,15 @@ def available_cpus() -> int:
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1
+
+
+def overview_factors(width: int, height: int, blocksize: int) -> list[int]:
+    """Power-of-two overview factors until the overview fits in one block (what GDAL's COG driver does)."""
+    factors, factor = [], 2
+    while max(width, height) / (factor // 2) > blocksize:
+        factors.append(factor)
+        factor *= 2
+    return factors
 
 
 def level_sizes(width: int, height: int, blocksize: int) -> list[tuple[int, int]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import threading
 from collections.abc import Iterator, Sequence
@@ -13,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import rasterio
 from affine import Affine
-from rasterio.enums import ColorInterp
+from rasterio.enums import ColorInterp, MaskFlags
 from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 
@@ -22,6 +23,9 @@ from geo_sat2map.scaling import InputScaling, percentile_scaling
 
 # Decimated read used for scene statistics: longest side at most this many pixels.
 STATS_MAX_SIDE = 1024
+# An alpha band marks a pixel valid from this opacity on: JPEG-compressed alpha leaves faint fringes (values 1-33
+# of 255) that must not count as footprint.
+DEFAULT_ALPHA_THRESHOLD = 0.5
 
 
 @dataclass(frozen=True)
@@ -124,14 +128,33 @@ def resolve_bands(ds: rasterio.io.DatasetReader, bands: Sequence[int] | None) ->
     return chosen
 
 
+def mask_is_alpha(ds: rasterio.io.DatasetReader) -> bool:
+    """Whether the dataset mask is an alpha band (graded opacity) rather than a binary nodata/mask band."""
+    return MaskFlags.alpha in ds.mask_flag_enums[0]
+
+
+def dataset_validity(
+    ds: rasterio.io.DatasetReader, alpha_threshold: float = DEFAULT_ALPHA_THRESHOLD, **read: object
+) -> np.ndarray:
+    """GDAL's dataset mask as booleans (True = valid); ``read``: ``window``/``out_shape``/``resampling``.
+
+    Binary masks (nodata, mask bands) are valid where non-zero; an alpha band (GDAL scales 16-bit alpha to
+    0-255 here) where its opacity is at least ``alpha_threshold``."""
+    mask = ds.dataset_mask(**read)
+    if mask_is_alpha(ds):
+        return mask >= max(1, math.ceil(alpha_threshold * 255 - 1e-9))
+    return mask > 0
+
+
 def read_window(
-    ds: rasterio.io.DatasetReader, bands: Sequence[int], window: Window, out: np.ndarray | None = None
+    ds: rasterio.io.DatasetReader, bands: Sequence[int], window: Window, out: np.ndarray | None = None,
+    alpha_threshold: float = DEFAULT_ALPHA_THRESHOLD,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Read ``bands`` (into ``out`` if given) and the dataset mask (True = valid) in ``window``; corrupt blocks
-    name the window."""
+    """Read ``bands`` (into ``out`` if given) and the dataset mask (True = valid, see ``dataset_validity``) in
+    ``window``; corrupt blocks name the window."""
     try:
         data = ds.read(list(bands), window=window, out=out)
-        valid = ds.dataset_mask(window=window) > 0
+        valid = dataset_validity(ds, alpha_threshold, window=window)
     except RasterioIOError as exc:
         raise UserError(
             f"{ds.name}: could not read window col={int(window.col_off)} row={int(window.row_off)} "
@@ -148,7 +171,7 @@ def scene_scaling(ds: rasterio.io.DatasetReader, bands: Sequence[int]) -> InputS
     shape = (max(1, ds.height // factor), max(1, ds.width // factor))
     try:
         sample = ds.read(list(bands), out_shape=(len(bands), *shape), resampling=rasterio.enums.Resampling.nearest)
-        valid = ds.dataset_mask(out_shape=shape, resampling=rasterio.enums.Resampling.nearest) > 0
+        valid = dataset_validity(ds, out_shape=shape, resampling=rasterio.enums.Resampling.nearest)
     except RasterioIOError as exc:
         raise UserError(f"{ds.name}: could not read an overview for scene statistics ({first_line(exc)})") from exc
     return percentile_scaling(sample.astype(np.float64), valid)

@@ -14,6 +14,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -25,6 +26,7 @@ from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
 from geo_sat2map.errors import UserError
+from geo_sat2map.raster_io.cog import overview_factors
 from geo_sat2map.raster_io.core import RasterInfo
 
 if TYPE_CHECKING:
@@ -166,15 +168,6 @@ def finish_output(
             raise UserError(f"{final_path}: could not write the output ({exc})") from exc
 
 
-def overview_factors(width: int, height: int, blocksize: int) -> list[int]:
-    """Power-of-two overview factors until the overview fits in one block (what GDAL's COG driver does)."""
-    factors, factor = [], 2
-    while max(width, height) / (factor // 2) > blocksize:
-        factors.append(factor)
-        factor *= 2
-    return factors
-
-
 class GDALMapSink:
     """Finished rows into GDAL: a streamed tiled GeoTIFF, then (``options.cog``) GDAL's COG copy or internal
     overviews built in place. The fallback for codecs and creation options the streaming COG writer lacks; it
@@ -183,9 +176,11 @@ class GDALMapSink:
     overview_levels = 0  # GDAL builds the overviews itself
 
     def __init__(
-        self, path: str | os.PathLike[str], info: RasterInfo, tags: Mapping[str, str], options: OutputOptions
+        self, path: str | os.PathLike[str], info: RasterInfo, tags: Mapping[str, str], options: OutputOptions,
+        overviews: bool = True,
     ) -> None:
-        self.path, self.options = path, options
+        """``overviews=False`` (with ``options.cog`` off): a plain tiled GeoTIFF, e.g. an intermediate map."""
+        self.path, self.options, self.overviews = path, options, overviews
         self.stream_path: str | None = None
         target = str(path)
         if options.cog:
@@ -217,7 +212,8 @@ class GDALMapSink:
         started = time.perf_counter()
         try:
             self._writer.close(flush=True)
-            finish_output(self.stream_path or self.path, self.path, self.options)
+            if self.overviews or self.options.cog:
+                finish_output(self.stream_path or self.path, self.path, self.options)
         finally:
             self._remove_stream()
         self.stats["assemble"] += time.perf_counter() - started
@@ -232,6 +228,25 @@ class GDALMapSink:
         if self.stream_path is not None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.stream_path)
+
+
+@contextlib.contextmanager
+def scratch_path(output: str | os.PathLike[str], suffix: str) -> Iterator[Path]:
+    """A hidden temporary file beside ``output`` for an intermediate product, removed when the block ends."""
+    folder = os.path.dirname(os.fspath(output)) or "."
+    fd, name = tempfile.mkstemp(prefix=f".{os.path.basename(os.fspath(output))}.", suffix=f"{suffix}.part",
+                                dir=folder)
+    os.close(fd)
+    try:
+        yield Path(name)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name)
+
+
+def open_scratch_sink(path: str | os.PathLike[str], info: RasterInfo) -> GDALMapSink:
+    """A sink for an intermediate map that is read back once: fast compression, no overviews."""
+    return GDALMapSink(path, info, {}, OutputOptions(compress=INTERMEDIATE_COMPRESSION, cog=False), overviews=False)
 
 
 # GDAL creation options the streaming COG writer honours itself; any other sends the run through GDAL.

@@ -29,6 +29,7 @@ from geo_sat2map.raster_io.core import (
     scene_scaling,
     warped_onto,
 )
+from geo_sat2map.raster_io.grid import crs_kind, ground_resolution
 from geo_sat2map.scaling import InputScaling
 
 RESAMPLING_METHODS = ("nearest", "bilinear", "cubic", "cubic_spline", "lanczos", "average", "mode")
@@ -43,6 +44,11 @@ class Grid:
     transform: Affine
     width: int
     height: int
+
+    def ground_resolution(self) -> tuple[float | None, str | None]:
+        """Pixel size in metres (geographic CRSs: at the grid's centre) and the CRS kind; None when unknown."""
+        crs = rasterio.crs.CRS.from_wkt(self.crs_wkt) if self.crs_wkt else None
+        return ground_resolution(crs, self.transform, self.width, self.height), crs_kind(crs)
 
     def window_transform(self, col: int, row: int) -> Affine:
         """The transform of a window whose top-left pixel is (col, row)."""

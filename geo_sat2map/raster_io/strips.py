@@ -9,19 +9,22 @@ import numpy as np
 import rasterio
 from rasterio.windows import Window
 
-from geo_sat2map.raster_io.core import open_raster, read_window
+from geo_sat2map.raster_io.core import DEFAULT_ALPHA_THRESHOLD, open_raster, read_window
 
 
 def read_rows(
-    ds: rasterio.io.DatasetReader, bands: Sequence[int], row_off: int, height: int, out: np.ndarray | None = None
+    ds: rasterio.io.DatasetReader, bands: Sequence[int], row_off: int, height: int, out: np.ndarray | None = None,
+    alpha_threshold: float = DEFAULT_ALPHA_THRESHOLD,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Bands and validity (True = valid) of scene rows [row_off, row_off + height), full width.
 
-    Validity is GDAL's dataset mask (nodata value, alpha band, internal or external mask); for floating-point
-    data, NaN/inf pixels are invalid too, since no generator input can be made from them. ``out``: a
-    (bands, height, width) array to read into (GDAL converts to its dtype), e.g. pinned memory.
+    Validity is GDAL's dataset mask (nodata value, alpha band at ``alpha_threshold`` opacity, internal or
+    external mask); for floating-point data, NaN/inf pixels are invalid too, since no generator input can be
+    made from them. ``out``: a (bands, height, width) array to read into (GDAL converts to its dtype), e.g.
+    pinned memory.
     """
-    data, valid = read_window(ds, bands, Window(0, row_off, ds.width, height), out=out)
+    data, valid = read_window(ds, bands, Window(0, row_off, ds.width, height), out=out,
+                              alpha_threshold=alpha_threshold)
     if np.issubdtype(data.dtype, np.floating):
         valid &= np.isfinite(data).all(axis=0)
     return data, valid
@@ -35,19 +38,6 @@ def streaming_dtype(source_dtype: str) -> np.dtype:
     if source_dtype in ("int8", "int16", "uint16", "int32"):
         return np.dtype(np.int32)
     return np.dtype(np.float32)
-
-
-class RowReader:
-    """Reads full-width row ranges from any thread: each read opens its own handle (a GDAL handle must never be
-    shared between threads, and rasterio ties a dataset opened on a worker thread to that thread's
-    environment, so it must be closed there too). Opening costs about a millisecond per read of many rows."""
-
-    def __init__(self, path: str | os.PathLike[str], bands: Sequence[int]) -> None:
-        self.path, self.bands = path, tuple(bands)
-
-    def read(self, row_off: int, height: int, out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        with open_raster(self.path) as ds:
-            return read_rows(ds, self.bands, row_off, height, out=out)
 
 
 def rgba_strips(path: str | os.PathLike[str], rows: int) -> Iterator[np.ndarray]:

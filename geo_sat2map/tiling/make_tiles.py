@@ -291,6 +291,14 @@ def _common(values: Sequence[Any]) -> Any:
     return values[0] if values and all(v == values[0] for v in values) else None
 
 
+def _ground_resolution(specs: Sequence[PairSpec]) -> dict[str, Any]:
+    """dataset.json's ``resolution_m`` (the mean over the images, when they agree within 1 %) and ``crs_kind``."""
+    found = [spec.grid.ground_resolution() for spec in specs]
+    metres = [m for m, _ in found]
+    known = all(m is not None for m in metres) and max(metres) <= 1.01 * min(metres)
+    return {"resolution_m": float(np.mean(metres)) if known else None, "crs_kind": _common([k for _, k in found])}
+
+
 def _feature(tile: _Tile, split: str, path: str, spec: PairSpec, size: int, footprint: BaseGeometry) -> dict[str, Any]:
     ring = orient(footprint, sign=1.0).exterior.coords  # RFC 7946: exterior rings counter-clockwise
     transform = spec.grid.window_transform(tile.col, tile.row)
@@ -442,6 +450,7 @@ def make_tiles(
             "tile_size": tile,
             "resolution": float(np.mean(sizes[0])) if _common(sizes) else None,
             "crs": _common([s.grid.crs_label for s in specs]),
+            **_ground_resolution(specs),
             "bands": list(specs[0].bands),
             "scaling": _dataset_scaling(scalings).to_dict(),
             "images": [

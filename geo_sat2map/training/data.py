@@ -43,6 +43,8 @@ class DatasetInfo:
     scaling: InputScaling | None = None  # None: a plain pix2pix folder, scaling unknown (uint8 assumed)
     resolution: float | None = None
     crs: str | None = None
+    resolution_m: float | None = None  # the pixel size in metres (None: unknown, or an older dataset.json)
+    crs_kind: str | None = None
 
 
 def scan_dataset(data_dir: str | os.PathLike[str]) -> DatasetInfo:
@@ -81,6 +83,8 @@ def scan_dataset(data_dir: str | os.PathLike[str]) -> DatasetInfo:
             scaling=InputScaling.from_dict(scaling) if scaling is not None else None,
             resolution=float(resolution) if resolution is not None else None,
             crs=manifest.get("crs"),
+            resolution_m=float(manifest["resolution_m"]) if manifest.get("resolution_m") is not None else None,
+            crs_kind=str(manifest["crs_kind"]) if manifest.get("crs_kind") is not None else None,
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise UserError(f"{root / MANIFEST}: malformed bands/scaling/resolution ({exc}); re-run make-tiles") from None

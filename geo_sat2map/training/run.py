@@ -467,6 +467,8 @@ class _Run:
             scaling=self.info.scaling,
             tile_size=self.config.crop_size,
             resolution=self.info.resolution,
+            resolution_m=self.info.resolution_m,
+            crs_kind=self.info.crs_kind,
             provenance={
                 "config": asdict(self.config),
                 "epochs": epoch,
