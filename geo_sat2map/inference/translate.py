@@ -334,7 +334,8 @@ def _stream(config: TranslateConfig, run: _Run, sink: Any, band: RowBand | None 
         band=band, keep_colour=run.resample_back,
     )
     threads = config.read_threads or READ_THREADS.get(device.type, 1)
-    reader = ChunkReader(GridRows(config.input, run.bands, run.processing, config.alpha_threshold), band, streaming_dtype(run.info.dtype),
+    rows = GridRows(config.input, run.bands, run.processing, config.alpha_threshold)
+    reader = ChunkReader(rows, band, streaming_dtype(run.info.dtype),
                          pin=device.type == "cuda", workers=threads, ahead=threads + 2)
     bar = progress_bar(total=(band.end - band.process_from) * grid.shape[1], unit="win", desc="translate",
                        disable=not config.progress, dynamic_ncols=True)
@@ -367,7 +368,9 @@ def _stream(config: TranslateConfig, run: _Run, sink: Any, band: RowBand | None 
     finally:
         bar.close()
     seconds = time.perf_counter() - started
-    stages = {"read": reader.seconds, **clock.totals(), "encode": writer.seconds}
+    stages = {"read": reader.seconds - rows.resample_seconds, **clock.totals(), "encode": writer.seconds}
+    if not run.processing.native:
+        stages["resample"] = rows.resample_seconds
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
     return _StreamResult(engine.windows_run, seconds, stages, runner.compile_seconds, peak)
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import os
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -190,6 +191,7 @@ class GridRows:
         self.path, self.bands, self.grid, self.alpha_threshold = path, tuple(bands), grid, alpha_threshold
         self._blocks: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self._lock = threading.Lock()
+        self.resample_seconds = 0.0  # spent warping (summed over threads; part of the readers' time)
 
     def read(self, row_off: int, height: int, out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Bands (into ``out`` if given, else the source dtype) and validity of grid rows [row_off, row_off+height)."""
@@ -246,6 +248,7 @@ class GridRows:
         fraction = np.zeros((rows, grid.width), np.float32)
         common = dict(src_transform=src_transform, src_crs=source.crs, dst_transform=dst_transform,
                       dst_crs=source.crs)
+        started = time.perf_counter()
         reproject(image, warped, src_nodata=np.nan, dst_nodata=np.nan,
                   resampling=Resampling[grid.resampling], **common)
         mask_method = Resampling.average if grid.resampling in ("average", "mode") else Resampling.bilinear
@@ -253,7 +256,10 @@ class GridRows:
             mask_method = Resampling.nearest
         reproject(validity, fraction, resampling=mask_method, **common)
         valid = (fraction >= VALID_FRACTION - 1e-6) & np.isfinite(warped).all(axis=0)
-        return _to_source_dtype(warped, valid, source.dtype), valid
+        block = _to_source_dtype(warped, valid, source.dtype), valid
+        with self._lock:
+            self.resample_seconds += time.perf_counter() - started
+        return block
 
 
 def _to_source_dtype(warped: np.ndarray, valid: np.ndarray, dtype: str) -> np.ndarray:
