@@ -9,7 +9,8 @@ global lattice of that pixel size, as ``gdalwarp -tap`` does, so neighbouring sc
   halo. A block's pixels therefore never depend on which rows a caller asked for, so split runs (torchrun
   ranks) and resumed runs see bit-identical input;
 - the mask is resampled with the image: a grid pixel is valid when at least half of the ground it covers is valid
-  in the source (``average`` of the 0/1 validity when shrinking, ``bilinear`` when enlarging), and it has a value.
+  in the source (the area-weighted ``average`` of the 0/1 validity, whether shrinking or enlarging), and it has a
+  value.
 
 On the scene's own grid (``native``) nothing is resampled: rows are read exactly as before.
 """
@@ -251,9 +252,8 @@ class GridRows:
         started = time.perf_counter()
         reproject(image, warped, src_nodata=np.nan, dst_nodata=np.nan,
                   resampling=Resampling[grid.resampling], **common)
-        mask_method = Resampling.average if grid.resampling in ("average", "mode") else Resampling.bilinear
-        if grid.resampling == "nearest":
-            mask_method = Resampling.nearest
+        # The valid share of each grid pixel's ground (area-weighted, also when enlarging); nearest stays nearest.
+        mask_method = Resampling.nearest if grid.resampling == "nearest" else Resampling.average
         reproject(validity, fraction, resampling=mask_method, **common)
         valid = (fraction >= VALID_FRACTION - 1e-6) & np.isfinite(warped).all(axis=0)
         block = _to_source_dtype(warped, valid, source.dtype), valid
