@@ -81,6 +81,10 @@ def run_checks(spec: dict, observed: dict) -> None:
         if renderer and renderer.type() == "multibandcolor" else None,
     }
 
+    coarse = processing.run("geosat2map:translate", {**translate, "RESOLUTION": "20", "OUTPUT_GRID": 1,
+                                                      "RESAMPLING": 0, "OUTPUT": spec["coarse_output"]})
+    observed["translate_coarse"] = dict(coarse)
+
     try:
         processing.run("geosat2map:translate", {**translate, "WEIGHTS": spec["bad_weights"],
                                                 "OUTPUT": spec["bad_output"]})

@@ -145,6 +145,9 @@ def test_plugin_choices_and_scores_match_the_cli(tmp_path):
     assert commands.BLEND_CHOICES == BLEND_CHOICES
     precision = next(p for p in cli.commands["translate"].params if p.name == "precision")
     assert commands.PRECISION_CHOICES == tuple(precision.type.choices)
+    options = {p.name: p for p in cli.commands["translate"].params}
+    assert commands.OUTPUT_GRID_CHOICES == tuple(options["output_grid"].type.choices)
+    assert commands.RESAMPLING_CHOICES == tuple(options["resampling"].type.choices)
     raster = write_raster(tmp_path / "a.tif", texture(64, 64))
     metrics = evaluate_scene(raster, raster).metrics
     assert set(commands.SCORE_NAMES) <= set(metrics)

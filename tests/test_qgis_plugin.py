@@ -72,6 +72,7 @@ def session(tmp_path_factory: pytest.TempPathFactory) -> dict:
         "bad_weights": str(inputs / "bad.pt"),
         "output": str(outputs / "map.tif"),
         "bad_output": str(outputs / "bad.tif"),
+        "coarse_output": str(outputs / "coarse.tif"),
         "cancel_output": str(root / "cancel" / "map.tif"),
         "tiles_image": str(write_raster(inputs / "sat512.tif", texture(512, 512))),
         "tiles_map": str(write_raster(inputs / "map512.tif", texture(512, 512, seed=3))),
@@ -111,6 +112,19 @@ def test_translate_gives_the_cli_pixels_as_a_valid_rgba_styled_layer(session, tm
         assert got.crs == want.crs and got.transform == want.transform == UTM
     assert layer["loaded"] and layer["valid"] and layer["crs"] == "EPSG:32633" and layer["source"] == spec["output"]
     assert layer["renderer"] == "multibandcolor" and layer["rgb_alpha"] == [1, 2, 3, 4]
+
+
+def test_translate_takes_the_processing_resolution_and_output_grid(session, tmp_path):
+    spec = session["spec"]
+    assert session["observed"]["translate_coarse"]["OUTPUT"] == spec["coarse_output"]
+    expected = tmp_path / "cli.tif"
+    result = CliRunner().invoke(cli, ["-q", "translate", spec["input"], "-o", str(expected), "-w", spec["weights"],
+                                      "--device", "cpu", "--resolution", "20", "--output-grid", "input",
+                                      "--resampling", "average"])
+    assert result.exit_code == 0, result.output
+    with rasterio.open(spec["coarse_output"]) as got, rasterio.open(expected) as want:
+        assert np.array_equal(got.read(), want.read()) and got.transform == want.transform == UTM
+        assert got.tags()["PROCESSING_RESOLUTION"] == "20" and got.tags()["OUTPUT_GRID"] == "input"
 
 
 def test_bad_weights_give_the_clis_one_line_error(session):

@@ -205,6 +205,15 @@ def test_a_rotated_scene_is_told_to_warp_first(tmp_path, one_metre):
     assert result.exit_code == 1 and "warp it to a north-up grid first" in result.output.splitlines()[-1]
 
 
+def test_the_cli_offers_the_grid_modules_choices():
+    from geo_sat2map.cli import translate as cli_translate
+    from geo_sat2map.inference.config import OUTPUT_GRIDS
+    from geo_sat2map.raster_io.grid import RESAMPLING_METHODS
+
+    assert cli_translate.RESAMPLING_CHOICES == RESAMPLING_METHODS
+    assert cli_translate.OUTPUT_GRID_CHOICES == OUTPUT_GRIDS
+
+
 @pytest.mark.parametrize("option, value, message", [
     ("--resolution", "fine", "expected auto, native or a pixel size"),
     ("--resolution", "-1", "must be a positive number"),

@@ -39,7 +39,9 @@ from .child import ExecutableNotFound, run_command
 from .commands import (
     BLEND_CHOICES,
     CLASS_SCORE_NAMES,
+    OUTPUT_GRID_CHOICES,
     PRECISION_CHOICES,
+    RESAMPLING_CHOICES,
     SCORE_NAMES,
     evaluate_args,
     make_tiles_args,
@@ -92,6 +94,18 @@ class _GeoSat2MapAlgorithm(QgsProcessingAlgorithm):
             return None
         return self.parameterAsInt(parameters, name, context)
 
+    def optional_float(self, parameters: dict, name: str, context: QgsProcessingContext) -> float | None:
+        if parameters.get(name) in (None, ""):
+            return None
+        return self.parameterAsDouble(parameters, name, context)
+
+    def optional_choice(
+        self, parameters: dict, name: str, choices: tuple[str, ...], context: QgsProcessingContext
+    ) -> str | None:
+        if parameters.get(name) in (None, ""):
+            return None
+        return choices[self.parameterAsEnum(parameters, name, context)]
+
     def add_advanced(self, parameter: QgsProcessingParameterDefinition) -> None:
         parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
         self.addParameter(parameter)
@@ -102,8 +116,11 @@ class TranslateAlgorithm(_GeoSat2MapAlgorithm):
     TITLE = "Translate satellite image to map"
     HELP = (
         "Runs a pix2pix generator over a georeferenced satellite raster of any size and writes an RGBA map "
-        "GeoTIFF (Cloud-Optimized) on exactly the input's grid. The scene is streamed through overlapping "
+        "GeoTIFF (Cloud-Optimized) over the same ground. The scene is streamed through overlapping "
         "windows that are blended, so no tile grid shows; masked input pixels stay transparent (alpha band).\n\n"
+        "Resolution: by default the image is processed at the model's training resolution (resampled on the fly) "
+        "when it is known and more than 10 % off the image's; the map is then on that processing grid, or on the "
+        "input's own grid with Output grid = input.\n\n"
         "Weights: generator.pt from geo-sat2map train, a pix2pix *_net_G.pth or a seed gen.pth.tar. Empty "
         "options take the checkpoint's or the device's defaults (see `geo-sat2map translate --help`)."
     )
@@ -116,6 +133,22 @@ class TranslateAlgorithm(_GeoSat2MapAlgorithm):
         self.addParameter(QgsProcessingParameterBand(
             "BANDS", "Bands as R, G, B (empty: the checkpoint's, else the bands tagged red/green/blue)",
             parentLayerParameterName="INPUT", optional=True, allowMultiple=True,
+        ))
+        self.addParameter(QgsProcessingParameterString(
+            "RESOLUTION", "Processing resolution: auto (the model's), native (the image's own pixels) or metres",
+            defaultValue="auto",
+        ))
+        self.addParameter(QgsProcessingParameterEnum(
+            "OUTPUT_GRID", "Output grid: the processing grid, or the input image's own", options=list(
+                OUTPUT_GRID_CHOICES), defaultValue=0,
+        ))
+        self.add_advanced(QgsProcessingParameterNumber(
+            "MODEL_RESOLUTION", "Model's training resolution, metres (empty: what the checkpoint records)",
+            type=QgsProcessingParameterNumber.Double, minValue=0.0, optional=True,
+        ))
+        self.add_advanced(QgsProcessingParameterEnum(
+            "RESAMPLING", "Resampling onto the processing grid (empty: average when shrinking, else bilinear)",
+            options=list(RESAMPLING_CHOICES), optional=True, allowMultiple=False, defaultValue=None,
         ))
         self.add_advanced(QgsProcessingParameterNumber(
             "TILE_SIZE", "Tile size, a multiple of 256 (empty: the checkpoint's)", minValue=256, optional=True
@@ -150,6 +183,10 @@ class TranslateAlgorithm(_GeoSat2MapAlgorithm):
             device=self.parameterAsString(parameters, "DEVICE", context).strip() or None,
             precision=PRECISION_CHOICES[self.parameterAsEnum(parameters, "PRECISION", context)],
             bands=bands or None,
+            resolution=self.parameterAsString(parameters, "RESOLUTION", context).strip() or None,
+            model_resolution=self.optional_float(parameters, "MODEL_RESOLUTION", context),
+            resampling=self.optional_choice(parameters, "RESAMPLING", RESAMPLING_CHOICES, context),
+            output_grid=OUTPUT_GRID_CHOICES[self.parameterAsEnum(parameters, "OUTPUT_GRID", context)],
         ), feedback)
         if context.willLoadLayerOnCompletion(output):
             details = context.layerToLoadOnCompletionDetails(output)
