@@ -146,11 +146,42 @@ class WindowGrid:
         end = self.rows_in_scene(row)[1]
         return (self.rows_in_scene(row - 1)[1] if row else 0), end
 
+    def region(self, rows: tuple[int, int], cols: tuple[int, int]) -> tuple[WindowGrid, tuple[int, int]]:
+        """The windows that a box of scene pixels (rows [r0, r1), columns [c0, c1)) needs, as a grid of their own
+        over the part of the scene they cover, and that part's (row, col) offset in the scene.
+
+        Every box pixel then gets exactly the windows, weights and reflection padding it gets in this grid: the
+        windows touching the box are kept (their neighbours only cover pixels outside it), and at a scene edge
+        enough windows to hold the pixels that the padding reflects."""
+        row_starts, row_off, height = _axis_region(self.row_starts, self.tile, self.height, rows)
+        col_starts, col_off, width = _axis_region(self.col_starts, self.tile, self.width, cols)
+        return WindowGrid(height, width, self.tile, self.overlap, row_starts, col_starts), (row_off, col_off)
+
     def finished_rows(self, row: int) -> int:
         """Scene rows [0, result) are final once window rows 0..``row`` are merged (no later window touches them)."""
         if row + 1 >= len(self.row_starts):
             return self.height
         return min(max(self.row_starts[row + 1], 0), self.height)
+
+
+def _axis_region(starts: tuple[int, ...], tile: int, length: int, span: tuple[int, int]
+                 ) -> tuple[tuple[int, ...], int, int]:
+    """Window starts (relative to the region), offset and length of the region that holds [span) on one axis."""
+    if not 0 <= span[0] < span[1] <= length:
+        raise ValueError(f"box {span} is not inside [0, {length})")
+    first = next(i for i, s in enumerate(starts) if s + tile > span[0])
+    last = max(i for i, s in enumerate(starts) if s < span[1])
+    # Padding reflects pixels [1, pad] at the start and [length - 1 - pad, length - 1) at the end: keep windows
+    # until the region holds them, so the region's reflection is the scene's.
+    if starts[first] < 0:
+        while last + 1 < len(starts) and starts[last] + tile <= -starts[first]:
+            last += 1
+    end_pad = starts[last] + tile - length
+    if end_pad > 0:
+        while first > 0 and max(starts[first], 0) > length - 1 - end_pad:
+            first -= 1
+    offset = max(starts[first], 0)
+    return tuple(s - offset for s in starts[first:last + 1]), offset, min(starts[last] + tile, length) - offset
 
 
 @dataclass(frozen=True)

@@ -84,6 +84,9 @@ def run_checks(spec: dict, observed: dict) -> None:
     coarse = processing.run("geosat2map:translate", {**translate, "RESOLUTION": "20", "OUTPUT_GRID": 1,
                                                       "RESAMPLING": 0, "OUTPUT": spec["coarse_output"]})
     observed["translate_coarse"] = dict(coarse)
+    extent = processing.run("geosat2map:translate", {**translate, "EXTENT": spec["extent"],
+                                                      "OUTPUT": spec["extent_output"]})
+    observed["translate_extent"] = dict(extent)
 
     try:
         processing.run("geosat2map:translate", {**translate, "WEIGHTS": spec["bad_weights"],

@@ -73,6 +73,8 @@ def session(tmp_path_factory: pytest.TempPathFactory) -> dict:
         "output": str(outputs / "map.tif"),
         "bad_output": str(outputs / "bad.tif"),
         "coarse_output": str(outputs / "coarse.tif"),
+        "extent": "501000,502500,3997500,3998800 [EPSG:32633]",  # xmin,xmax,ymin,ymax: 150 x 130 px
+        "extent_output": str(outputs / "extent.tif"),
         "cancel_output": str(root / "cancel" / "map.tif"),
         "tiles_image": str(write_raster(inputs / "sat512.tif", texture(512, 512))),
         "tiles_map": str(write_raster(inputs / "map512.tif", texture(512, 512, seed=3))),
@@ -125,6 +127,17 @@ def test_translate_takes_the_processing_resolution_and_output_grid(session, tmp_
     with rasterio.open(spec["coarse_output"]) as got, rasterio.open(expected) as want:
         assert np.array_equal(got.read(), want.read()) and got.transform == want.transform == UTM
         assert got.tags()["PROCESSING_RESOLUTION"] == "20" and got.tags()["OUTPUT_GRID"] == "input"
+
+
+def test_translate_takes_an_extent_as_the_clis_bbox(session, tmp_path):
+    spec = session["spec"]
+    expected = tmp_path / "cli.tif"
+    result = CliRunner().invoke(cli, ["-q", "translate", spec["input"], "-o", str(expected), "-w", spec["weights"],
+                                      "--device", "cpu", "--bbox", "501000,3997500,502500,3998800"])
+    assert result.exit_code == 0, result.output
+    with rasterio.open(spec["extent_output"]) as got, rasterio.open(expected) as want:
+        assert (got.width, got.height) == (150, 130) and got.transform == want.transform
+        assert np.array_equal(got.read(), want.read())
 
 
 def test_bad_weights_give_the_clis_one_line_error(session):

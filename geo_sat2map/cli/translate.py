@@ -23,6 +23,24 @@ RESAMPLING_CHOICES = ("average", "bilinear", "cubic", "cubic_spline", "lanczos",
 OUTPUT_GRID_CHOICES = ("processing", "input")
 
 
+def parse_bbox(
+    ctx: click.Context | None, param: click.Parameter | None, value: str | None
+) -> tuple[float, float, float, float] | None:
+    """'XMIN,YMIN,XMAX,YMAX' -> four floats with XMIN < XMAX and YMIN < YMAX."""
+    if value is None:
+        return None
+    try:
+        numbers = tuple(float(v) for v in value.split(","))
+    except ValueError:
+        numbers = ()
+    if len(numbers) != 4 or not all(abs(v) < float("inf") for v in numbers):
+        raise click.BadParameter(f"{value!r}: expected XMIN,YMIN,XMAX,YMAX, e.g. 500000,4000000,501000,4001000")
+    xmin, ymin, xmax, ymax = numbers
+    if not (xmin < xmax and ymin < ymax):
+        raise click.BadParameter(f"{value!r}: XMIN must be below XMAX and YMIN below YMAX")
+    return numbers  # type: ignore[return-value]
+
+
 def parse_resolution(ctx: click.Context | None, param: click.Parameter | None, value: str) -> str | float:
     """'auto', 'native' or a pixel size in metres (> 0)."""
     if value in ("auto", "native"):
@@ -101,6 +119,13 @@ def parse_creation_options(
               show_default=True,
               help="An alpha band marks a pixel valid from this opacity on (nodata values and mask bands are "
                    "unaffected).")
+@click.option("--bbox", callback=parse_bbox, default=None, metavar="XMIN,YMIN,XMAX,YMAX",
+              help="Translate only this area (in the scene's CRS, or --bbox-crs); the map covers it. The windows "
+                   "are the whole scene's, so its pixels equal those of a whole-scene run.")
+@click.option("--bbox-crs", default=None, metavar="CRS", help="CRS of --bbox, e.g. EPSG:4326 [default: the scene's].")
+@click.option("--aoi", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Translate only this polygon (GeoJSON, or WKT/EWKT text, as make-tiles reads): the map covers "
+                   "its bounds, pixels outside it transparent.")
 @click.option("--compress", type=click.Choice(COMPRESS_CHOICES), default="deflate", show_default=True,
               help="Output compression (with a horizontal predictor).")
 @click.option("--cog/--no-cog", default=True, show_default=True,
@@ -116,6 +141,7 @@ def command(ctx: click.Context, inputs: tuple[Path, ...], output: str, input_lis
             overlap: int | None, blend: str, batch_size: int | None, device: str, precision: str, compile_model: bool,
             norm_stats: str | None, bands: tuple[int, int, int] | None, scaling: str, resolution: str | float,
             model_resolution: float | None, resampling: str | None, output_grid: str, alpha_threshold: float,
+            bbox: tuple[float, float, float, float] | None, bbox_crs: str | None, aoi: Path | None,
             compress: str, cog: bool,
             creation_options: dict[str, str], allow_ungeoreferenced: bool, overwrite: bool) -> None:
     """Translate georeferenced satellite scenes into map GeoTIFFs on exactly the same grid.
@@ -142,6 +168,10 @@ def command(ctx: click.Context, inputs: tuple[Path, ...], output: str, input_lis
     to_folder = len(scenes) > 1 or output.endswith(("/", os.sep))
     if not to_folder and Path(output).is_dir():
         raise click.BadParameter(f"File {output!r} is a directory.", param_hint="'-o' / '--output'")
+    if bbox is not None and aoi is not None:
+        raise click.BadParameter("give --bbox or --aoi, not both", param_hint="'--aoi'")
+    if bbox_crs is not None and bbox is None:
+        raise click.BadParameter("goes with --bbox", param_hint="'--bbox-crs'")
     if vrt is not None and not to_folder:
         raise click.BadParameter("needs an output folder: several inputs, or -o ending in /", param_hint="'--vrt'")
     if vrt is not None and vrt.suffix.lower() != ".vrt":
@@ -150,7 +180,8 @@ def command(ctx: click.Context, inputs: tuple[Path, ...], output: str, input_lis
         input=scenes[0], output=Path(output), weights=weights, tile_size=tile_size, overlap=overlap, blend=blend,
         batch_size=batch_size, device=device, precision=precision, compile=compile_model, norm_stats=norm_stats,
         bands=bands, scaling=scaling, resolution=resolution, model_resolution=model_resolution,
-        resampling=resampling, output_grid=output_grid, alpha_threshold=alpha_threshold,
+        resampling=resampling, output_grid=output_grid, alpha_threshold=alpha_threshold, bbox=bbox,
+        bbox_crs=bbox_crs, aoi=aoi,
         output_options=OutputOptions(compress=compress, cog=cog, creation_options=creation_options),
         overwrite=overwrite, allow_ungeoreferenced=allow_ungeoreferenced, progress=not quiet(ctx),
     )

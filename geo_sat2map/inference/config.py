@@ -37,6 +37,9 @@ class TranslateConfig:
     resampling: str | None = None  # GDAL method for the processing grid; default average/bilinear (shrink/enlarge)
     output_grid: str = "processing"  # "processing": the map on the processing grid; "input": on the scene's grid
     alpha_threshold: float = DEFAULT_ALPHA_THRESHOLD  # opacity from which an alpha band marks a pixel valid
+    bbox: tuple[float, float, float, float] | None = None  # only this area: xmin, ymin, xmax, ymax
+    bbox_crs: str | None = None  # the CRS of ``bbox`` (default: the scene's)
+    aoi: Path | None = None  # only this polygon file's bounds, pixels outside it transparent
     output_options: OutputOptions = field(default_factory=OutputOptions)
     overwrite: bool = False
     allow_ungeoreferenced: bool = False

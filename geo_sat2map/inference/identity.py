@@ -50,6 +50,9 @@ def run_id(config: TranslateConfig, model_sha256: str, precision: str) -> str:
         "resampling": config.resampling,
         "output_grid": config.output_grid,
         "alpha_threshold": config.alpha_threshold,
+        "bbox": list(config.bbox) if config.bbox else None,
+        "bbox_crs": config.bbox_crs,
+        "aoi": source_identity(config.aoi) if config.aoi else None,
         "output": {
             "compress": options.compress, "cog": options.cog, "blocksize": options.blocksize,
             "overview_resampling": options.overview_resampling,

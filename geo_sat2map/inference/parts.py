@@ -29,6 +29,7 @@ import torch
 
 from geo_sat2map.atomic import check_output_path
 from geo_sat2map.errors import UserError
+from geo_sat2map.inference.crop import Crop, CroppedRows
 from geo_sat2map.inference.engine import LevelEmitter
 from geo_sat2map.inference.identity import RUN_ID_TAG, tags_match
 from geo_sat2map.inference.ranks import launched_by_torchrun, process_group
@@ -112,6 +113,8 @@ def translate_in_parts(config: TranslateConfig) -> PartsReport:
         if as_vrt and run.resample_back:
             raise UserError(f"{output}: a VRT map lists its parts on the processing grid; --output-grid input "
                             "needs a .tif output (or use --output-grid processing)")
+        if as_vrt and run.crop is not None:
+            raise UserError(f"{output}: a VRT map lists whole parts; --bbox/--aoi need a .tif output")
         bands = RowBand.split(run.grid, ctx.world_size)
         tags = _output_tags(config, run)
         if ctx.is_main:
@@ -190,15 +193,20 @@ def _assemble(
     if run.resample_back:
         write_on_scene_grid(config, run, vrt, tags)
     else:
-        _write_map(config, output, run.info, tags, lambda sink: _copy_rows(vrt, sink, strip), strip_rows=strip)
+        _write_map(config, output, run.output_info, tags, lambda sink: _copy_rows(vrt, sink, strip, run.crop),
+                   strip_rows=strip)
     shutil.rmtree(work)
 
 
-def _copy_rows(vrt: Path, sink: MapSink, strip_rows: int) -> None:
-    levels = LevelEmitter(lambda level, rows: sink.write_rows(level, rows.numpy()), sink.overview_levels)
+def _copy_rows(vrt: Path, sink: MapSink, strip_rows: int, crop: Crop | None = None) -> None:
+    """The parts' rows into the sink (through ``crop`` when the map is a subset of them)."""
+    target = sink if crop is None else CroppedRows(sink, crop)
+    levels = LevelEmitter(lambda level, rows: target.write_rows(level, rows.numpy()), target.overview_levels)
     for rows in rgba_strips(vrt, strip_rows):
         levels.rows(torch.from_numpy(rows))
     levels.finish()
+    if crop is not None:
+        target.finish()
 
 
 def _publish_vrt(

@@ -21,7 +21,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pyproj
+import shapely
 import torch
+from affine import Affine
 
 from geo_sat2map import __version__
 from geo_sat2map.atomic import atomic_output, check_output_path, file_sha256
@@ -29,6 +32,7 @@ from geo_sat2map.checkpoint import GeneratorMeta, LoadedGenerator, load_generato
 from geo_sat2map.device import precision_name, resolve_device, resolve_precision
 from geo_sat2map.errors import UserError
 from geo_sat2map.inference.config import OUTPUT_GRIDS, RESOLUTION_MODES, TranslateConfig
+from geo_sat2map.inference.crop import Crop, CroppedRows, Footprint
 from geo_sat2map.inference.engine import LevelEmitter, StreamEngine, to_device
 from geo_sat2map.inference.identity import RUN_ID_TAG, run_id
 from geo_sat2map.inference.runner import GeneratorRunner, StageClock
@@ -41,8 +45,10 @@ from geo_sat2map.raster_io.grid import (
     GridRows,
     ProcessingGrid,
     check_grid_size,
+    pixel_box,
     resampled_grid,
     rgba_on_scene_grid,
+    window_info,
 )
 from geo_sat2map.raster_io.output import (
     COMPRESSIONS,
@@ -53,8 +59,11 @@ from geo_sat2map.raster_io.output import (
     streaming_cache_bytes,
     streaming_gdal_env,
 )
+from geo_sat2map.raster_io.rasterize import polygon_mask
 from geo_sat2map.raster_io.strips import streaming_dtype
 from geo_sat2map.scaling import UINT8_KIND, InputScaling
+from geo_sat2map.tiling.footprints import densify, grid_outline, lonlat_bounds, read_aoi
+from geo_sat2map.tiling.footprints import reproject as reproject_geometry
 from geo_sat2map.windows import BLEND_MODES, RowBand, WindowGrid
 
 log = logging.getLogger("geo_sat2map")
@@ -123,8 +132,8 @@ def translate(config: TranslateConfig, model: LoadedGenerator | None = None) -> 
     if run.resample_back:
         stream, sink_stages = _translate_via_processing_grid(config, run, tags)
     else:
-        stream, sink_stages = _write_map(config, run.output, run.info, tags,
-                                         lambda sink: _stream(config, run, sink), strip_rows=run.grid.tile)
+        stream, sink_stages = _write_map(config, run.output, run.output_info, tags,
+                                         lambda sink: _stream_into(config, run, sink), strip_rows=run.grid.tile)
     stages = {**stream.stages, **sink_stages}
     out_info = run.output_info
     report = TranslateReport(
@@ -177,6 +186,16 @@ def _fill_sink(sink: Any, fill: Callable[[Any], _Filled]) -> _Filled:
     return filled
 
 
+def _stream_into(config: TranslateConfig, run: _Run, sink: Any) -> _StreamResult:
+    """The whole stream into the map's sink, through the crop when the map is a subset of the stream."""
+    if run.crop is None:
+        return _stream(config, run, sink)
+    view = CroppedRows(sink, run.crop)
+    result = _stream(config, run, view)
+    view.finish()
+    return result
+
+
 def _translate_via_processing_grid(
     config: TranslateConfig, run: _Run, tags: dict[str, str]
 ) -> tuple[_StreamResult, dict[str, float]]:
@@ -198,14 +217,19 @@ def write_on_scene_grid(
     """The map at ``run.output`` on the scene's own grid, from a map on the processing grid (a file or a VRT of
     parts): nearest processing pixel for the colour, the scene's own mask for the alpha band."""
     strip = config.output_options.blocksize
+    scene, offset, footprint = run.scene_out
 
     def fill(sink: Any) -> None:
         levels = LevelEmitter(lambda level, rows: sink.write_rows(level, rows.numpy()), sink.overview_levels)
-        for rows in rgba_on_scene_grid(processing_map, run.processing, run.bands, strip, config.alpha_threshold):
+        done = 0
+        for rows in rgba_on_scene_grid(processing_map, scene, offset, run.bands, strip, config.alpha_threshold):
+            if footprint is not None:
+                rows[~footprint(done, rows.shape[0])] = 0
+            done += rows.shape[0]
             levels.rows(torch.from_numpy(rows))
         levels.finish()
 
-    return _write_map(config, run.output, run.processing.source, tags, fill, strip_rows=strip)
+    return _write_map(config, run.output, scene, tags, fill, strip_rows=strip)
 
 
 @dataclass
@@ -216,6 +240,9 @@ class _Run:
     info: RasterInfo  # the processing grid's layout: what the stream produces
     processing: ProcessingGrid
     resample_back: bool  # the map goes onto the scene's own grid afterwards (--output-grid input, resampled)
+    region: tuple[int, int, int, int]  # (row, col, height, width) of the processing grid that is streamed
+    crop: Crop | None  # the map within the stream (--bbox/--aoi); None: the whole stream
+    scene_out: tuple[RasterInfo, tuple[int, int], Footprint | None]  # with resample_back: layout, offset, AOI
     bands: tuple[int, ...]
     scaling: InputScaling
     grid: WindowGrid
@@ -230,7 +257,12 @@ class _Run:
     @property
     def output_info(self) -> RasterInfo:
         """The final map's layout."""
-        return self.processing.source if self.resample_back else self.info
+        if self.resample_back:
+            return self.scene_out[0]
+        if self.crop is None:
+            return self.info
+        (r0, r1), (c0, c1) = self.crop.rows, self.crop.cols
+        return window_info(self.info, r0, c0, r1 - r0, c1 - c0)
 
 
 def _prepare(config: TranslateConfig, model: LoadedGenerator | None = None) -> _Run:
@@ -261,14 +293,27 @@ def _prepare(config: TranslateConfig, model: LoadedGenerator | None = None) -> _
         scaling, scaling_source = _input_scaling(ds, bands, info.dtype, loaded.meta, config.scaling)
     processing = _processing_grid(config, info, loaded.meta)
     resample_back = config.output_grid == "input" and not processing.native
-    info = processing.info
+    full = processing.info
     tile = config.tile_size or _checkpoint_tile(loaded.meta)
     overlap = default_overlap(tile) if config.overlap is None else config.overlap
     if overlap >= tile:
         raise UserError(f"--overlap {overlap}: must be smaller than the tile size ({tile})")
     batch_size = config.batch_size or DEFAULT_BATCH.get(device.type, 4)
     norm_mode = config.norm_stats or loaded.meta.norm_mode
-    grid = WindowGrid.build(info.height, info.width, tile, overlap, origin=_lattice_origin(info))
+    grid = WindowGrid.build(full.height, full.width, tile, overlap, origin=_lattice_origin(full))
+    region, crop, scene_out = (0, 0, full.height, full.width), None, (processing.source, (0, 0), None)
+    subset = _subset(config, processing)
+    if subset is not None:
+        box, geometry = subset
+        grid, (row, col) = grid.region((box[0], box[1]), (box[2], box[3]))
+        region = (row, col, grid.height, grid.width)
+        crop_info = window_info(full, box[0], box[2], box[1] - box[0], box[3] - box[2])
+        crop = Crop((box[0] - row, box[1] - row), (box[2] - col, box[3] - col), _footprint(geometry, crop_info))
+        if resample_back:
+            scene_out = _scene_window(config, processing.source, geometry)
+        log.info("subset: %d x %d pixels of the %s grid (windows of the %d x %d px around them)", box[3] - box[2],
+                 box[1] - box[0], "processing" if not processing.native else "scene's", grid.width, grid.height)
+    info = window_info(full, region[0], region[1], region[2], region[3])
 
     log.info("input: %s (%d x %d, %s, bands %s)", config.input, info.width, info.height, info.dtype,
              ",".join(map(str, bands)))
@@ -278,8 +323,8 @@ def _prepare(config: TranslateConfig, model: LoadedGenerator | None = None) -> _
              ", compiled" if config.compile else "")
     log.info("windows: %d (%d x %d) of %d px, overlap %d, blend %s", len(grid), *grid.shape, tile, overlap,
              config.blend)
-    return _Run(output, info, processing, resample_back, bands, scaling, grid, loaded.for_inference(norm_mode), loaded.path.name, sha256, device,
-                dtype, batch_size, norm_mode)
+    return _Run(output, info, processing, resample_back, region, crop, scene_out, bands, scaling, grid,
+                loaded.for_inference(norm_mode), loaded.path.name, sha256, device, dtype, batch_size, norm_mode)
 
 
 def _done(value: str) -> Future[str]:
@@ -334,7 +379,7 @@ def _stream(config: TranslateConfig, run: _Run, sink: Any, band: RowBand | None 
         band=band, keep_colour=run.resample_back,
     )
     threads = config.read_threads or READ_THREADS.get(device.type, 1)
-    rows = GridRows(config.input, run.bands, run.processing, config.alpha_threshold)
+    rows = GridRows(config.input, run.bands, run.processing, config.alpha_threshold, run.region)
     reader = ChunkReader(rows, band, streaming_dtype(run.info.dtype),
                          pin=device.type == "cuda", workers=threads, ahead=threads + 2)
     bar = progress_bar(total=(band.end - band.process_from) * grid.shape[1], unit="win", desc="translate",
@@ -428,6 +473,62 @@ def _lattice_origin(info: RasterInfo) -> tuple[int, int]:
     if not info.georeferenced or t.b or t.d or not t.a or not t.e:
         return (0, 0)
     return round(t.f / t.e), round(t.c / t.a)
+
+
+def _subset(config: TranslateConfig, processing: ProcessingGrid) -> tuple[tuple[int, int, int, int], Any] | None:
+    """``--bbox``/``--aoi`` as (r0, r1, c0, c1) pixels of the processing grid and the AOI polygon in the scene's
+    CRS (None for a bbox); None when the whole scene is wanted."""
+    if config.bbox is None and config.aoi is None:
+        return None
+    what = f"--aoi {config.aoi}" if config.aoi is not None else "--bbox " + ",".join(f"{v:g}" for v in config.bbox)
+    scene = processing.source
+    if not scene.georeferenced or scene.crs is None:
+        raise UserError(f"{what}: {scene.path} has no CRS, so no area can be placed on it")
+    if scene.transform.b or scene.transform.d or scene.transform.e > 0:
+        raise UserError(f"{what}: {scene.path} is not a north-up grid; warp it first (gdalwarp)")
+    crs = scene.crs.to_wkt()
+    if config.bbox_crs is not None:
+        try:
+            pyproj.CRS.from_user_input(config.bbox_crs)
+        except pyproj.exceptions.CRSError:
+            raise UserError(f"--bbox-crs {config.bbox_crs!r}: not a CRS pyproj knows, e.g. EPSG:4326") from None
+    if config.aoi is not None:
+        aoi = read_aoi(config.aoi)
+        geometry = area = reproject_geometry(densify(aoi.geometry), aoi.crs, crs)
+    else:
+        geometry, area = None, _bbox_area(config, crs)
+    box = None if area.is_empty else pixel_box(area.bounds, processing.transform, processing.width,
+                                                processing.height)
+    if box is None:
+        raise UserError(f"{what}: does not overlap {scene.path} (the scene covers "
+                        f"{lonlat_bounds(grid_outline(scene.transform, scene.width, scene.height), crs)}, "
+                        "WGS 84 west, south, east, north)")
+    return box, geometry
+
+
+def _footprint(geometry: Any, layout: RasterInfo) -> Footprint | None:
+    """Rows of the AOI polygon's mask on ``layout``'s grid (None: no polygon, keep every pixel)."""
+    if geometry is None:
+        return None
+    return lambda row, rows: polygon_mask(geometry, layout.transform @ Affine.translation(0, row),
+                                          (rows, layout.width))
+
+
+def _scene_window(
+    config: TranslateConfig, scene: RasterInfo, geometry: Any
+) -> tuple[RasterInfo, tuple[int, int], Footprint | None]:
+    """With ``--output-grid input``: the window of the scene's own grid that the subset covers."""
+    area = geometry if geometry is not None else _bbox_area(config, scene.crs.to_wkt())
+    box = pixel_box(area.bounds, scene.transform, scene.width, scene.height)
+    assert box is not None  # the processing grid's box overlapped, and it covers the scene to within a pixel
+    layout = window_info(scene, box[0], box[2], box[1] - box[0], box[3] - box[2])
+    return layout, (box[0], box[2]), _footprint(geometry, layout)
+
+
+def _bbox_area(config: TranslateConfig, crs: str) -> Any:
+    """``--bbox`` as a polygon in the scene's CRS ``crs`` (from ``--bbox-crs``; the scene's own by default)."""
+    area = densify(shapely.box(*config.bbox))
+    return reproject_geometry(area, config.bbox_crs, crs) if config.bbox_crs else area
 
 
 def _processing_grid(config: TranslateConfig, info: RasterInfo, meta: GeneratorMeta) -> ProcessingGrid:

@@ -21,6 +21,7 @@ from qgis.core import (
     QgsProcessingParameterBand,
     QgsProcessingParameterDefinition,
     QgsProcessingParameterEnum,
+    QgsProcessingParameterExtent,
     QgsProcessingParameterFeatureSource,
     QgsProcessingParameterFile,
     QgsProcessingParameterFileDestination,
@@ -106,6 +107,38 @@ class _GeoSat2MapAlgorithm(QgsProcessingAlgorithm):
             return None
         return choices[self.parameterAsEnum(parameters, name, context)]
 
+    def aoi_file(self, parameters: dict, name: str, context: QgsProcessingContext) -> str | None:
+        """The AOI polygons as a file the CLI reads: EWKT in the layer's EPSG CRS, else WKT in WGS 84 lon/lat."""
+        source = self.parameterAsSource(parameters, name, context)
+        if source is None:
+            return None
+        geometry = QgsGeometry.unaryUnion([f.geometry() for f in source.getFeatures() if f.hasGeometry()])
+        if geometry is None or geometry.isEmpty():
+            raise QgsProcessingException("Area of interest: it has no polygon")
+        crs = source.sourceCrs()
+        authority, _, code = crs.authid().partition(":")
+        if authority == "EPSG" and code.isdigit():
+            text = f"SRID={code};{geometry.asWkt()}"
+        else:
+            wgs84 = QgsCoordinateReferenceSystem("EPSG:4326")
+            geometry.transform(QgsCoordinateTransform(crs, wgs84, context.transformContext()))
+            text = geometry.asWkt()
+        path = QgsProcessingUtils.generateTempFilename("aoi.wkt")
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        return path
+
+    def extent(self, parameters: dict, name: str, context: QgsProcessingContext) -> dict[str, str]:
+        """An optional extent as the CLI's --bbox and --bbox-crs ({} when not given)."""
+        if parameters.get(name) in (None, ""):
+            return {}
+        rect = self.parameterAsExtent(parameters, name, context)
+        if rect.isNull() or rect.isEmpty():
+            return {}
+        crs = self.parameterAsExtentCrs(parameters, name, context)
+        bbox = ",".join(repr(v) for v in (rect.xMinimum(), rect.yMinimum(), rect.xMaximum(), rect.yMaximum()))
+        return {"bbox": bbox, "bbox_crs": (crs.authid() or crs.toWkt()) if crs.isValid() else None}
+
     def add_advanced(self, parameter: QgsProcessingParameterDefinition) -> None:
         parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
         self.addParameter(parameter)
@@ -141,6 +174,12 @@ class TranslateAlgorithm(_GeoSat2MapAlgorithm):
         self.addParameter(QgsProcessingParameterEnum(
             "OUTPUT_GRID", "Output grid: the processing grid, or the input image's own", options=list(
                 OUTPUT_GRID_CHOICES), defaultValue=0,
+        ))
+        self.addParameter(QgsProcessingParameterExtent(
+            "EXTENT", "Only this extent (empty: the whole image)", optional=True
+        ))
+        self.addParameter(QgsProcessingParameterFeatureSource(
+            "AOI", "Only this area (polygons; outside transparent)", [QgsProcessing.TypeVectorPolygon], optional=True
         ))
         self.add_advanced(QgsProcessingParameterNumber(
             "MODEL_RESOLUTION", "Model's training resolution, metres (empty: what the checkpoint records)",
@@ -187,6 +226,8 @@ class TranslateAlgorithm(_GeoSat2MapAlgorithm):
             model_resolution=self.optional_float(parameters, "MODEL_RESOLUTION", context),
             resampling=self.optional_choice(parameters, "RESAMPLING", RESAMPLING_CHOICES, context),
             output_grid=OUTPUT_GRID_CHOICES[self.parameterAsEnum(parameters, "OUTPUT_GRID", context)],
+            aoi=self.aoi_file(parameters, "AOI", context),
+            **self.extent(parameters, "EXTENT", context),
         ), feedback)
         if context.willLoadLayerOnCompletion(output):
             details = context.layerToLoadOnCompletionDetails(output)
@@ -270,7 +311,7 @@ class MakeTilesAlgorithm(_GeoSat2MapAlgorithm):
             test_fraction=self.parameterAsDouble(parameters, "TEST_FRACTION", context),
             min_valid=self.parameterAsDouble(parameters, "MIN_VALID", context),
             seed=self.parameterAsInt(parameters, "SEED", context),
-            aoi=self._aoi_file(parameters, context),
+            aoi=self.aoi_file(parameters, "AOI", context),
         ), feedback)
         footprints = os.path.join(output, "tiles.geojson")
         if context.project() is not None and os.path.exists(footprints):
@@ -279,27 +320,6 @@ class MakeTilesAlgorithm(_GeoSat2MapAlgorithm):
             )
         counts = result.get("counts") or {}
         return {"OUTPUT": output, **{f"{split.upper()}_TILES": counts.get(split, 0) for split in SPLITS}}
-
-    def _aoi_file(self, parameters, context) -> str | None:
-        """The AOI polygons as a file the CLI reads: EWKT in the layer's EPSG CRS, else WKT in WGS 84 lon/lat."""
-        source = self.parameterAsSource(parameters, "AOI", context)
-        if source is None:
-            return None
-        geometry = QgsGeometry.unaryUnion([f.geometry() for f in source.getFeatures() if f.hasGeometry()])
-        if geometry is None or geometry.isEmpty():
-            raise QgsProcessingException("Area of interest: it has no polygon")
-        crs = source.sourceCrs()
-        authority, _, code = crs.authid().partition(":")
-        if authority == "EPSG" and code.isdigit():
-            text = f"SRID={code};{geometry.asWkt()}"
-        else:
-            wgs84 = QgsCoordinateReferenceSystem("EPSG:4326")
-            geometry.transform(QgsCoordinateTransform(crs, wgs84, context.transformContext()))
-            text = geometry.asWkt()
-        path = QgsProcessingUtils.generateTempFilename("aoi.wkt")
-        with open(path, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        return path
 
 
 class EvaluateAlgorithm(_GeoSat2MapAlgorithm):

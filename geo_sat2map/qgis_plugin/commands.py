@@ -20,12 +20,13 @@ def translate_args(
     blend: str | None = None, batch_size: int | None = None, device: str | None = None,
     precision: str | None = None, bands: Sequence[int] | None = None, resolution: str | None = None,
     model_resolution: float | None = None, resampling: str | None = None, output_grid: str | None = None,
+    bbox: str | None = None, bbox_crs: str | None = None, aoi: str | None = None,
 ) -> list[str]:
     """Processing replaces its outputs (the save dialog has asked), hence --overwrite."""
     args = ["translate", input_path, "--output", output, "--weights", weights, "--overwrite"]
     args += _options(tile_size=tile_size, overlap=overlap, blend=blend, batch_size=batch_size, device=device,
                      precision=precision, resolution=resolution, model_resolution=model_resolution,
-                     resampling=resampling, output_grid=output_grid)
+                     resampling=resampling, output_grid=output_grid, bbox=bbox, bbox_crs=bbox_crs, aoi=aoi)
     if bands:
         args += ["--bands", ",".join(str(b) for b in bands)]
     return args

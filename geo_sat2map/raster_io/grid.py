@@ -131,6 +131,24 @@ def nearest_index(to_transform: Affine, from_transform: Affine, width: int, heig
     return np.clip(rows, 0, size[0] - 1), np.clip(cols, 0, size[1] - 1)
 
 
+def pixel_box(bounds: tuple[float, float, float, float], transform: Affine, width: int, height: int
+              ) -> tuple[int, int, int, int] | None:
+    """Rows [r0, r1) and columns [c0, c1) of a north-up grid that cover ``bounds`` (xmin, ymin, xmax, ymax, in the
+    grid's CRS), clipped to the grid; None when they do not overlap it."""
+    xmin, ymin, xmax, ymax = bounds
+    c0 = math.floor((xmin - transform.c) / transform.a + 1e-9)
+    c1 = math.ceil((xmax - transform.c) / transform.a - 1e-9)
+    r0 = math.floor((ymax - transform.f) / transform.e + 1e-9)
+    r1 = math.ceil((ymin - transform.f) / transform.e - 1e-9)
+    c0, c1, r0, r1 = max(c0, 0), min(c1, width), max(r0, 0), min(r1, height)
+    return (r0, r1, c0, c1) if r1 > r0 and c1 > c0 else None
+
+
+def window_info(info: RasterInfo, row_off: int, col_off: int, height: int, width: int) -> RasterInfo:
+    """The layout of a window of ``info``'s grid (its transform derives from the grid's)."""
+    return replace(info, width=width, height=height, transform=info.transform @ Affine.translation(col_off, row_off))
+
+
 def default_resampling(scene_m: float, target_m: float) -> str:
     """``average`` when the grid is coarser than the scene (shrinking), ``bilinear`` when finer."""
     return "average" if target_m > scene_m else "bilinear"
@@ -187,23 +205,29 @@ class GridRows:
 
     def __init__(
         self, path: str | os.PathLike[str], bands: Sequence[int], grid: ProcessingGrid,
-        alpha_threshold: float = DEFAULT_ALPHA_THRESHOLD,
+        alpha_threshold: float = DEFAULT_ALPHA_THRESHOLD, region: tuple[int, int, int, int] | None = None,
     ) -> None:
+        """``region``: (row, col, height, width) of the grid to read (rows are then counted from its top)."""
         self.path, self.bands, self.grid, self.alpha_threshold = path, tuple(bands), grid, alpha_threshold
+        self.row_off, col_off, _, width = region or (0, 0, grid.height, grid.width)
+        self.columns = (col_off, col_off + width)
         self._blocks: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self._lock = threading.Lock()
         self.resample_seconds = 0.0  # spent warping (summed over threads; part of the readers' time)
 
     def read(self, row_off: int, height: int, out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Bands (into ``out`` if given, else the source dtype) and validity of grid rows [row_off, row_off+height)."""
+        """Bands (into ``out`` if given, else the source dtype) and validity of grid rows [row_off, row_off+height)
+        (of the region)."""
+        row_off += self.row_off
         if self.grid.native:
             with open_raster(self.path) as ds:
-                return read_rows(ds, self.bands, row_off, height, out, self.alpha_threshold)
+                return read_rows(ds, self.bands, row_off, height, out, self.alpha_threshold, self.columns)
         first, last = row_off // BLOCK_ROWS, (row_off + height - 1) // BLOCK_ROWS
         blocks = [self._block(index) for index in range(first, last + 1)]
         skip = row_off - first * BLOCK_ROWS
-        data = np.concatenate([b[0] for b in blocks], axis=1)[:, skip:skip + height]
-        valid = np.concatenate([b[1] for b in blocks], axis=0)[skip:skip + height]
+        columns = slice(*self.columns)
+        data = np.concatenate([b[0] for b in blocks], axis=1)[:, skip:skip + height, columns]
+        valid = np.concatenate([b[1] for b in blocks], axis=0)[skip:skip + height, columns]
         if out is None:
             return data, valid
         out[...] = data
@@ -275,23 +299,26 @@ def _to_source_dtype(warped: np.ndarray, valid: np.ndarray, dtype: str) -> np.nd
 
 
 def rgba_on_scene_grid(
-    processing_map: str | os.PathLike[str], grid: ProcessingGrid, bands: Sequence[int], rows: int,
-    alpha_threshold: float = DEFAULT_ALPHA_THRESHOLD,
+    processing_map: str | os.PathLike[str], scene: RasterInfo, scene_window: tuple[int, int], bands: Sequence[int],
+    rows: int, alpha_threshold: float = DEFAULT_ALPHA_THRESHOLD,
 ) -> Iterator[np.ndarray]:
-    """An RGBA map on ``grid`` brought back onto the scene's own grid, as (n, width, 4) strips of ``rows`` rows:
-    the colour of the nearest processing pixel (a map's colours are classes: never blend them), the alpha band
-    the scene's own validity (as ``read_rows`` gives it), masked pixels 0 in every band."""
-    source = grid.source
-    row_index, col_index = nearest_index(source.transform, grid.transform, source.width, source.height,
-                                         (grid.height, grid.width))
-    with open_raster(processing_map) as map_ds, open_raster(grid.source.path) as scene:
-        for row_off in range(0, source.height, rows):
-            height = min(rows, source.height - row_off)
+    """An RGBA map on a processing grid (a file or VRT) brought onto (a window of) the scene's own grid, as
+    (n, width, 4) strips of ``rows`` rows. ``scene``: the layout to produce (the whole scene, or a window of it
+    starting at ``scene_window`` = (row, col) in the scene file). Colour: the processing pixel under each pixel's
+    centre (a map's colours are classes: never blend them); alpha: the scene's own validity (as ``read_rows``
+    gives it); masked pixels 0 in every band."""
+    row_base, col_base = scene_window
+    with open_raster(processing_map) as map_ds, open_raster(scene.path) as scene_ds:
+        row_index, col_index = nearest_index(scene.transform, map_ds.transform, scene.width, scene.height,
+                                             (map_ds.height, map_ds.width))
+        for row_off in range(0, scene.height, rows):
+            height = min(rows, scene.height - row_off)
             need = row_index[row_off:row_off + height]
             first, last = int(need.min()), int(need.max()) + 1
             colour = map_ds.read((1, 2, 3), window=Window(0, first, map_ds.width, last - first))
-            _, valid = read_rows(scene, bands, row_off, height, None, alpha_threshold)
-            strip = np.zeros((height, source.width, 4), np.uint8)
+            _, valid = read_rows(scene_ds, bands, row_base + row_off, height, None, alpha_threshold,
+                                 (col_base, col_base + scene.width))
+            strip = np.zeros((height, scene.width, 4), np.uint8)
             strip[..., :3] = colour[:, need - first][:, :, col_index].transpose(1, 2, 0)
             strip[~valid] = 0
             strip[..., 3] = valid * np.uint8(255)

@@ -29,3 +29,8 @@ def rasterize_shapes(
     return features.rasterize(
         pairs, out_shape=out_shape, transform=transform, fill=fill, dtype=dtype, all_touched=all_touched
     )
+
+
+def polygon_mask(geometry: object, transform: Affine, shape: tuple[int, int]) -> np.ndarray:
+    """(H, W) bool: pixels whose centre lies inside ``geometry`` (in the grid's CRS)."""
+    return rasterize_shapes([(geometry, 1)], shape, transform).astype(bool)

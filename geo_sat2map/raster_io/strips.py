@@ -14,16 +14,18 @@ from geo_sat2map.raster_io.core import DEFAULT_ALPHA_THRESHOLD, open_raster, rea
 
 def read_rows(
     ds: rasterio.io.DatasetReader, bands: Sequence[int], row_off: int, height: int, out: np.ndarray | None = None,
-    alpha_threshold: float = DEFAULT_ALPHA_THRESHOLD,
+    alpha_threshold: float = DEFAULT_ALPHA_THRESHOLD, columns: tuple[int, int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Bands and validity (True = valid) of scene rows [row_off, row_off + height), full width.
+    """Bands and validity (True = valid) of scene rows [row_off, row_off + height), full width (or ``columns``
+    [start, stop)).
 
     Validity is GDAL's dataset mask (nodata value, alpha band at ``alpha_threshold`` opacity, internal or
     external mask); for floating-point data, NaN/inf pixels are invalid too, since no generator input can be
     made from them. ``out``: a (bands, height, width) array to read into (GDAL converts to its dtype), e.g.
     pinned memory.
     """
-    data, valid = read_window(ds, bands, Window(0, row_off, ds.width, height), out=out,
+    start, stop = columns or (0, ds.width)
+    data, valid = read_window(ds, bands, Window(start, row_off, stop - start, height), out=out,
                               alpha_threshold=alpha_threshold)
     if np.issubdtype(data.dtype, np.floating):
         valid &= np.isfinite(data).all(axis=0)
