@@ -17,6 +17,7 @@ from PIL import Image
 from geo_sat2map.atomic import file_sha256
 from geo_sat2map.checkpoint import load_generator
 from geo_sat2map.cli import cli
+from geo_sat2map.device import resolve_device
 from geo_sat2map.image_io import read_rgb, split_pair
 from geo_sat2map.metrics import MetricAccumulator, to_uint8
 from geo_sat2map.models import build_generator, prepare_for_inference
@@ -317,6 +318,13 @@ def test_cli_architecture_choices_match_the_models():
     from geo_sat2map.models import ARCHITECTURES
 
     assert ARCH_CHOICES == ARCHITECTURES
+
+
+def test_the_tiny_config_stays_on_the_cpu_at_fp32_where_a_gpu_is_visible(monkeypatch):
+    """The tests above assert CPU results: they must not move to a GPU on a GPU workstation (make test)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    config = config_from_mapping(tomllib.loads(TEST_CONFIG), "test")
+    assert resolve_device(config.device).type == "cpu" and config.precision == "fp32"
 
 
 def test_resume_across_a_layout_change_lays_each_adam_moment_out_like_its_parameter():
