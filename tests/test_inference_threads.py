@@ -16,10 +16,7 @@ import torch
 from geo_sat2map.inference import stages
 from geo_sat2map.inference.runner import StageClock
 from geo_sat2map.inference.stages import ChunkReader, QueueWorker
-from geo_sat2map.raster_io.strips import RowReader
 from geo_sat2map.windows import RowBand, WindowGrid
-
-from .translate_fixtures import texture, write_raster
 
 SECOND_GPU = torch.device("cuda", 1)
 
@@ -40,25 +37,32 @@ def test_a_cpu_run_never_selects_a_cuda_device(monkeypatch):
     worker.close()
 
 
-def test_every_reader_thread_binds_itself_before_reading(tmp_path, monkeypatch):
-    source = write_raster(tmp_path / "scene.tif", texture(600, 300, seed=1))
+class SceneRows:
+    """A scene's rows as ChunkReader reads a raster (``bands``, ``read(row_off, height, out)``), noting whether
+    each reading thread had bound itself first."""
+
+    def __init__(self, data: np.ndarray, bound: set[str]) -> None:
+        self.data, self.bands, self.bound = data, (1, 2, 3), bound
+        self.unbound_reads: list[str] = []
+
+    def read(self, row_off: int, height: int, out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if _thread() not in self.bound:
+            self.unbound_reads.append(_thread())
+        out[...] = self.data[:, row_off:row_off + height]
+        return out, np.ones(out.shape[1:], bool)
+
+
+def test_every_reader_thread_binds_itself_before_reading(monkeypatch):
     bound: set[str] = set()
-    read_unbound: list[str] = []
     monkeypatch.setattr(stages, "device_binder", lambda device: lambda: bound.add(_thread()))
-    real_read = RowReader.read
-
-    def read(self, *args, **kwargs):
-        if _thread() not in bound:
-            read_unbound.append(_thread())
-        return real_read(self, *args, **kwargs)
-
-    monkeypatch.setattr(RowReader, "read", read)
+    data = np.random.default_rng(1).integers(0, 255, (3, 600, 300), dtype=np.uint8)
+    rows = SceneRows(data, bound)
     grid = WindowGrid.build(600, 300, 256, 64)
-    reader = ChunkReader(RowReader(source, (1, 2, 3)), RowBand.whole(grid), np.dtype(np.uint8),
-                         device=torch.device("cpu"), workers=3)
+    reader = ChunkReader(rows, RowBand.whole(grid), np.dtype(np.uint8), device=torch.device("cpu"), workers=3)
     chunks = list(reader.chunks())
     assert [chunk.row for chunk in chunks] == list(range(grid.shape[0]))
-    assert bound and all(name.startswith("translate-read") for name in bound) and not read_unbound
+    assert np.array_equal(np.concatenate([chunk.raw.numpy() for chunk in chunks], axis=1), data)
+    assert bound and all(name.startswith("translate-read") for name in bound) and not rows.unbound_reads
 
 
 def test_the_stage_clock_records_on_the_runs_gpu_not_the_threads_current_one(monkeypatch):
