@@ -23,6 +23,7 @@ Other processes on the machine change the numbers: note `uptime` before and afte
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import tempfile
 import time
@@ -130,6 +131,7 @@ def main() -> None:
     parser.add_argument("--skip-gdal", action="store_true", help="skip today's GDAL path (slow)")
     parser.add_argument("--gdal-levels", default="6,1", help="DEFLATE levels for the GDAL COG copy")
     parser.add_argument("--tmp", type=Path, default=None, help="folder for the output files (default: a temp dir)")
+    parser.add_argument("--json", type=Path, help="also write the rows to this JSON file")
     args = parser.parse_args()
     cpus = available_cpus()
     threads = [int(t) for t in args.threads.split(",")] if args.threads else sorted({1, cpus})
@@ -144,9 +146,13 @@ def main() -> None:
     print("| writer | codec | threads | encode Mpx/s | assemble Mpx/s | total Mpx/s | thread Mpx/s | caller Mpx/s "
           "| MB | COG |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---|")
+    rows: list[dict] = []
 
     def row(name: str, codec: str, n: str, result: dict, path: Path) -> None:
         problems = check_cog_layout(path)
+        rows.append({"writer": name, "codec": codec, "threads": n, "size": args.size, "cog_ok": not problems,
+                     "encode_mpx_per_s": megapixels / result["encode"],
+                     "total_mpx_per_s": megapixels / result["total"], **result})
         rates = ["" if result[key] is None else f"{result[key]:.1f}" for key in ("thread_rate", "caller_rate")]
         print(f"| {name} | {codec} | {n} | {megapixels / result['encode']:.1f} | "
               f"{megapixels / result['assemble']:.0f} | {megapixels / result['total']:.1f} | {' | '.join(rates)} | "
@@ -175,6 +181,8 @@ def main() -> None:
                 result = run_gdal(levels, path, args.band, "deflate", int(level))
                 row("gdal strips + COG copy", f"deflate {level}", "all", result, path)
     print(f"\nload average after: {os.getloadavg()[0]:.2f}")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
 
 
 if __name__ == "__main__":

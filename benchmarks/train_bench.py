@@ -23,6 +23,7 @@ GPU work; fp32 at batch 1, bf16 above, as measured then), with `--nchw` the defa
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import tempfile
 import time
@@ -194,6 +195,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=4, help="table: DataLoader workers (upload, baseline)")
     parser.add_argument("--baseline", action="store_true", help="table: add the eager + DataLoader-workers rows")
     parser.add_argument("--nchw", action="store_true", help="table: add rows with channels_last = false")
+    parser.add_argument("--json", type=Path, help="table: write its rows to this JSON file")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: PyTorch's choice); 1 gives "
                         "stable numbers on a machine shared with other jobs")
     args = parser.parse_args(argv)
@@ -203,7 +205,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.table or args.device.startswith("cuda"):
         args.tiles = args.tiles or 512
         args.ngf = args.ngf or [64]
-        acceptance_table(args)
+        rows = acceptance_table(args)
+        if args.json:
+            args.json.write_text(json.dumps(rows, indent=1, default=str))
     else:
         args.tiles = args.tiles or 12
         args.ngf = args.ngf or [64, 16]

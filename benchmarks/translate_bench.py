@@ -3,6 +3,7 @@
     python benchmarks/translate_bench.py --device cuda               # the GPU acceptance table (16384² scene)
     python benchmarks/translate_bench.py --device cpu                # the CPU checks (6144² ratio, peak RSS)
     python benchmarks/translate_bench.py --device cpu --size 2048 --cpu-ratio-size 1024 --rss-sizes 512,1024
+    python benchmarks/translate_bench.py --device cuda --suite check --json translate.json  # gpu_check.sh's part
 
 GPU (one scene of ``--size``² uint8 RGB, DEFLATE-tiled like most delivered imagery, ngf-64 random-weights
 unet256 with the compute of a trained one, default options unless the row says otherwise):
@@ -15,6 +16,8 @@ unet256 with the compute of a trained one, default options unless the row says o
 - bf16 against fp32 output difference (max / mean DN) on a crop.
 CPU: whole CLI call at ``--overlap 0 --batch-size 8`` on ``--cpu-ratio-size``² against the bare generator
 (windows/s), and peak RSS at default settings for ``--rss-sizes`` (one subprocess each).
+``--suite check``: the GPU check's short table (benchmarks/gpu_check.sh): the bare generator at the default
+precision, the default run and the ``--compile`` run; ``--json`` writes its figures for the summary.
 Ratios are measured within one run: machines are noisy.
 """
 
@@ -182,6 +185,41 @@ def gpu_suite(args: argparse.Namespace, tmp: Path, weights: Path) -> None:
           f"{100 * (diff > 1).mean():.2f} % of samples differ by more than 1 DN")
 
 
+def check_suite(args: argparse.Namespace, tmp: Path, weights: Path) -> dict[str, object]:
+    """The figures the GPU check reports: the bare generator, then translate with default options and with
+    ``--compile`` (skipped on a CPU, where this is a dry run), on a ``--size``² scene."""
+    side, on_gpu = args.size, args.device.startswith("cuda")
+    started = time.perf_counter()
+    scene = make_scene(tmp / "scene.tif", side, side)
+    mpx = side * side / 1e6
+    print(f"scene {side}x{side} uint8 RGB DEFLATE ({mpx:.0f} Mpx) written in {time.perf_counter() - started:.0f} s")
+    device = resolve_device(args.device)
+    precision = "bf16" if resolve_precision("auto", device) == torch.bfloat16 else "fp32"
+    bare = bare_windows_per_second(weights, scene_windows(scene, 64), args.device, precision, args.seconds)
+    figures: dict[str, object] = {"size": side, "width": args.width, "bare_windows_per_s": bare,
+                                  "bare_precision": precision, "runs": {}}
+    print(f"bare generator ({precision}, static batch of 64): {bare:.0f} windows/s")
+    print("| run | whole s | whole Mpx/s | stream Mpx/s | generator busy | " + " | ".join(STAGES)
+          + " | compile s | GPU peak GB |")
+    print("|---|---:|---:|---:|---:|" + "---:|" * len(STAGES) + "---:|---:|")
+    for label, options in (("default", {}), ("compile", {"compile": True})):
+        if options.get("compile") and not on_gpu:
+            print("| --compile | skipped on a CPU (dry run) |")
+            continue
+        report = run_translate(scene, weights, tmp / "map.tif", args.device, **options)
+        figures["runs"][label] = {  # type: ignore[index]
+            "whole_mpx_per_s": report.megapixels_per_second, "stream_mpx_per_s": mpx / report.stream_seconds,
+            "generator_busy": report.generator_busy, "seconds": report.seconds,
+            "compile_seconds": report.compile_seconds, "peak_gib": report.peak_device_bytes / 2**30,
+            "precision": report.precision, "batch_size": report.batch_size, "stages": report.stages,
+        }
+        print(f"| {label} | {report.seconds:.2f} | {report.megapixels_per_second:.0f} | "
+              f"{mpx / report.stream_seconds:.0f} | {100 * report.generator_busy:.0f} % | {stage_cells(report)} | "
+              f"{report.compile_seconds:.1f} | {report.peak_device_bytes / 2**30:.1f} |", flush=True)
+    check_layout(tmp / "map.tif")
+    return figures
+
+
 def read_rgba(path: Path) -> np.ndarray:
     import rasterio
 
@@ -242,8 +280,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0, help="duration of each bare-generator measurement")
     parser.add_argument("--cpu-ratio-size", type=int, default=6144, help="CPU: side of the ratio scene")
     parser.add_argument("--rss-sizes", default="2048,8192", help="CPU: square scene sides for peak RSS")
-    parser.add_argument("--suite", choices=("auto", "gpu", "cpu"), default="auto",
-                        help="auto: the GPU table on CUDA, the CPU checks elsewhere")
+    parser.add_argument("--suite", choices=("auto", "gpu", "cpu", "check"), default="auto",
+                        help="auto: the GPU table on CUDA, the CPU checks elsewhere; check: gpu_check.sh's part")
+    parser.add_argument("--json", type=Path, help="--suite check: write its figures to this JSON file")
     parser.add_argument("--tmp", default=None, help="folder for the scenes (default: a temporary folder)")
     args = parser.parse_args()
     print(f"device {args.device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
@@ -251,7 +290,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="translate-bench-", dir=args.tmp) as tmp_dir:
         tmp = Path(tmp_dir)
         weights = save_random_generator(tmp / "generator.pt", args.width)
-        if args.suite == "gpu" or (args.suite == "auto" and args.device.startswith("cuda")):
+        if args.suite == "check":
+            figures = check_suite(args, tmp, weights)
+            if args.json:
+                args.json.write_text(json.dumps(figures, indent=1))
+        elif args.suite == "gpu" or (args.suite == "auto" and args.device.startswith("cuda")):
             gpu_suite(args, tmp, weights)
         else:
             cpu_suite(args, tmp, weights)

@@ -54,7 +54,7 @@ flip = false
 workers = 0
 """
 # Given on the command line (which overrides the config file): a damaged config cannot make a case train for long.
-TRAIN_LIMITS = ("--epochs", "1", "--epochs-decay", "0", "--workers", "0")
+TRAIN_LIMITS = ("--epochs", "1", "--epochs-decay", "0", "--workers", "0", "--device", "cpu")
 PALETTE_JSON = {"classes": [
     {"name": "water", "color": [160, 204, 228]}, {"name": "land", "color": [242, 239, 233]},
     {"name": "road", "color": [250, 250, 250]}, {"name": "forest", "color": [173, 209, 158]},
@@ -117,7 +117,7 @@ def make_valid_inputs(root: Path) -> ValidInputs:
     write_pair(jpeg_tiles / "train_000.jpg", *synthetic_pair(np.random.default_rng(6)))
     files["jpeg_tile"] = jpeg_tiles / "train_000.jpg"
     run_dir = root / "run"
-    result = invoke(["train", str(data_dir), "-o", str(run_dir), "--config", str(files["config"])])
+    result = invoke(["train", str(data_dir), "-o", str(run_dir), "--config", str(files["config"]), "--device", "cpu"])
     assert result.exit_code == 0, result.output
     files["checkpoint"] = run_dir / "checkpoint.pt"
     return ValidInputs(root, files, data_dir, run_dir)
@@ -184,7 +184,8 @@ def _in_copy_of(folder_of: Callable[[ValidInputs], Path], relative: str) -> Call
 
 
 def _translate(weights: Callable[[Path, ValidInputs], Path], scene: Callable[[Path, ValidInputs], Path]):
-    return lambda f, case, v: ["translate", str(scene(f, v)), "-o", str(case / "map.tif"), "-w", str(weights(f, v))]
+    return lambda f, case, v: ["translate", str(scene(f, v)), "-o", str(case / "map.tif"), "-w", str(weights(f, v)),
+                               "--device", "cpu"]
 
 
 def _make_tiles(case: Path, *inputs: str) -> list[str]:
@@ -215,7 +216,7 @@ TARGETS = (
            "report.json", truncations=40, flips=40, zero_runs=16),
     Target("evaluate --weights DATA_DIR: tile PNG", "tile", _in_copy_of(lambda v: v.data_dir, "val/val_000.png"),
            lambda f, case, v: ["evaluate", "--weights", str(v.files["generator"]), str(case / "data"),
-                               "--json", str(case / "report.json")],
+                               "--json", str(case / "report.json"), "--device", "cpu"],
            "report.json", random_cases=RANDOM_CASES_FEW, truncations=12, flips=10, zero_runs=4),
     Target("make-tiles --aoi: GeoJSON", "aoi", _as("aoi.geojson"),
            lambda f, case, v: _make_tiles(case, "-i", str(v.files["scene"]), "-m", str(v.files["map"]),

@@ -349,7 +349,7 @@ def test_dataset_mode_rejects_tiles_the_generator_cannot_take(tmp_path, generato
     val = tmp_path / "tiles" / "val"
     val.mkdir(parents=True)
     write_png(val / "x.png", np.zeros((3, 100, 200), np.uint8))
-    result = run("--weights", generator_file, tmp_path / "tiles")
+    result = run("--weights", generator_file, tmp_path / "tiles", "--device", "cpu")
     assert result.exit_code == 1 and "multiples of 256" in result.output
     bad_weights = tmp_path / "junk.pt"
     bad_weights.write_bytes(b"not a checkpoint")

@@ -65,3 +65,28 @@ def test_translate_on_cuda_agrees_with_the_cpu(tmp_path, extra):
     limit = 12 if "bf16" in extra else 1  # bf16 keeps 8 bits of mantissa
     assert diff.max() <= limit and diff.mean() < (1.0 if "bf16" in extra else 0.01)
     assert info_b["overviews"] == info_a["overviews"]
+
+
+@pytest.mark.parametrize("fixed_batch", [True, False])
+def test_split_runs_choose_convolutions_deterministically(tmp_path, monkeypatch, fixed_batch):
+    """Fixed-batch (split) runs must not let cuDNN time its kernels: each process could pick another one. Other
+    runs keep the timing. The process-wide flags are restored afterwards."""
+    from geo_sat2map.inference import TranslateConfig, translate
+    from geo_sat2map.inference.runner import GeneratorRunner
+
+    cudnn = torch.backends.cudnn
+    before = cudnn.benchmark, cudnn.deterministic
+    seen = set()
+    real_call = GeneratorRunner.__call__
+
+    def spy(self, inputs):
+        seen.add((cudnn.benchmark, cudnn.deterministic))
+        return real_call(self, inputs)
+
+    monkeypatch.setattr(GeneratorRunner, "__call__", spy)
+    weights = save_small_generator(tmp_path / "generator.pt")
+    src = write_raster(tmp_path / "scene.tif", texture(300, 400, seed=4))
+    translate(TranslateConfig(input=src, output=tmp_path / "map.tif", weights=weights, device="cuda",
+                              fixed_batch=fixed_batch, progress=False))
+    assert seen == {(not fixed_batch, fixed_batch)}
+    assert (cudnn.benchmark, cudnn.deterministic) == before

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from geo_sat2map.inference.engine import StreamEngine
-from geo_sat2map.inference.ops import downsample_rgba, fill_invalid, reflect_index, scale_to_unit
+from geo_sat2map.inference.ops import UnitScaler, downsample_rgba, fill_invalid, reflect_index
 from geo_sat2map.raster_io.cog import level_sizes
 from geo_sat2map.fill import fill_invalid as fill_reference
 from geo_sat2map.models import build_generator, prepare_for_inference
@@ -177,7 +177,25 @@ def test_fill_matches_the_numpy_push_pull(rng):
 def test_scaling_matches_the_numpy_reference(rng):
     raw = rng.integers(0, 3000, (3, 20, 30)).astype(np.int32)
     scaling = InputScaling("percentile", (100.0, 200.0, 50.0), (2500.0, 2600.0, 50.0))  # a flat band too
-    assert np.array_equal(scale_to_unit(torch.from_numpy(raw), scaling).numpy(), scaling.to_unit(raw))
+    assert np.array_equal(UnitScaler(scaling, torch.device("cpu"))(torch.from_numpy(raw)).numpy(),
+                          scaling.to_unit(raw))
+
+
+def test_a_stretch_is_uploaded_once_per_run_not_per_window_row(model, monkeypatch):
+    """A tensor made from host values per window row is a blocking copy from pageable memory on CUDA: the
+    stretch constants must be made once, however many window rows the scene has."""
+    made = []
+    real_tensor = torch.tensor
+    monkeypatch.setattr(torch, "tensor", lambda *args, **kwargs: made.append(1) or real_tensor(*args, **kwargs))
+    counts = []
+    for height in (200, 900):  # 1 and 5 window rows
+        data = scene(height, 300, seed=6, dtype=np.uint16)
+        valid = holes(height, 300, seed=6)
+        scaling = percentile_scaling(data.astype(np.float64), valid)
+        made.clear()
+        run_engine(data, valid, WindowGrid.build(height, 300, 256, 64), "feather", scaling, model)
+        counts.append(len(made))
+    assert counts[0] == counts[1]
 
 
 def test_overviews_are_alpha_weighted_means_with_gdal_sizes(model):

@@ -99,3 +99,28 @@ def test_dropout_off_by_default_and_on_when_asked(small_unet):
     assert torch.equal(off(x), off(x))
     on = prepare_for_inference(small_unet, "instance", dropout=True)
     assert not torch.equal(on(x), on(x))
+
+
+@pytest.mark.parametrize("family", ["small_unet", "small_seed"])
+def test_per_tile_norm_equals_instance_norm_and_keeps_channels_last(family, request):
+    """Every per-tile norm layer of a channels_last generator gives F.instance_norm's values (within 1e-5) and
+    keeps the layout: F.instance_norm makes its input contiguous, undoing channels_last at every norm layer."""
+    gen = prepare_for_inference(request.getfixturevalue(family), "instance").to(memory_format=torch.channels_last)
+    checked = []
+
+    def check(layer, inputs, output):
+        (x,) = inputs
+        expected = torch.nn.functional.instance_norm(x, weight=layer.weight, bias=layer.bias, eps=layer.eps)
+        assert torch.allclose(output, expected, rtol=0, atol=1e-5)
+        assert output.is_contiguous(memory_format=torch.channels_last) and output.dtype == x.dtype
+        checked.append(x.shape[-1])
+
+    for layer in gen.modules():
+        if isinstance(layer, torch.nn.BatchNorm2d):
+            layer.register_forward_hook(check)
+    torch.manual_seed(6)
+    x = (torch.randn(2, 3, 256, 256) * 2 + 0.5).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        out = gen(x)
+    assert len(checked) >= 12 and min(checked) < 8 < max(checked)  # every depth, down to the innermost
+    assert out.is_contiguous(memory_format=torch.channels_last)

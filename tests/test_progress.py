@@ -101,7 +101,8 @@ def test_make_tiles_result_event_has_the_split_counts(tmp_path):
 
 def test_bar_mode_writes_no_events(tmp_path, scene):
     source, weights = scene
-    result = CliRunner().invoke(cli, ["translate", str(source), "-o", str(tmp_path / "m.tif"), "-w", str(weights)])
+    result = CliRunner().invoke(cli, ["translate", str(source), "-o", str(tmp_path / "m.tif"), "-w", str(weights),
+                                      "--device", "cpu"])
     assert result.exit_code == 0, result.output
     assert not any(line.startswith("{") for line in result.stderr.splitlines())
     assert isinstance(progress.progress_bar(total=3, disable=True), tqdm)

@@ -4,6 +4,8 @@ command lines it builds. Runs the real executable of this environment; QGIS itse
 from __future__ import annotations
 
 import os
+import shlex
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,7 @@ from click.testing import CliRunner
 
 from geo_sat2map.cli import cli
 from geo_sat2map.cli.translate import BLEND_CHOICES
+from geo_sat2map.errors import UserError
 from geo_sat2map.evaluate import evaluate_scene
 from geo_sat2map.qgis_install import current_executable
 from geo_sat2map.qgis_plugin import child, commands
@@ -52,8 +55,18 @@ class RecordingFeedback:
 
 
 @pytest.fixture(scope="module")
-def executable() -> str:
-    return str(current_executable())
+def executable(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """This environment's console script; where the package is not installed (a checkout on PYTHONPATH, as on
+    the GPU check machine), a script that runs this Python on the same import path (the child drops
+    PYTHONPATH from its environment, so the script sets it)."""
+    try:
+        return str(current_executable())
+    except UserError:
+        script = tmp_path_factory.mktemp("bin") / "geo-sat2map"
+        path = shlex.quote(os.pathsep.join(entry for entry in sys.path if entry))
+        script.write_text(f'#!/bin/sh\nPYTHONPATH={path} exec {shlex.quote(sys.executable)} -m geo_sat2map "$@"\n')
+        script.chmod(0o755)
+        return str(script)
 
 
 @pytest.fixture

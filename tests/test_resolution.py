@@ -242,11 +242,11 @@ def test_blocks_do_not_depend_on_how_rows_are_asked_for(tmp_path):
 def test_run_identity_and_tags_follow_the_grid(tmp_path, one_metre, scene3):
     src, _ = scene3
     base = TranslateConfig(input=src, output=tmp_path / "m.tif", weights=one_metre)
-    key = run_id(base, "sha", "fp32")
+    key = run_id(base, "sha", "fp32", "cpu")
     changed = [replace(base, resolution="native"), replace(base, resolution=2.0), replace(base, model_resolution=1.5),
                replace(base, resampling="cubic"), replace(base, output_grid="input"),
                replace(base, alpha_threshold=0.2)]
-    assert len({run_id(c, "sha", "fp32") for c in changed} | {key}) == len(changed) + 1
+    assert len({run_id(c, "sha", "fp32", "cpu") for c in changed} | {key}) == len(changed) + 1
 
 
 def test_two_processes_at_a_resampled_resolution_equal_one(tmp_path, one_metre):

@@ -17,18 +17,24 @@ from PIL import Image
 from geo_sat2map.atomic import file_sha256
 from geo_sat2map.checkpoint import load_generator
 from geo_sat2map.cli import cli
+from geo_sat2map.device import resolve_device
 from geo_sat2map.image_io import read_rgb, split_pair
 from geo_sat2map.metrics import MetricAccumulator, to_uint8
 from geo_sat2map.models import build_generator, prepare_for_inference
 from geo_sat2map.scaling import InputScaling
 from geo_sat2map.training.config import config_from_mapping
 from geo_sat2map.training.data import dataset_hash, scan_dataset
+from geo_sat2map.training.distributed import DistContext
 from geo_sat2map.training.loop import Pix2Pix
 
 from .train_fixtures import make_tiles_folder, one_torch_thread  # noqa: F401 (autouse fixture)
 
-# Tiny but complete: width-8 nets, a 272 -> 256 resize jitter, 4 train and 2 val tiles.
+# Tiny but complete: width-8 nets, a 272 -> 256 resize jitter, 4 train and 2 val tiles; on the CPU at fp32 even
+# where a GPU is visible (these tests assert CPU results: exact resumes, the step a divergence is seen, metrics),
+# and with no precision probe, whose throwaway steps would count as steps of the run (the Ctrl-C tests).
 TEST_CONFIG = """
+device = "cpu"
+precision = "fp32"
 ngf = 8
 ndf = 8
 epochs = 1
@@ -312,3 +318,43 @@ def test_cli_architecture_choices_match_the_models():
     from geo_sat2map.models import ARCHITECTURES
 
     assert ARCH_CHOICES == ARCHITECTURES
+
+
+def test_the_tiny_config_stays_on_the_cpu_at_fp32_where_a_gpu_is_visible(monkeypatch):
+    """The tests above assert CPU results: they must not move to a GPU on a GPU workstation (make test)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    config = config_from_mapping(tomllib.loads(TEST_CONFIG), "test")
+    assert resolve_device(config.device).type == "cpu" and config.precision == "fp32"
+
+
+def test_resume_across_a_layout_change_lays_each_adam_moment_out_like_its_parameter():
+    """A run saved NCHW (channels_last = false, or any CPU run) resumed channels_last (a CUDA run): the loaded
+    moments keep the saved strides unless re-laid out, and the fused CUDA Adam refuses moments laid out unlike
+    their parameters. channels_last only applies on CUDA, so the resumed nets are converted by hand here."""
+    config = config_from_mapping({**tomllib.loads(TEST_CONFIG), "channels_last": False, "device": "cpu"}, "test")
+    cpu = torch.device("cpu")
+    torch.manual_seed(0)
+    A, B = (torch.rand(1, 3, 256, 256) * 2 - 1 for _ in range(2))
+    saved = Pix2Pix(config, cpu, torch.float32, DistContext())
+    saved.step(A, B)
+    resumed = Pix2Pix(config, cpu, torch.float32, DistContext())
+    for net in (resumed.G, resumed.D):
+        net.to(memory_format=torch.channels_last)
+    resumed.memory_format = torch.channels_last
+    resumed.load_state_dict(saved.state_dict())
+
+    def moments_like_parameters() -> int:
+        changed = 0
+        for optimizer, saved_optimizer in ((resumed.opt_G, saved.opt_G), (resumed.opt_D, saved.opt_D)):
+            for param, saved_param in zip(optimizer.param_groups[0]["params"], saved_optimizer.param_groups[0]["params"]):
+                for name in ("exp_avg", "exp_avg_sq"):
+                    moment = optimizer.state[param][name]
+                    assert moment.stride() == param.stride(), name
+                    assert torch.equal(moment, saved_optimizer.state[saved_param][name])
+                changed += param.stride() != saved_param.stride()
+        return changed
+
+    assert moments_like_parameters() > 10  # the convolution weights did change layout
+    losses = resumed.step(resumed.to_device(A), resumed.to_device(B))
+    assert torch.isfinite(losses).all()
+    assert all(resumed.opt_G.state[p]["exp_avg"].stride() == p.stride() for p in resumed.G.parameters())

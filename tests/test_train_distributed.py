@@ -20,7 +20,7 @@ from .train_fixtures import make_tiles_folder
 def test_two_gloo_processes_hold_identical_weights(tmp_path):
     data = make_tiles_folder(tmp_path / "tiles", 4, 1)
     config = tmp_path / "tiny.toml"
-    config.write_text("ngf = 8\nndf = 8\nepochs = 1\nepochs_decay = 0\nload_size = 256\nworkers = 0\n")
+    config.write_text("ngf = 8\nndf = 8\nepochs = 1\nepochs_decay = 0\nload_size = 256\nworkers = 0\ndevice = \"cpu\"\n")
     run = tmp_path / "run"
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",

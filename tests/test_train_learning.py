@@ -30,7 +30,8 @@ def test_quick_cpu_learns_the_synthetic_map(tmp_path):
     # PSNR 9.1 -> 29.3 dB. The best constant colour (median of the targets) scores L1 26.4 and acc(10) 0.00.
     data = make_tiles_folder(tmp_path / "tiles", 24, 6, seed=1)
     run = tmp_path / "run"
-    result = CliRunner().invoke(cli, ["-q", "train", str(data), "-o", str(run), "--config", str(QUICK_CPU)])
+    result = CliRunner().invoke(cli, ["-q", "train", str(data), "-o", str(run), "--config", str(QUICK_CPU),
+                                      "--device", "cpu"])  # the figures above are CPU ones
     assert result.exit_code == 0, result.output
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     config = config_from_mapping(read_config_file(QUICK_CPU), "quick-cpu")

@@ -274,11 +274,12 @@ def test_cli_choices_match_the_library():
 
 
 class CliRunnerWithLog:
-    """Runs translate without -q, so the log lines (scaling, warnings) are in the output."""
+    """Runs translate on the CPU without -q, so the log lines (scaling, warnings) are in the output."""
 
     def invoke(self, src, out, weights, *extra):
         from click.testing import CliRunner
 
         from geo_sat2map.cli import cli
 
-        return CliRunner().invoke(cli, ["translate", str(src), "-o", str(out), "-w", str(weights), *extra])
+        return CliRunner().invoke(cli, ["translate", str(src), "-o", str(out), "-w", str(weights), "--device", "cpu",
+                                        *extra])

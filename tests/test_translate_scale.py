@@ -22,7 +22,7 @@ from click.testing import CliRunner
 
 from geo_sat2map.cli import cli
 from geo_sat2map.inference import TranslateConfig, translate
-from geo_sat2map.inference.identity import run_id
+from geo_sat2map.inference.identity import run_id, tags_match
 from geo_sat2map.inference.parts import PART_ROWS_TAG, work_folder
 from geo_sat2map.inference.ranks import largest_first
 from geo_sat2map.raster_io.output import OutputOptions
@@ -349,15 +349,28 @@ def test_largest_first_balances_the_ranks():
 def test_run_identity_follows_what_changes_the_map(tmp_path, weights):
     src = write_raster(tmp_path / "a.tif", texture(100, 100))
     base = TranslateConfig(input=src, output=tmp_path / "m.tif", weights=weights)
-    key = run_id(base, "sha", "fp32")
+    key = run_id(base, "sha", "fp32", "cuda")
     assert run_id(replace(base, batch_size=7, device="cuda:1", read_threads=3, output=tmp_path / "n.tif"), "sha",
-                  "fp32") == key
+                  "fp32", "cuda") == key
     changed = [replace(base, blend="hann"), replace(base, overlap=0), replace(base, bands=(3, 2, 1)),
                replace(base, output_options=OutputOptions(compress="zstd"))]
-    assert all(run_id(config, "sha", "fp32") != key for config in changed)
-    assert run_id(base, "other", "fp32") != key and run_id(base, "sha", "bf16") != key
+    assert all(run_id(config, "sha", "fp32", "cuda") != key for config in changed)
+    assert run_id(base, "other", "fp32", "cuda") != key and run_id(base, "sha", "bf16", "cuda") != key
+    assert run_id(base, "sha", "fp32", "cpu") != key  # CPU and CUDA kernels round differently
     os.utime(src, ns=(1, 1))  # the source changed
-    assert run_id(base, "sha", "fp32") != key
+    assert run_id(base, "sha", "fp32", "cuda") != key
+
+
+def test_a_cpu_made_part_is_not_reused_by_a_run_on_another_device_type(tmp_path, weights, tall_scene):
+    """The parts of a CPU run carry the CPU's identity: a GPU rerun of the same command (same precision) would
+    look for another RUN_ID and translate them again, since CPU and CUDA kernels do not agree to the bit."""
+    out = tmp_path / "map.vrt"
+    assert invoke(tall_scene, "-o", out, "-w", weights, quiet=True).exit_code == 0
+    tags = read(tmp_path / "map.parts" / "rows-00000000-00000700.tif")[2]["tags"]
+    config = TranslateConfig(input=tall_scene, output=out, weights=weights, device="cpu", fixed_batch=True)
+    sha = tags["MODEL_SHA256"]
+    assert tags["RUN_ID"] == run_id(config, sha, "fp32", "cpu")
+    assert not tags_match(tags, {"RUN_ID": run_id(replace(config, device="cuda"), sha, "fp32", "cuda")})
 
 
 def _rgba_cog(path: Path, data: np.ndarray, transform: Affine) -> Path:

@@ -147,7 +147,7 @@ def translate_many(config: BatchConfig) -> BatchReport:
         for number, index in enumerate(plan[ctx.rank], 1):
             source, output = jobs[index]
             log.info("scene %d of %d%s: %s", number, len(plan[ctx.rank]), " on rank 0" if ctx.enabled else "", source)
-            mine.append((index, _scene(base, source, output, model, precision, ctx.rank)))
+            mine.append((index, _scene(base, source, output, model, (precision, device.type), ctx.rank)))
         gathered = [item for items in distributed.gather(ctx, mine) for item in items]
         results = [result for _, result in sorted(gathered, key=lambda item: item[0])]
         vrt = None
@@ -188,12 +188,13 @@ def _plan(jobs: list[tuple[Path, Path]], ranks: int, vrt: Path | None) -> tuple[
 
 
 def _scene(
-    base: TranslateConfig, source: Path, output: Path, model: LoadedGenerator, precision: str, rank: int
+    base: TranslateConfig, source: Path, output: Path, model: LoadedGenerator, compute: tuple[str, str], rank: int
 ) -> SceneResult:
+    """``compute``: the resolved precision and the device type (both in the run's identity)."""
     config = replace(base, input=source, output=output)
     if not base.overwrite:
         found = read_finished(output)
-        if found is not None and found.tags.get(RUN_ID_TAG) == run_id(config, model.sha256, precision):
+        if found is not None and found.tags.get(RUN_ID_TAG) == run_id(config, model.sha256, *compute):
             log.info("skipped %s: %s is finished with this model, settings and source", source, output)
             return SceneResult(source, output, "skipped", found.info.width * found.info.height / 1e6, 0.0, rank)
     _remove_leftovers(output)

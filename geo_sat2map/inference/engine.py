@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from geo_sat2map.inference.runner import StageClock
 from geo_sat2map.inference.stages import QueueWorker
-from geo_sat2map.inference.ops import downsample_rgba, fill_invalid, quantize_rgba, reflect_index, scale_to_unit
+from geo_sat2map.inference.ops import UnitScaler, downsample_rgba, fill_invalid, quantize_rgba, reflect_index
 from geo_sat2map.scaling import InputScaling
 from geo_sat2map.windows import RowBand, RowBuffer, WindowGrid, axis_weights
 
@@ -294,7 +294,7 @@ class BackgroundMerger:
     """
 
     def __init__(self, merger: RowMerger, max_queued: int = 4) -> None:
-        self._worker = QueueWorker(lambda call: call[0](*call[1:]), "translate-merge", max_queued)
+        self._worker = QueueWorker(lambda call: call[0](*call[1:]), "translate-merge", max_queued, merger.device)
         self.merger = merger
 
     def add_mask(self, row_off: int, valid: torch.Tensor) -> None:
@@ -330,6 +330,7 @@ class StreamEngine:
         """``band``: only these window rows' output rows are emitted; default the whole scene. ``keep_colour``:
         see ``DeviceRowAssembler``."""
         self.grid, self.scaling, self.generator, self.device = grid, scaling, generator, device
+        self._to_unit = UnitScaler(scaling, device)
         self.clock = clock or StageClock(device)
         self.batch_size, self.fixed_batch = batch_size, fixed_batch
         self.band = band or RowBand.whole(grid)
@@ -417,7 +418,7 @@ class StreamEngine:
         else:
             row_index = to_device(reflect_index(top - r0, top - r0 + tile, r1 - r0), self.device)
             raw_rows, valid_rows = raw.index_select(1, row_index), valid.index_select(0, row_index)
-        strip = scale_to_unit(self._pad_columns(raw_rows, 2), self.scaling)
+        strip = self._to_unit(self._pad_columns(raw_rows, 2))
         if needs_fill:
             strip = fill_invalid(strip, self._pad_columns(valid_rows, 1))
         return strip

@@ -1,9 +1,10 @@
 """What identifies a translate run, so finished work can be recognised and reused after a crash.
 
 A map (or a part of one) carries ``RUN_ID``: a digest of everything that decides its pixels and encoding — the
-model's SHA-256, the requested settings, the resolved precision, the output options, the geo-sat2map version
-and the source's identity (name, size, modification time). Settings that never change a pixel (batch size,
-device index, read threads) are left out, so a rerun on other hardware still recognises the work.
+model's SHA-256, the requested settings, the device type and the resolved precision, the output options, the
+geo-sat2map version and the source's identity (name, size, modification time). Settings that never change a pixel
+(batch size, device index, read threads) are left out, so a rerun on another GPU still recognises the work; a
+rerun on another kind of device (CPU and CUDA kernels round differently) does not.
 """
 
 from __future__ import annotations
@@ -31,13 +32,15 @@ def source_identity(path: str | os.PathLike[str]) -> dict[str, Any]:
     return {"name": name, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
-def run_id(config: TranslateConfig, model_sha256: str, precision: str) -> str:
-    """The digest of a run's identity (see the module docstring); ``precision`` as resolved for the device."""
+def run_id(config: TranslateConfig, model_sha256: str, precision: str, device_type: str) -> str:
+    """The digest of a run's identity (see the module docstring); ``precision`` as resolved for the device,
+    ``device_type`` its type ("cpu", "cuda", "mps")."""
     options = config.output_options
     identity = {
         "version": __version__,
         "model_sha256": model_sha256,
         "precision": precision,
+        "device_type": device_type,
         "source": source_identity(config.input),
         "tile_size": config.tile_size,
         "overlap": config.overlap,

@@ -1,6 +1,6 @@
 """Per-pixel window operations in torch (no I/O): the device half of ``translate``.
 
-Each function mirrors a numpy reference that stays the test oracle: ``scale_to_unit`` mirrors
+Each function mirrors a numpy reference that stays the test oracle: ``UnitScaler`` mirrors
 ``InputScaling.to_unit``, ``fill_invalid`` mirrors ``fill.fill_invalid``, ``reflect_index`` mirrors
 ``np.pad(mode="reflect")``, ``quantize_rgba`` mirrors ``windows.to_rgba`` and the overlap-add mirrors
 ``windows.RowAssembler``. The same code runs on CPU and GPU; nothing here reads a tensor back to the host, so
@@ -27,16 +27,29 @@ def reflect_index(start: int, stop: int, size: int) -> np.ndarray:
     return np.where(folded >= size, period - folded, folded)
 
 
-def scale_to_unit(raw: torch.Tensor, scaling: InputScaling) -> torch.Tensor:
-    """(bands, ...) raw values -> float32 in [-1, 1]; same operations, in the same order, as ``to_unit``."""
-    unit = raw.to(torch.float32)  # uint8, int32 or float32 raw rows: exact
-    if scaling.kind == UINT8_KIND:
-        return unit.div_(127.5).sub_(1.0)
-    shape = (-1,) + (1,) * (raw.dim() - 1)
-    low = torch.tensor(scaling.low, dtype=torch.float32, device=raw.device).reshape(shape)
-    span = torch.tensor(scaling.high, dtype=torch.float32, device=raw.device).reshape(shape) - low
-    span = torch.where(span > 0, span, torch.ones_like(span))
-    return unit.sub_(low).div_(span).clamp_(0.0, 1.0).mul_(2.0).sub_(1.0)
+class UnitScaler:
+    """(bands, ...) raw values on ``device`` -> float32 in [-1, 1]; same operations, in the same order, as
+    ``InputScaling.to_unit``.
+
+    A stretch's per-band constants are uploaded here, once: made per call, they would be a blocking copy from
+    pageable host memory that stalls a CUDA stream once or twice per window row.
+    """
+
+    def __init__(self, scaling: InputScaling, device: torch.device) -> None:
+        self.stretch: tuple[torch.Tensor, torch.Tensor] | None = None
+        if scaling.kind != UINT8_KIND:
+            low = torch.tensor(scaling.low, dtype=torch.float32)
+            span = torch.tensor(scaling.high, dtype=torch.float32) - low
+            span = torch.where(span > 0, span, torch.ones_like(span))
+            self.stretch = low.to(device), span.to(device)
+
+    def __call__(self, raw: torch.Tensor) -> torch.Tensor:
+        unit = raw.to(torch.float32)  # uint8, int32 or float32 raw rows: exact
+        if self.stretch is None:
+            return unit.div_(127.5).sub_(1.0)
+        shape = (-1,) + (1,) * (raw.dim() - 1)
+        low, span = (constant.reshape(shape) for constant in self.stretch)
+        return unit.sub_(low).div_(span).clamp_(0.0, 1.0).mul_(2.0).sub_(1.0)
 
 
 def _halve(array: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,8 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 
@@ -17,14 +18,36 @@ from geo_sat2map.models import InferenceGenerator
 log = logging.getLogger("geo_sat2map")
 
 
-class StageClock:
-    """Per-stage time of work queued on a device.
+def device_binder(device: torch.device) -> Callable[[], None]:
+    """A function that makes ``device`` the current CUDA device of the thread that calls it (a no-op elsewhere).
 
-    On CUDA each section records a pair of events and the totals are read once at the end (reading them earlier
-    would stall the stream); elsewhere the work is synchronous and the wall time of each section is its cost.
+    Every new thread starts on GPU 0: a worker thread of a run on another GPU (``--device cuda:1``, a torchrun
+    rank) that allocates pinned memory, records an event or creates a stream there would open a context on
+    GPU 0 (about 0.5 GiB each) or time the wrong GPU. Make the binder on the thread that owns the run (a
+    ``cuda`` device without an index means that thread's current device); call it first in every worker.
+    """
+    if device.type != "cuda":
+        return lambda: None
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return lambda: torch.cuda.set_device(index)
+
+
+def device_context(device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """``device`` as the calling thread's current CUDA device inside the block (restored after; a no-op
+    elsewhere): for the run's own thread, which belongs to the caller."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
+class StageClock:
+    """Per-stage time of work queued on ``device``.
+
+    On CUDA each section records a pair of events on a stream of ``device`` (never the calling thread's current
+    device: that may be another GPU) and the totals are read once at the end (reading them earlier would stall
+    the stream); elsewhere the work is synchronous and the wall time of each section is its cost.
     """
 
     def __init__(self, device: torch.device) -> None:
+        self.device = device
         self.cuda = device.type == "cuda"
         self._events: dict[str, list[tuple[torch.cuda.Event, torch.cuda.Event]]] = defaultdict(list)
         self._seconds: dict[str, float] = defaultdict(float)
@@ -32,8 +55,10 @@ class StageClock:
 
     @contextlib.contextmanager
     def __call__(self, stage: str, stream: torch.cuda.Stream | None = None) -> Iterator[None]:
-        """Time the work queued inside the block (on ``stream``, default the current one)."""
+        """Time the work queued inside the block (on ``stream``, default the device's current one)."""
         if self.cuda:
+            if stream is None:
+                stream = torch.cuda.current_stream(self.device)
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record(stream)
             yield
@@ -50,29 +75,35 @@ class StageClock:
         """Seconds per stage (synchronises the device once)."""
         totals = dict(self._seconds)
         if self._events:
-            torch.cuda.synchronize()
+            torch.cuda.synchronize(self.device)
             for stage, pairs in self._events.items():
                 totals[stage] = totals.get(stage, 0.0) + sum(s.elapsed_time(e) for s, e in pairs) / 1000
         return totals
 
 
+CHANNELS_LAST_DEVICES = ("cuda", "cpu")  # measured faster there (benchmarks/norm_layout_bench.py on CPU)
+
+
 class GeneratorRunner:
-    """The generator on ``device`` at ``dtype`` (autocast), channels_last on CUDA, optionally compiled.
+    """The generator on ``device`` at ``dtype`` (autocast), channels_last on CUDA and CPU, optionally compiled.
 
     Called with a (n, 3, tile, tile) float32 device batch; returns float32 outputs on the device. With
     ``compile``, ``torch.compile`` traces the model once for the engine's fixed batch shape; if compiling fails
-    the runner says so and stays eager.
+    the runner says so and stays eager. ``deterministic``: on CUDA, convolution algorithms are chosen
+    deterministically instead of by timing (cuDNN's benchmark may pick different kernels in each process, and
+    some sum in another order), for runs whose processes must agree to the bit (split runs).
     """
 
     def __init__(
         self, model: InferenceGenerator, device: torch.device, dtype: torch.dtype, clock: StageClock,
-        compile: bool = False,
+        compile: bool = False, deterministic: bool = False,
     ) -> None:
         model = model.to(device)
-        if device.type == "cuda":
-            model = model.to(memory_format=torch.channels_last)
-            torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest convolution once
+        self.memory_format = (torch.channels_last if device.type in CHANNELS_LAST_DEVICES
+                              else torch.contiguous_format)
+        model = model.to(memory_format=self.memory_format)
         self.model, self.device, self.dtype, self.clock = model, device, dtype, clock
+        self.deterministic = deterministic
         self._forward = torch.compile(model, dynamic=False) if compile else model
         self.compiled = compile
         self.compile_seconds = 0.0
@@ -83,15 +114,18 @@ class GeneratorRunner:
         """Process-wide settings while running. CPU: flush denormals to zero (tiny activations, common in deep
         U-Nets with untrained or weakly trained layers, otherwise take a slow path and can halve throughput).
         CUDA at fp32: no TF32 (cuDNN uses it for convolutions by default), so fp32 means fp32; ask for bf16
-        for speed."""
+        for speed. CUDA convolutions: the fastest algorithm timed once for the fixed shapes (cuDNN benchmark),
+        or a deterministic choice when ``deterministic``."""
         if self.device.type == "cuda":
-            saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+            cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+            saved = cudnn.allow_tf32, matmul.allow_tf32, cudnn.benchmark, cudnn.deterministic
             if self.dtype == torch.float32:
-                torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+                cudnn.allow_tf32 = matmul.allow_tf32 = False
+            cudnn.benchmark, cudnn.deterministic = not self.deterministic, self.deterministic
             try:
                 yield
             finally:
-                torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+                cudnn.allow_tf32, matmul.allow_tf32, cudnn.benchmark, cudnn.deterministic = saved
             return
         if self.device.type != "cpu":
             yield
@@ -103,8 +137,7 @@ class GeneratorRunner:
             torch.set_flush_denormal(False)  # PyTorch's default; there is no getter to restore from
 
     def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
-        if self.device.type == "cuda":
-            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        inputs = inputs.contiguous(memory_format=self.memory_format)
         if self._first_call and self.compiled:
             return self._first_compiled_call(inputs)
         with self.clock("generator"):

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from geo_sat2map.inference.runner import StageClock
+from geo_sat2map.inference.runner import StageClock, device_binder
 from geo_sat2map.raster_io.grid import GridRows
 from geo_sat2map.windows import RowBand
 
@@ -50,18 +50,21 @@ class RawChunk:
 
 
 class ChunkReader:
-    """Reads the new rows of each window row in order, ``ahead`` chunks ahead on ``workers`` threads."""
+    """Reads the new rows of each window row in order, ``ahead`` chunks ahead on ``workers`` threads, into
+    pinned memory for a CUDA ``device`` (the threads bind themselves to it first)."""
 
     def __init__(
-        self, reader: GridRows, band: RowBand, dtype: np.dtype, *, pin: bool, workers: int = 1, ahead: int = 3,
+        self, reader: GridRows, band: RowBand, dtype: np.dtype, *, device: torch.device, workers: int = 1,
+        ahead: int = 3,
     ) -> None:
-        self.reader, self.band, self.dtype, self.pin = reader, band, dtype, pin
+        self.reader, self.band, self.dtype, self.pin = reader, band, dtype, device.type == "cuda"
+        self._bind = device_binder(device)
         self.workers, self.ahead = max(1, workers), max(1, ahead, workers)
         self.seconds = 0.0  # summed over threads
         self._lock = threading.Lock()
 
     def chunks(self) -> Iterator[RawChunk]:
-        pool = ThreadPoolExecutor(self.workers, thread_name_prefix="translate-read")
+        pool = ThreadPoolExecutor(self.workers, thread_name_prefix="translate-read", initializer=self._bind)
         futures: deque[Future[RawChunk]] = deque()
         try:
             for row in range(self.band.process_from, self.band.end):
@@ -95,15 +98,16 @@ _END = object()
 
 
 class QueueWorker:
-    """A thread that calls ``handle(item)`` for every queued item, in order.
+    """A thread that calls ``handle(item)`` for every queued item, in order, with ``device`` as its current one.
 
     ``put`` blocks while ``max_queued`` items wait (the feeder cannot run ahead of the worker by more); the
     worker's first failure is raised by the next ``put`` or by ``close``; ``abandon`` stops it without handling
     what is still queued.
     """
 
-    def __init__(self, handle: Callable[[Any], None], name: str, max_queued: int) -> None:
+    def __init__(self, handle: Callable[[Any], None], name: str, max_queued: int, device: torch.device) -> None:
         self.handle = handle
+        self._bind = device_binder(device)
         self.error: BaseException | None = None
         self._items: queue.Queue[Any] = queue.Queue(maxsize=max_queued)
         self._stopped = threading.Event()
@@ -124,6 +128,7 @@ class QueueWorker:
 
     def _work(self) -> None:
         try:
+            self._bind()
             while not self._stopped.is_set():
                 try:
                     item = self._items.get(timeout=POLL_SECONDS)
@@ -155,7 +160,7 @@ class RowWriter:
         self.sink, self.device, self.clock = sink, device, clock
         self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
         self.seconds = 0.0  # writer thread time in the sink (encoding, file writes)
-        self._worker = QueueWorker(self._write, "translate-write", max_queued)
+        self._worker = QueueWorker(self._write, "translate-write", max_queued, device)
 
     def submit(self, level: int, rows: torch.Tensor) -> None:
         """Queue (rows, width, 4) uint8 device rows of ``level``; blocks while the writer is behind."""

@@ -35,7 +35,7 @@ from geo_sat2map.inference.config import OUTPUT_GRIDS, RESOLUTION_MODES, Transla
 from geo_sat2map.inference.crop import Crop, CroppedRows, Footprint
 from geo_sat2map.inference.engine import LevelEmitter, StreamEngine, to_device
 from geo_sat2map.inference.identity import RUN_ID_TAG, run_id
-from geo_sat2map.inference.runner import GeneratorRunner, StageClock
+from geo_sat2map.inference.runner import GeneratorRunner, StageClock, device_context
 from geo_sat2map.inference.stages import ChunkReader, RowWriter
 from geo_sat2map.models import NORM_MODES, InferenceGenerator
 from geo_sat2map.progress import progress_bar
@@ -360,7 +360,13 @@ class _StreamResult:
 
 
 def _stream(config: TranslateConfig, run: _Run, sink: Any, band: RowBand | None = None) -> _StreamResult:
-    """Read -> device engine -> write, for every window row of ``band`` (default: the whole grid)."""
+    """Read -> device engine -> write, for every window row of ``band`` (default: the whole grid), with the
+    run's device as this thread's current one (its worker threads bind themselves to it too)."""
+    with device_context(run.device):
+        return _stream_on_device(config, run, sink, band)
+
+
+def _stream_on_device(config: TranslateConfig, run: _Run, sink: Any, band: RowBand | None) -> _StreamResult:
     device, grid = run.device, run.grid
     band = band or RowBand.whole(grid)
     clock = StageClock(device)
@@ -368,7 +374,8 @@ def _stream(config: TranslateConfig, run: _Run, sink: Any, band: RowBand | None 
         torch.cuda.reset_peak_memory_stats(device)
     started = time.perf_counter()
     try:
-        runner = GeneratorRunner(run.model, device, run.dtype, clock, compile=config.compile)
+        runner = GeneratorRunner(run.model, device, run.dtype, clock, compile=config.compile,
+                                 deterministic=config.fixed_batch)
     except torch.cuda.OutOfMemoryError:
         raise UserError(f"--device {device}: not enough GPU memory for the model") from None
     writer = RowWriter(sink, device, clock)
@@ -381,7 +388,7 @@ def _stream(config: TranslateConfig, run: _Run, sink: Any, band: RowBand | None 
     threads = config.read_threads or READ_THREADS.get(device.type, 1)
     rows = GridRows(config.input, run.bands, run.processing, config.alpha_threshold, run.region)
     reader = ChunkReader(rows, band, streaming_dtype(run.info.dtype),
-                         pin=device.type == "cuda", workers=threads, ahead=threads + 2)
+                         device=device, workers=threads, ahead=threads + 2)
     bar = progress_bar(total=(band.end - band.process_from) * grid.shape[1], unit="win", desc="translate",
                        disable=not config.progress, dynamic_ncols=True)
     counted = 0
@@ -581,6 +588,6 @@ def _output_tags(config: TranslateConfig, run: _Run) -> dict[str, str]:
         "PROCESSING_GRID": "native" if run.processing.native else f"{run.info.width}x{run.info.height}",
         "RESAMPLING": run.processing.resampling or "none",
         "OUTPUT_GRID": "input" if run.resample_back or run.processing.native else "processing",
-        RUN_ID_TAG: run_id(config, model_sha256, precision_name(run.dtype)),
+        RUN_ID_TAG: run_id(config, model_sha256, precision_name(run.dtype), run.device.type),
     }
 

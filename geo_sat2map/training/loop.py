@@ -162,16 +162,24 @@ class Pix2Pix:
 
     def _load_optimizer(self, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
         """Restore moments and step counts; hyperparameters and kernels follow the current config/device (and
-        the LR tensor a captured graph reads stays the same object)."""
+        the LR tensor a captured graph reads stays the same object).
+
+        ``Optimizer.load_state_dict`` keeps the saved moments' strides: NCHW from a CPU run, NHWC from a
+        channels_last one. Each moment is laid out like its parameter again, since the fused CUDA Adam requires
+        the same layout for both (a resume across a device or ``channels_last`` change would fail at step 1)."""
         settings = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
         optimizer.load_state_dict(state)
         for group, own in zip(optimizer.param_groups, settings):
             group.update(own)
             on_device = group["fused"] or group["capturable"]  # these keep the step count on the GPU
             for param in group["params"]:
-                step = optimizer.state.get(param, {}).get("step")
-                if step is not None:
-                    optimizer.state[param]["step"] = step.to(param.device if on_device else "cpu")
+                param_state = optimizer.state.get(param, {})
+                for name, value in param_state.items():
+                    if name == "step":
+                        param_state[name] = value.to(param.device if on_device else "cpu")
+                    elif isinstance(value, torch.Tensor) and value.shape == param.shape \
+                            and value.stride() != param.stride():
+                        param_state[name] = torch.empty_like(param, dtype=value.dtype).copy_(value)
 
     def inference_generator(self, norm_mode: str) -> InferenceGenerator:
         """A copy of G as translate will run it (its swapped-in norm layers are built on the CPU: move it)."""
