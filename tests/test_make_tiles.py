@@ -309,7 +309,7 @@ def _overlap(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
 
 def test_overlapping_strides_never_put_val_or_test_on_train_pixels(pair, tmp_path):
     sat, map_path, _ = pair
-    args = ["-i", sat, "-m", map_path, "--tile-size", 32, "--stride", 12, "--val-fraction", 0.2,
+    args = ["-i", sat, "-m", map_path, "--tile-size", 32, "--stride", 16, "--val-fraction", 0.2,
             "--test-fraction", 0.15, "--split-block", 2, "--seed", 7]
     out = tmp_path / "tiles"
     assert invoke(*args, "-o", out).exit_code == 0
@@ -322,7 +322,7 @@ def test_overlapping_strides_never_put_val_or_test_on_train_pixels(pair, tmp_pat
         assert not any(_overlap(w, t) for t in by_split["train"])
     for v in by_split["val"]:
         assert not any(_overlap(v, t) for t in by_split["test"])
-    assert sum(dataset["counts"].values()) + dataset["skipped"]["split_buffer"] == len(range(0, 256 - 32 + 1, 12)) ** 2
+    assert sum(dataset["counts"].values()) + dataset["skipped"]["split_buffer"] == len(range(0, 256 - 32 + 1, 16)) ** 2
     assert sorted(p.name for p in (out / "val").iterdir()) == sorted(f"{f['properties']['id']}.png" for f in features
                                                                      if f["properties"]["split"] == "val")
     # deterministic for a seed; another seed gives another split
@@ -331,6 +331,58 @@ def test_overlapping_strides_never_put_val_or_test_on_train_pixels(pair, tmp_pat
     assert _windows_by_split(load(out_again)[1]) == by_split
     assert invoke(*args[:-1], "8", "-o", out_other).exit_code == 0
     assert _windows_by_split(load(out_other)[1]) != by_split
+
+
+def collar_scene(tmp_path: Path) -> tuple[Path, Path]:
+    """A pair whose satellite has a nodata collar around a diamond of valid pixels (like a rotated Landsat scene
+    on its north-up grid)."""
+    sat, map_path = tmp_path / "sat.tif", tmp_path / "map.tif"
+    rows, cols = np.mgrid[0:SAT_SIZE, 0:SAT_SIZE]
+    write_satellite(sat, mask=np.abs(cols - SAT_SIZE / 2) + np.abs(rows - SAT_SIZE / 2) < 0.62 * SAT_SIZE)
+    write_mercator_map(map_path)
+    return sat, map_path
+
+
+def test_a_split_the_buffer_would_unbalance_is_refused_saying_why(tmp_path):
+    """Overlapping tiles on a small scene: the buffer between splits would leave train 11 / val 93 for a 10 % val."""
+    sat, map_path = collar_scene(tmp_path)
+    out = tmp_path / "tiles"
+    result = CliRunner().invoke(cli, ["-q", "make-tiles", "-i", str(sat), "-m", str(map_path), "-o", str(out),
+                                      "--tile-size", "96", "--stride", "8", "--min-valid", "0.8", "--val-fraction", "0.1"])
+    assert_one_line_error(result, "cannot stay near the asked fractions", "val 93 (89 % for 10 %)", "split buffer",
+                          "too small for that buffer", "--stride 96")
+    assert_nothing_written(out)
+
+
+def test_overlapping_tiles_keep_every_split_near_its_fraction(tmp_path):
+    """With blocks of one tile the buffer would take half of train (val 38 % for 20 %); larger blocks keep it near."""
+    sat, map_path = collar_scene(tmp_path)
+    fractions = {"train": 0.7, "val": 0.2, "test": 0.1}
+    dataset, features = make(sat, map_path, tmp_path / "tiles", "--tile-size", 16, "--stride", 8, "--min-valid", 0.8,
+                             "--val-fraction", 0.2, "--test-fraction", 0.1, "--split-block", 1)
+    counts, kept = dataset["counts"], len(features)
+    for split, fraction in fractions.items():
+        assert abs(counts[split] / kept - fraction) <= 0.5 * fraction, (split, counts)
+    assert dataset["split"]["block_tiles"] > 1 and dataset["skipped"]["split_buffer"] > 0
+    by_split = _windows_by_split(features)
+    for w in by_split["val"] + by_split["test"]:
+        assert not any(_overlap(w, t) for t in by_split["train"])
+
+
+def test_too_few_tiles_names_what_dropped_the_others_and_the_option(tmp_path):
+    sat, map_path = tmp_path / "sat.tif", tmp_path / "map.tif"
+    mask = np.zeros((SAT_SIZE, SAT_SIZE), bool)
+    mask[:150, :150] = True  # only the top-left 128 px tile is whole
+    write_satellite(sat, mask=mask)
+    write_mercator_map(map_path)
+    out = tmp_path / "tiles"
+    result = CliRunner().invoke(cli, ["-q", "make-tiles", "-i", str(sat), "-m", str(map_path), "-o", str(out),
+                                      "--tile-size", "128"])
+    assert_one_line_error(result, "only 1 of 4 candidate tiles kept, too few to split", "3 as image nodata",
+                          "lower --min-valid (now 0.95)", "--stride")
+    assert_nothing_written(out)
+    dataset, _ = make(sat, map_path, out, "--tile-size", 128, "--val-fraction", 0)
+    assert dataset["skipped"]["image_nodata"] == 3
 
 
 def test_several_pairs_and_a_pairs_csv(tmp_path):
@@ -449,7 +501,7 @@ def test_pairs_that_do_not_overlap(tmp_path):
         ("min_valid", ("--min-valid 1.5",)),
         ("map_uint16", ("8-bit map",)),
         ("too_few_tiles", ("too few to split",)),
-        ("aoi_too_small", ("AOI", "aoi.geojson: ", "candidate tile(s) lie outside it; only 1 tile(s): too few")),
+        ("aoi_too_small", ("AOI", "aoi.geojson: ", "only 1 of 16 candidate tiles kept, too few", "15 as outside the AOI")),
         ("pairs_binary", ("--pairs", "pairs.csv: not a UTF-8 CSV file of image,map rows",)),
         ("pairs_missing_raster", ("--pairs", "pairs.csv row 2: ", "sat.tiff: file not found")),
     ],
