@@ -229,6 +229,7 @@ def test_masks_come_from_gdal_not_from_zero_values(tmp_path):
     assert windows == {(c, r) for c in (64, 128) for r in (0, 64, 128, 192)}
     assert dataset["skipped"]["image_nodata"] == 4 and dataset["skipped"]["map_nodata"] == 4
     assert all(f["properties"]["valid_fraction"] == 1.0 for f in features)
+    assert not (tmp_path / "tiles" / "masks").exists()  # whole tiles need no mask
 
 
 def test_partly_valid_tiles_follow_min_valid_and_black_out_invalid_pixels(tmp_path):
@@ -246,6 +247,16 @@ def test_partly_valid_tiles_follow_min_valid_and_black_out_invalid_pixels(tmp_pa
     satellite, map_half = pair_halves(out, edge)
     assert not satellite[:, :, :8].any() and not map_half[:, :, :8].any()
     np.testing.assert_array_equal(satellite[:, :, 8:], data[:, :64, 8:64])
+    # the tile's mask is stored with it (validation and evaluate score only its valid pixels); whole tiles have none
+    split = edge["properties"]["split"]
+    assert edge["properties"]["mask"] == f"masks/{split}/{edge['properties']['id']}.png"
+    stored = np.asarray(Image.open(out / edge["properties"]["mask"]))
+    assert stored.shape == (64, 64) and not stored[:, :8].any() and (stored[:, 8:] == 255).all()
+    whole = [f for f in features if f["properties"]["valid_fraction"] == 1.0]
+    assert whole and all(f["properties"]["mask"] is None for f in whole)
+    edge_masks = sorted(f["properties"]["mask"] for f in features if f["properties"]["window"][0] == 0)
+    assert len(edge_masks) == 4 and sorted(p.relative_to(out).as_posix() for p in (out / "masks").rglob("*")
+                                           if p.is_file()) == edge_masks
 
 
 def test_aoi_in_another_crs_clips_the_tiles(pair, tmp_path):

@@ -320,7 +320,9 @@ def _common(values: Sequence[Any]) -> Any:
     return values[0] if values and all(v == values[0] for v in values) else None
 
 
-def _feature(tile: _Tile, split: str, path: str, spec: PairSpec, size: int, footprint: BaseGeometry) -> dict[str, Any]:
+def _feature(
+    tile: _Tile, split: str, paths: tuple[str, str | None], spec: PairSpec, size: int, footprint: BaseGeometry
+) -> dict[str, Any]:
     ring = orient(footprint, sign=1.0).exterior.coords  # RFC 7946: exterior rings counter-clockwise
     transform = spec.grid.window_transform(tile.col, tile.row)
     return {
@@ -329,7 +331,8 @@ def _feature(tile: _Tile, split: str, path: str, spec: PairSpec, size: int, foot
         "properties": {
             "id": tile.id,
             "split": split,
-            "path": path,
+            "path": paths[0],
+            "mask": paths[1],
             "pair": tile.pair,
             "image": spec.image_path,
             "map": spec.map_path,
@@ -396,7 +399,7 @@ def _stage_tiles(
                         map_rgb = window.map.copy()
                         satellite[:, ~both] = 0  # invalid in either half: black in both, like translate's nodata
                         map_rgb[:, ~both] = 0
-                        writes.submit(write_pair, stage_path(work, record.id), satellite, map_rgb)
+                        writes.submit(write_pair, stage_path(work, record.id), satellite, map_rgb, both)
                         tiles.append(record)
                     bar.update()
     return tiles, scalings
@@ -417,9 +420,9 @@ def _place_tiles(
             spec.grid.transform, spec.grid.crs_wkt, [(t.col, t.row, tile, tile) for t, _ in own]
         )
         for (t, split), footprint in zip(own, footprints):
-            path = place(work, t.id, split)
+            paths = place(work, t.id, split)
             counts[split] += 1
-            features.append(_feature(t, split, path, spec, tile, footprint))
+            features.append(_feature(t, split, paths, spec, tile, footprint))
     return counts, features
 
 

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from geo_sat2map.errors import UserError
-from geo_sat2map.image_io import probe_image, read_rgb, split_pair
+from geo_sat2map.image_io import probe_image, read_rgb, read_tile_valid, split_pair, tile_mask_path
 from geo_sat2map.scaling import InputScaling
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -117,6 +117,12 @@ def _check_tiles(paths: Sequence[Path]) -> int:
                 f"tiles of mixed sizes: {first[0]} is {first[1]}x{first[2]} but {path} is {width}x{height}; "
                 "all tiles must share one size"
             )
+        mask = tile_mask_path(path)
+        if mask.is_file():
+            mode, mask_width, mask_height = probe_image(mask, verify=True)
+            if mode not in ("L", "1") or (mask_width, mask_height) != (height, height):
+                raise UserError(f"{mask}: a tile mask must be a {height}x{height} 8-bit grey PNG, not {mode} "
+                                f"{mask_width}x{mask_height}; re-run make-tiles")
     assert first is not None
     return first[2]
 
@@ -150,10 +156,13 @@ def worker_error(exc: UserError) -> UserError:
 
 
 def dataset_hash(info: DatasetInfo) -> str:
-    """sha256 over the manifest and every train/val tile (relative path + bytes): names the exact data."""
+    """sha256 over the manifest and every train/val tile and tile mask (relative path + bytes): names the exact
+    data."""
     digest = hashlib.sha256()
     manifest = info.root / MANIFEST
-    for path in ([manifest] if manifest.is_file() else []) + list(info.train) + list(info.val):
+    tiles = list(info.train) + list(info.val)
+    masks = [m for m in map(tile_mask_path, tiles) if m.is_file()]
+    for path in ([manifest] if manifest.is_file() else []) + tiles + masks:
         digest.update(path.relative_to(info.root).as_posix().encode() + b"\0")
         with open(path, "rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -236,7 +245,8 @@ class PairDataset(Dataset):
 
     Training (``augment`` given): items are keyed ``(epoch, index)`` and return ``(A, B)`` resized,
     randomly cropped and flipped identically. Validation (``augment`` None): items are plain indices and
-    return ``(A, B_uint8)``, centre-cropped to ``crop_size``; B stays 8-bit for the metrics.
+    return ``(A, B_uint8, valid)``, centre-cropped to ``crop_size``; B stays 8-bit for the metrics, and
+    ``valid`` (bool, from the tile's mask) says which pixels they score.
     """
 
     def __init__(self, paths: Sequence[Path], crop_size: int, augment: Augmentation | None = None, seed: int = 0):
@@ -252,19 +262,24 @@ class PairDataset(Dataset):
         path = self.paths[index]
         return split_pair(read_rgb(path), path)
 
-    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, ...]:
         if self.augment is None:
-            a, b = self.centre_crop(int(key))  # type: ignore[arg-type]
-            return to_unit(a), b
+            a, b, valid = self.centre_crop(int(key))  # type: ignore[arg-type]
+            return to_unit(a), b, valid
         epoch, index = key  # type: ignore[misc]
         return self._augmented(epoch, index)
 
-    def centre_crop(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Validation's view of a tile: the uint8 (A, B) centre ``crop_size`` squares."""
+    def centre_crop(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Validation's view of a tile: the uint8 (A, B) centre ``crop_size`` squares and their validity."""
         a, b = self._pair(index)
+        valid = read_tile_valid(self.paths[index], a.shape[1])
         top = (a.shape[1] - self.crop_size) // 2
-        window = (slice(None), slice(top, top + self.crop_size), slice(top, top + self.crop_size))
-        return torch.from_numpy(np.ascontiguousarray(a[window])), torch.from_numpy(np.ascontiguousarray(b[window]))
+        rows = cols = slice(top, top + self.crop_size)
+        return (
+            torch.from_numpy(np.ascontiguousarray(a[:, rows, cols])),
+            torch.from_numpy(np.ascontiguousarray(b[:, rows, cols])),
+            torch.from_numpy(np.ascontiguousarray(valid[rows, cols])),
+        )
 
     def resized(self, index: int) -> torch.Tensor:
         """uint8 (6, L, L): A and B resized to ``load_size`` (bicubic, and ``map_resample`` for B), stacked.
