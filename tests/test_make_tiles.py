@@ -259,6 +259,34 @@ def test_partly_valid_tiles_follow_min_valid_and_black_out_invalid_pixels(tmp_pa
                                            if p.is_file()) == edge_masks
 
 
+def test_bands_follow_the_colour_interpretation_and_their_roles_are_recorded(pair, tmp_path):
+    """A BGR-tagged copy of the scene gives the same tiles; dataset.json records the bands' colour roles, which
+    train copies into generator.pt for translate to match."""
+    sat, map_path, data = pair
+    bgr = tmp_path / "bgr.tif"
+    write_satellite(bgr)
+    with rasterio.open(bgr, "r+") as dst:
+        dst.write(data[::-1])
+        dst.colorinterp = [ColorInterp.blue, ColorInterp.green, ColorInterp.red]
+    out = tmp_path / "tiles"
+    result = invoke("-i", bgr, "-m", map_path, "-o", out, "--tile-size", 128, "--val-fraction", 0)
+    assert result.exit_code == 0, result.output
+    assert "bands 3,2,1 by the scene's colour interpretation (red, green, blue)" in result.output
+    dataset, features = load(out)
+    assert dataset["bands"] == [3, 2, 1] and dataset["band_roles"] == ["red", "green", "blue"]
+    assert dataset["images"][0]["band_roles"] == ["red", "green", "blue"]
+    for feature in features:
+        col, row, size, _ = feature["properties"]["window"]
+        np.testing.assert_array_equal(pair_halves(out, feature)[0], data[:, row:row + size, col:col + size])
+    untagged = tmp_path / "untagged.tif"
+    write_satellite(untagged)
+    with rasterio.open(untagged, "r+") as dst:
+        dst.colorinterp = [ColorInterp.gray, ColorInterp.undefined, ColorInterp.undefined]
+    result = invoke("-i", untagged, "-m", map_path, "-o", tmp_path / "plain", "--tile-size", 128, "--val-fraction", 0)
+    assert result.exit_code == 0 and "bands 1,2,3 by index" in result.output
+    assert load(tmp_path / "plain")[0]["band_roles"] is None
+
+
 def test_aoi_in_another_crs_clips_the_tiles(pair, tmp_path):
     sat, map_path, _ = pair
     to_merc = pyproj.Transformer.from_crs(UTM, MERCATOR, always_xy=True)

@@ -108,7 +108,7 @@ def test_run_outputs_and_generator_metadata(straight_run, data, config_file):
     loaded = load_generator(run / "generator.pt")
     meta = loaded.meta
     assert (meta.arch, meta.width, meta.norm_mode, meta.tile_size, meta.resolution) == ("unet256", 8, "instance", 256, 2.5)
-    assert meta.bands == (3, 2, 1)
+    assert meta.bands == (3, 2, 1) and meta.band_roles == ("red", "green", "blue")
     assert meta.scaling == InputScaling("percentile", (10.0, 20.0, 30.0), (900.0, 950.0, 1000.0), (2.0, 98.0))
     assert meta.provenance["epochs"] == 2 and meta.provenance["config"]["ngf"] == 8
     assert meta.provenance["dataset_hash"] == dataset_hash(scan_dataset(data))

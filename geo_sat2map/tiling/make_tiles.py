@@ -351,6 +351,7 @@ def _image_entry(spec: PairSpec, scaling: InputScaling, tiles: int) -> dict[str,
         "map": spec.map_path,
         "scaling": scaling.to_dict(),
         "bands": list(spec.bands),
+        "band_roles": list(spec.band_roles) if spec.band_roles else None,
         "dtype": spec.image_dtype,
         "crs": spec.grid.crs_label,
         "resolution": list(spec.grid.pixel_size),
@@ -448,8 +449,8 @@ def make_tiles(
         raise UserError(f"AOI {aoi.path}: {error}") if aoi is not None and skipped["outside_aoi"] else error
     for p in plans:
         log.info(
-            "%s + %s: %d candidate windows on a %dx%d grid (%s)", p.spec.image_path, p.spec.map_path,
-            len(p.windows), p.spec.grid.width, p.spec.grid.height, p.spec.grid.crs_label,
+            "%s + %s: %d candidate windows on a %dx%d grid (%s); %s", p.spec.image_path, p.spec.map_path,
+            len(p.windows), p.spec.grid.width, p.spec.grid.height, p.spec.grid.crs_label, p.spec.bands_chosen,
         )
 
     with dataset_output(out_dir, config.overwrite) as work:
@@ -476,6 +477,7 @@ def make_tiles(
             "resolution": float(np.mean(sizes[0])) if _common(sizes) else None,
             "crs": _common([s.grid.crs_label for s in specs]),
             "bands": list(specs[0].bands),
+            "band_roles": list(roles) if (roles := _common([s.band_roles for s in specs])) else None,
             "scaling": _dataset_scaling(scalings).to_dict(),
             "images": [
                 _image_entry(spec, scaling, sum(1 for f in features if f["properties"]["pair"] == i))

@@ -40,6 +40,7 @@ class DatasetInfo:
     val: tuple[Path, ...]
     tile_size: int
     bands: tuple[int, ...] | None = None
+    band_roles: tuple[str, ...] | None = None  # colour interpretation of ``bands`` in the training images
     scaling: InputScaling | None = None  # None: a plain pix2pix folder, scaling unknown (uint8 assumed)
     resolution: float | None = None
     crs: str | None = None
@@ -70,6 +71,7 @@ def scan_dataset(data_dir: str | os.PathLike[str]) -> DatasetInfo:
         raise UserError(f"{root / MANIFEST} says tile_size {declared} but the tiles are {size} px; re-run make-tiles")
     try:
         bands = manifest.get("bands")
+        roles = manifest.get("band_roles")
         scaling = manifest.get("scaling")
         resolution = manifest.get("resolution")
         return DatasetInfo(
@@ -78,12 +80,21 @@ def scan_dataset(data_dir: str | os.PathLike[str]) -> DatasetInfo:
             tuple(val),
             size,
             bands=tuple(int(b) for b in bands) if bands is not None else None,
+            band_roles=_colour_names(roles),
             scaling=InputScaling.from_dict(scaling) if scaling is not None else None,
             resolution=float(resolution) if resolution is not None else None,
             crs=manifest.get("crs"),
         )
     except (KeyError, TypeError, ValueError) as exc:
-        raise UserError(f"{root / MANIFEST}: malformed bands/scaling/resolution ({exc}); re-run make-tiles") from None
+        raise UserError(f"{root / MANIFEST}: malformed bands/band_roles/scaling/resolution ({exc}); re-run make-tiles") from None
+
+
+def _colour_names(value: Any) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise TypeError(f"band_roles {value!r} is not a list of colour names")
+    return tuple(value)
 
 
 def check_fits(info: DatasetInfo, crop_size: int) -> None:

@@ -467,6 +467,7 @@ class _Run:
             width=self.config.ngf,
             norm_mode=self.norm_mode,
             bands=self.info.bands,
+            band_roles=self.info.band_roles,
             scaling=self.info.scaling,
             tile_size=self.config.crop_size,
             resolution=self.info.resolution,
