@@ -492,7 +492,7 @@ def make_tiles(
                 "val_fraction": config.val_fraction,
                 "test_fraction": config.test_fraction,
                 "block_tiles": split.block_tiles,
-                "block_pixels": split.block_tiles * tile,
+                "block_pixels": split.block_pixels,
                 "blocks": split.blocks,
             },
             "tiling": {
