@@ -112,7 +112,7 @@ def run_checks(spec: dict, observed: dict) -> None:
 
     try:  # overlapping tiles on a small scene: refused like the CLI, saying why
         processing.run("geosat2map:maketiles", {
-            "IMAGES": [spec["tiles_image"]], "MAPS": [spec["tiles_map"]], "STRIDE": 32, "VAL_FRACTION": 0.1,
+            "IMAGES": [spec["tiles_image"]], "MAPS": [spec["tiles_map"]], "STRIDE": 16, "VAL_FRACTION": 0.1,
             "OUTPUT": spec["unbalanced_output"],
         })
         observed["unbalanced_error"] = None

@@ -150,7 +150,7 @@ def test_make_tiles_cuts_the_pairs_within_the_aoi_layer(session):
 def test_make_tiles_refuses_a_split_the_buffer_would_unbalance_with_the_clis_line(session):
     spec = session["spec"]
     cli_run = CliRunner().invoke(cli, ["-q", "make-tiles", "-i", spec["tiles_image"], "-m", spec["tiles_map"],
-                                       "-o", spec["unbalanced_output"], "--stride", "32", "--val-fraction", "0.1"])
+                                       "-o", spec["unbalanced_output"], "--stride", "16", "--val-fraction", "0.1"])
     error_line = cli_run.output.strip().splitlines()[-1]
     assert cli_run.exit_code == 1 and "cannot stay near the asked fractions" in error_line
     assert session["observed"]["unbalanced_error"] == error_line.removeprefix("Error: ")
