@@ -6,7 +6,7 @@ Everything is read with ``torch.load(..., weights_only=True)``: a file that need
 Our format (``FORMAT_NAME``, version ``FORMAT_VERSION``) is a plain dict::
 
     {"format": "geo-sat2map-generator", "format_version": 1,
-     "metadata": {arch, width, norm_mode, bands, scaling, tile_size, resolution, provenance},
+     "metadata": {arch, width, norm_mode, bands, band_roles, scaling, tile_size, resolution, provenance},
      "state_dict": {...}}
 """
 
@@ -43,6 +43,9 @@ class GeneratorMeta:
     width: int
     norm_mode: str
     bands: tuple[int, ...] | None = None  # 1-based source bands used in training (None: RGB / 1,2,3)
+    # The colour interpretation of those bands ("red", "green", "blue"), when the training image tagged them:
+    # translate then finds them by colour in a tagged scene, whatever their order there (None: by index).
+    band_roles: tuple[str, ...] | None = None
     scaling: InputScaling | None = None  # None: uint8 data scaled as x/127.5-1, else a per-scene stretch
     tile_size: int | None = 256
     resolution: float | None = None  # ground resolution of the training data (CRS units per pixel)
@@ -54,6 +57,7 @@ class GeneratorMeta:
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["bands"] = list(self.bands) if self.bands is not None else None
+        out["band_roles"] = list(self.band_roles) if self.band_roles is not None else None
         out["scaling"] = self.scaling.to_dict() if self.scaling is not None else None
         out.pop("source_format")
         return out
@@ -62,11 +66,15 @@ class GeneratorMeta:
     def from_dict(cls, data: dict[str, Any]) -> GeneratorMeta:
         scaling = data.get("scaling")
         bands = data.get("bands")
+        roles = data.get("band_roles")
+        if roles is not None and not (isinstance(roles, list) and all(isinstance(r, str) for r in roles)):
+            raise ValueError(f"band_roles {roles!r} is not a list of colour names")
         return cls(
             arch=str(data["arch"]),
             width=int(data["width"]),
             norm_mode=str(data["norm_mode"]),
             bands=tuple(int(b) for b in bands) if bands is not None else None,
+            band_roles=tuple(roles) if roles is not None else None,
             scaling=InputScaling.from_dict(scaling) if scaling is not None else None,
             tile_size=int(data["tile_size"]) if data.get("tile_size") is not None else None,
             resolution=float(data["resolution"]) if data.get("resolution") is not None else None,

@@ -7,8 +7,9 @@ Pixels are pooled over the scene for every metric.
 
 Dataset mode (``evaluate_dataset``): the generator runs on every A|B tile of a split, in the same inference mode
 translate uses (the checkpoint's norm mode unless overridden; dropout off), and its rounded uint8 output is compared
-with B. L1, RMSE and acc(d) pool all pixels of all tiles; PSNR and SSIM are per-tile values averaged over tiles, the
-convention of the pix2pix literature.
+with B over the tile's valid pixels (its make-tiles mask, ``masks/<split>/<id>.png``; a tile without one is valid
+everywhere). L1, RMSE and acc(d) pool those pixels of all tiles; PSNR and SSIM are per-tile values averaged over
+tiles, the convention of the pix2pix literature.
 
 With a palette, every pixel of both images is assigned its nearest palette colour, giving per-class accuracy,
 IoU, mIoU and the overall map-class accuracy (see ``metrics.ClassAccumulator``).
@@ -31,7 +32,7 @@ from geo_sat2map.atomic import atomic_output, check_output_path
 from geo_sat2map.checkpoint import load_generator
 from geo_sat2map.device import resolve_device, resolve_precision
 from geo_sat2map.errors import UserError
-from geo_sat2map.image_io import read_rgb, split_pair
+from geo_sat2map.image_io import read_rgb, read_tile_valid, split_pair, tile_mask_path
 from geo_sat2map.metrics import ClassAccumulator, MetricAccumulator, to_uint8
 from geo_sat2map.progress import progress_bar
 from geo_sat2map.raster_io import open_raster, raster_info, warped_onto
@@ -289,7 +290,11 @@ def list_tiles(data_dir: str | os.PathLike[str], split: str) -> list[Path]:
         )
     tiles = sorted(p for p in folder.iterdir() if p.suffix.lower() in TILE_SUFFIXES and not p.name.startswith("."))
     if not tiles:
-        raise UserError(f"{folder}: no .png/.jpg A|B tiles in it")
+        hint = " (make-tiles writes test tiles with --test-fraction above 0)" if split == "test" else ""
+        raise UserError(
+            f"{folder}: the '{split}' split is empty, no .png/.jpg A|B tiles in it{hint}; choose another split with "
+            "--split"
+        )
     return tiles
 
 
@@ -317,16 +322,16 @@ def evaluate_dataset(
     images = MetricAccumulator()
     classes = palette.accumulator() if palette else None
 
-    def flush(batch: list[tuple[np.ndarray, np.ndarray]]) -> None:
-        inputs = torch.from_numpy(np.stack([scaling.to_unit(a) for a, _ in batch])).to(torch_device)
+    def flush(batch: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
+        inputs = torch.from_numpy(np.stack([scaling.to_unit(a) for a, _, _ in batch])).to(torch_device)
         with torch.inference_mode(), torch.autocast(torch_device.type, dtype=dtype, enabled=dtype != torch.float32):
             outputs = to_uint8(net(inputs))
-        for pred, (_, target) in zip(outputs, batch):
-            images.update(pred, target)
-            if classes is not None:
-                classes.update(pred, target)
+        for pred, (_, target, valid) in zip(outputs, batch):
+            images.update(pred, target, valid)
+            if classes is not None and valid.any():
+                classes.update(pred, target, valid)
 
-    batch: list[tuple[np.ndarray, np.ndarray]] = []
+    batch: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     for path in progress_bar(tiles, desc=f"evaluate {split}", unit="tile", disable=not progress, leave=False):
         a, b = split_pair(read_rgb(path), path)
         side = a.shape[1]
@@ -339,12 +344,15 @@ def evaluate_dataset(
         if batch and batch[0][0].shape != a.shape:
             flush(batch)
             batch = []
-        batch.append((a, b))
+        batch.append((a, b, read_tile_valid(path, side)))
         if len(batch) == batch_size:
             flush(batch)
             batch = []
     if batch:
         flush(batch)
+    if images.pixels == 0:
+        raise UserError(f"{Path(data_dir) / split}: no tile has a valid pixel (see their masks/ files)")
+    masked = sum(tile_mask_path(p).is_file() for p in tiles)
 
     return EvaluationReport(
         mode="dataset",
@@ -363,6 +371,8 @@ def evaluate_dataset(
         metrics=images.result(per_image=True),
         classes=classes.result() if classes is not None else None,
         notes=[
-            f"{len(tiles)} tiles of {split}; L1, RMSE, acc pooled over all pixels; PSNR, SSIM = mean of per-tile values"
+            f"{len(tiles)} tiles of {split}; L1, RMSE, acc pooled over all valid pixels; PSNR, SSIM = mean of "
+            "per-tile values",
+            f"{images.pixels:,} valid pixels scored; {masked} tile(s) with nodata scored on their masks/ only",
         ],
     )

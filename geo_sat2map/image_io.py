@@ -51,6 +51,34 @@ def probe_image(path: str | os.PathLike[str], verify: bool = False) -> tuple[str
         raise UserError(f"{path}: cannot read image ({first_line(exc)})") from exc
 
 
+# make-tiles stores the validity of a tile with pixels outside the masks as masks/<split>/<id>.png beside the
+# split folders (255 = valid, 0 = nodata filled black); a tile without one is valid everywhere.
+TILE_MASKS_DIR = "masks"
+
+
+def tile_mask_path(tile: str | os.PathLike[str]) -> Path:
+    """Where the mask of ``<root>/<split>/<id>.png`` lives: ``<root>/masks/<split>/<id>.png``."""
+    tile = Path(tile)
+    return tile.parent.parent / TILE_MASKS_DIR / tile.parent.name / f"{tile.stem}.png"
+
+
+def read_tile_valid(tile: str | os.PathLike[str], size: int) -> np.ndarray:
+    """The (size, size) validity of an A|B tile (True = valid) from its mask file; all True without one."""
+    path = tile_mask_path(tile)
+    if not path.is_file():
+        return np.ones((size, size), dtype=bool)
+    try:
+        with Image.open(path) as img:
+            if img.mode not in ("L", "1") or img.size != (size, size):
+                raise UserError(
+                    f"{path}: a tile mask must be a {size}x{size} 8-bit grey PNG like its tile {Path(tile).name}, "
+                    f"not {img.mode} {img.width}x{img.height}; re-run make-tiles"
+                )
+            return np.asarray(img.convert("L"), dtype=np.uint8) > 0
+    except _DAMAGED_IMAGE_ERRORS as exc:
+        raise UserError(f"{path}: cannot read tile mask ({first_line(exc)})") from exc
+
+
 def split_pair(pair: np.ndarray, path: str | os.PathLike[str] = "") -> tuple[np.ndarray, np.ndarray]:
     """Split a pix2pix 'aligned' A|B image (width = 2 x height) into its left and right halves."""
     _, height, width = pair.shape

@@ -28,6 +28,7 @@ import numpy as np
 import rasterio
 import torch
 from click.testing import CliRunner
+from PIL import Image
 
 from geo_sat2map.cli import cli
 from geo_sat2map.models import build_generator
@@ -107,6 +108,11 @@ def make_valid_inputs(root: Path) -> ValidInputs:
     data_dir = make_tiles_folder(root / "data", 1, 1)
     files["manifest"] = data_dir / "dataset.json"
     files["tile"] = data_dir / "train" / "train_000.png"
+    mask = np.full((256, 256), 255, np.uint8)
+    mask[:40] = 0  # a val tile with nodata along its top: make-tiles' masks/<split>/<id>.png
+    (data_dir / "masks" / "val").mkdir(parents=True)
+    Image.fromarray(mask).save(data_dir / "masks" / "val" / "val_000.png")
+    files["tile_mask"] = data_dir / "masks" / "val" / "val_000.png"
     source = root / "pix2pix_source" / "train"
     source.mkdir(parents=True)
     a, b = synthetic_pair(np.random.default_rng(5), size=64)
@@ -217,6 +223,11 @@ TARGETS = (
     Target("evaluate --weights DATA_DIR: tile PNG", "tile", _in_copy_of(lambda v: v.data_dir, "val/val_000.png"),
            lambda f, case, v: ["evaluate", "--weights", str(v.files["generator"]), str(case / "data"),
                                "--json", str(case / "report.json"), "--device", "cpu"],
+           "report.json", random_cases=RANDOM_CASES_FEW, truncations=12, flips=10, zero_runs=4),
+    Target("evaluate --weights DATA_DIR: tile mask PNG", "tile_mask",
+           _in_copy_of(lambda v: v.data_dir, "masks/val/val_000.png"),
+           lambda f, case, v: ["evaluate", "--weights", str(v.files["generator"]), str(case / "data"),
+                               "--json", str(case / "report.json")],
            "report.json", random_cases=RANDOM_CASES_FEW, truncations=12, flips=10, zero_runs=4),
     Target("make-tiles --aoi: GeoJSON", "aoi", _as("aoi.geojson"),
            lambda f, case, v: _make_tiles(case, "-i", str(v.files["scene"]), "-m", str(v.files["map"]),

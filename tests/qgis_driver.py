@@ -117,6 +117,15 @@ def run_checks(spec: dict, observed: dict) -> None:
     })
     observed["make_tiles"] = dict(tiles)
 
+    try:  # overlapping tiles on a small scene: refused like the CLI, saying why
+        processing.run("geosat2map:maketiles", {
+            "IMAGES": [spec["tiles_image"]], "MAPS": [spec["tiles_map"]], "STRIDE": 16, "VAL_FRACTION": 0.1,
+            "OUTPUT": spec["unbalanced_output"],
+        })
+        observed["unbalanced_error"] = None
+    except QgsProcessingException as exc:
+        observed["unbalanced_error"] = str(exc)
+
 
 if __name__ == "__main__":
     main(sys.argv[1], sys.argv[2])

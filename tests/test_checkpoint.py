@@ -72,6 +72,7 @@ def test_own_format_round_trips_weights_and_metadata(arch, fixture, request, tmp
         width=8,
         norm_mode="running",
         bands=(3, 2, 1),
+        band_roles=("red", "green", "blue"),
         scaling=InputScaling("percentile", (10.0, 20.0, 30.0), (4000.0, 5000.0, 6000.0), (2.0, 98.0)),
         tile_size=256,
         resolution=0.5,
@@ -80,7 +81,7 @@ def test_own_format_round_trips_weights_and_metadata(arch, fixture, request, tmp
     path = tmp_path / "generator.pt"
     save_generator(path, net, meta)
     loaded = load_generator(path)
-    assert loaded.meta.to_dict() == meta.to_dict()
+    assert loaded.meta.to_dict() == meta.to_dict() and loaded.meta.band_roles == ("red", "green", "blue")
     assert loaded.meta.source_format == "geo-sat2map-generator"
     assert len(loaded.sha256) == 64
     _assert_same_outputs(loaded, net, "running")
@@ -172,6 +173,19 @@ def test_newer_own_format_is_refused(small_unet, tmp_path):
     payload["format_version"] = 99
     torch.save(payload, path)
     with pytest.raises(CheckpointError, match="newer than this tool supports"):
+        load_generator(path)
+
+
+def test_checkpoints_without_colour_roles_load_and_malformed_roles_are_refused(small_unet, tmp_path):
+    path = tmp_path / "generator.pt"
+    save_generator(path, small_unet, GeneratorMeta("unet256", 8, "instance", bands=(1, 2, 3)))
+    payload = torch.load(path, weights_only=True)
+    del payload["metadata"]["band_roles"]  # written before colour roles existed
+    torch.save(payload, path)
+    assert load_generator(path).meta.band_roles is None
+    payload["metadata"]["band_roles"] = "red"
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match="band_roles 'red' is not a list of colour names"):
         load_generator(path)
 
 

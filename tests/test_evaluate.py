@@ -354,3 +354,44 @@ def test_dataset_mode_rejects_tiles_the_generator_cannot_take(tmp_path, generato
     bad_weights = tmp_path / "junk.pt"
     bad_weights.write_bytes(b"not a checkpoint")
     assert run("--weights", bad_weights, tmp_path / "tiles").exit_code == 1
+
+
+def test_dataset_mode_scores_only_the_valid_pixels_of_each_tiles_mask(tmp_path, generator_file):
+    """make-tiles blacks out nodata in both halves and stores the tile's mask: none of it may count."""
+    rng = np.random.default_rng(3)
+    tiles = tmp_path / "tiles"
+    (tiles / "val").mkdir(parents=True)
+    (tiles / "masks" / "val").mkdir(parents=True)
+    a = rng.integers(0, 256, (3, 256, 256), dtype=np.uint8)
+    valid = np.ones((256, 256), bool)
+    valid[:60] = False  # a nodata collar along the top
+    a[:, ~valid] = 0
+    b = generated(generator_file, a)  # perfect where valid ...
+    b[:, ~valid] = 0  # ... and black fill where not, which the generator does not predict
+    write_png(tiles / "val" / "0001.png", np.concatenate([a, b], axis=2))
+    out = tmp_path / "r.json"
+    args = ("--weights", generator_file, tiles, "--palette", "synthetic", "--device", "cpu", "--json", out)
+
+    unmasked = run(*args)
+    assert unmasked.exit_code == 0, unmasked.output
+    assert json.loads(out.read_text())["metrics"]["l1"] > 1  # the fill is scored without the mask
+
+    write_png(tiles / "masks" / "val" / "0001.png", np.where(valid, 255, 0).astype(np.uint8))
+    masked = run(*args, "--overwrite")
+    assert masked.exit_code == 0, masked.output
+    report = json.loads(out.read_text())
+    m = report["metrics"]
+    assert m["l1"] == 0 and m["rmse"] == 0 and m["psnr"] == PSNR_CAP and m["acc_5"] == 1.0
+    assert m["pixels"] == valid.sum()
+    assert report["classes"]["overall_accuracy"] == 1.0 and report["classes"]["miou"] == 1.0
+    assert np.sum(report["classes"]["confusion"]) == valid.sum()
+    assert "1 tile(s) with nodata" in masked.output
+
+
+def test_dataset_mode_says_when_the_split_is_empty(tmp_path, generator_file):
+    for split in ("train", "val", "test"):
+        (tmp_path / "tiles" / split).mkdir(parents=True)
+    result = run("--weights", generator_file, tmp_path / "tiles", "--split", "test")
+    assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1
+    assert "the 'test' split is empty" in result.output and "--test-fraction" in result.output
+    assert "--split" in result.output

@@ -229,6 +229,7 @@ def test_masks_come_from_gdal_not_from_zero_values(tmp_path):
     assert windows == {(c, r) for c in (64, 128) for r in (0, 64, 128, 192)}
     assert dataset["skipped"]["image_nodata"] == 4 and dataset["skipped"]["map_nodata"] == 4
     assert all(f["properties"]["valid_fraction"] == 1.0 for f in features)
+    assert not (tmp_path / "tiles" / "masks").exists()  # whole tiles need no mask
 
 
 def test_partly_valid_tiles_follow_min_valid_and_black_out_invalid_pixels(tmp_path):
@@ -246,6 +247,44 @@ def test_partly_valid_tiles_follow_min_valid_and_black_out_invalid_pixels(tmp_pa
     satellite, map_half = pair_halves(out, edge)
     assert not satellite[:, :, :8].any() and not map_half[:, :, :8].any()
     np.testing.assert_array_equal(satellite[:, :, 8:], data[:, :64, 8:64])
+    # the tile's mask is stored with it (validation and evaluate score only its valid pixels); whole tiles have none
+    split = edge["properties"]["split"]
+    assert edge["properties"]["mask"] == f"masks/{split}/{edge['properties']['id']}.png"
+    stored = np.asarray(Image.open(out / edge["properties"]["mask"]))
+    assert stored.shape == (64, 64) and not stored[:, :8].any() and (stored[:, 8:] == 255).all()
+    whole = [f for f in features if f["properties"]["valid_fraction"] == 1.0]
+    assert whole and all(f["properties"]["mask"] is None for f in whole)
+    edge_masks = sorted(f["properties"]["mask"] for f in features if f["properties"]["window"][0] == 0)
+    assert len(edge_masks) == 4 and sorted(p.relative_to(out).as_posix() for p in (out / "masks").rglob("*")
+                                           if p.is_file()) == edge_masks
+
+
+def test_bands_follow_the_colour_interpretation_and_their_roles_are_recorded(pair, tmp_path):
+    """A BGR-tagged copy of the scene gives the same tiles; dataset.json records the bands' colour roles, which
+    train copies into generator.pt for translate to match."""
+    sat, map_path, data = pair
+    bgr = tmp_path / "bgr.tif"
+    write_satellite(bgr)
+    with rasterio.open(bgr, "r+") as dst:
+        dst.write(data[::-1])
+        dst.colorinterp = [ColorInterp.blue, ColorInterp.green, ColorInterp.red]
+    out = tmp_path / "tiles"
+    result = invoke("-i", bgr, "-m", map_path, "-o", out, "--tile-size", 128, "--val-fraction", 0)
+    assert result.exit_code == 0, result.output
+    assert "bands 3,2,1 by the scene's colour interpretation (red, green, blue)" in result.output
+    dataset, features = load(out)
+    assert dataset["bands"] == [3, 2, 1] and dataset["band_roles"] == ["red", "green", "blue"]
+    assert dataset["images"][0]["band_roles"] == ["red", "green", "blue"]
+    for feature in features:
+        col, row, size, _ = feature["properties"]["window"]
+        np.testing.assert_array_equal(pair_halves(out, feature)[0], data[:, row:row + size, col:col + size])
+    untagged = tmp_path / "untagged.tif"
+    write_satellite(untagged)
+    with rasterio.open(untagged, "r+") as dst:
+        dst.colorinterp = [ColorInterp.gray, ColorInterp.undefined, ColorInterp.undefined]
+    result = invoke("-i", untagged, "-m", map_path, "-o", tmp_path / "plain", "--tile-size", 128, "--val-fraction", 0)
+    assert result.exit_code == 0 and "bands 1,2,3 by index" in result.output
+    assert load(tmp_path / "plain")[0]["band_roles"] is None
 
 
 def test_aoi_in_another_crs_clips_the_tiles(pair, tmp_path):
@@ -309,7 +348,7 @@ def _overlap(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
 
 def test_overlapping_strides_never_put_val_or_test_on_train_pixels(pair, tmp_path):
     sat, map_path, _ = pair
-    args = ["-i", sat, "-m", map_path, "--tile-size", 32, "--stride", 12, "--val-fraction", 0.2,
+    args = ["-i", sat, "-m", map_path, "--tile-size", 32, "--stride", 16, "--val-fraction", 0.2,
             "--test-fraction", 0.15, "--split-block", 2, "--seed", 7]
     out = tmp_path / "tiles"
     assert invoke(*args, "-o", out).exit_code == 0
@@ -322,7 +361,7 @@ def test_overlapping_strides_never_put_val_or_test_on_train_pixels(pair, tmp_pat
         assert not any(_overlap(w, t) for t in by_split["train"])
     for v in by_split["val"]:
         assert not any(_overlap(v, t) for t in by_split["test"])
-    assert sum(dataset["counts"].values()) + dataset["skipped"]["split_buffer"] == len(range(0, 256 - 32 + 1, 12)) ** 2
+    assert sum(dataset["counts"].values()) + dataset["skipped"]["split_buffer"] == len(range(0, 256 - 32 + 1, 16)) ** 2
     assert sorted(p.name for p in (out / "val").iterdir()) == sorted(f"{f['properties']['id']}.png" for f in features
                                                                      if f["properties"]["split"] == "val")
     # deterministic for a seed; another seed gives another split
@@ -331,6 +370,58 @@ def test_overlapping_strides_never_put_val_or_test_on_train_pixels(pair, tmp_pat
     assert _windows_by_split(load(out_again)[1]) == by_split
     assert invoke(*args[:-1], "8", "-o", out_other).exit_code == 0
     assert _windows_by_split(load(out_other)[1]) != by_split
+
+
+def collar_scene(tmp_path: Path) -> tuple[Path, Path]:
+    """A pair whose satellite has a nodata collar around a diamond of valid pixels (like a rotated Landsat scene
+    on its north-up grid)."""
+    sat, map_path = tmp_path / "sat.tif", tmp_path / "map.tif"
+    rows, cols = np.mgrid[0:SAT_SIZE, 0:SAT_SIZE]
+    write_satellite(sat, mask=np.abs(cols - SAT_SIZE / 2) + np.abs(rows - SAT_SIZE / 2) < 0.62 * SAT_SIZE)
+    write_mercator_map(map_path)
+    return sat, map_path
+
+
+def test_a_split_the_buffer_would_unbalance_is_refused_saying_why(tmp_path):
+    """Heavily overlapping tiles on a small scene: whatever the blocks, the buffer between splits takes train."""
+    sat, map_path = collar_scene(tmp_path)
+    out = tmp_path / "tiles"
+    result = CliRunner().invoke(cli, ["-q", "make-tiles", "-i", str(sat), "-m", str(map_path), "-o", str(out),
+                                      "--tile-size", "128", "--stride", "8", "--min-valid", "0.8", "--val-fraction", "0.1"])
+    assert_one_line_error(result, "cannot stay near the asked fractions", "% for 10 %)", "split buffer",
+                          "too small for that buffer", "--stride 128")
+    assert_nothing_written(out)
+
+
+def test_overlapping_tiles_keep_every_split_near_its_fraction(tmp_path):
+    """Filled as asked with one-tile blocks, the buffer would leave val 38 % for 20 % (what main wrote)."""
+    sat, map_path = collar_scene(tmp_path)
+    fractions = {"train": 0.7, "val": 0.2, "test": 0.1}
+    dataset, features = make(sat, map_path, tmp_path / "tiles", "--tile-size", 16, "--stride", 8, "--min-valid", 0.8,
+                             "--val-fraction", 0.2, "--test-fraction", 0.1, "--split-block", 1)
+    counts, kept = dataset["counts"], len(features)
+    for split, fraction in fractions.items():
+        assert abs(counts[split] / kept - fraction) <= 0.5 * fraction, (split, counts)
+    assert dataset["skipped"]["split_buffer"] > 0
+    by_split = _windows_by_split(features)
+    for w in by_split["val"] + by_split["test"]:
+        assert not any(_overlap(w, t) for t in by_split["train"])
+
+
+def test_too_few_tiles_names_what_dropped_the_others_and_the_option(tmp_path):
+    sat, map_path = tmp_path / "sat.tif", tmp_path / "map.tif"
+    mask = np.zeros((SAT_SIZE, SAT_SIZE), bool)
+    mask[:150, :150] = True  # only the top-left 128 px tile is whole
+    write_satellite(sat, mask=mask)
+    write_mercator_map(map_path)
+    out = tmp_path / "tiles"
+    result = CliRunner().invoke(cli, ["-q", "make-tiles", "-i", str(sat), "-m", str(map_path), "-o", str(out),
+                                      "--tile-size", "128"])
+    assert_one_line_error(result, "only 1 of 4 candidate tiles kept, too few to split", "3 as image nodata",
+                          "lower --min-valid (now 0.95)", "--stride")
+    assert_nothing_written(out)
+    dataset, _ = make(sat, map_path, out, "--tile-size", 128, "--val-fraction", 0)
+    assert dataset["skipped"]["image_nodata"] == 3
 
 
 def test_several_pairs_and_a_pairs_csv(tmp_path):
@@ -449,7 +540,7 @@ def test_pairs_that_do_not_overlap(tmp_path):
         ("min_valid", ("--min-valid 1.5",)),
         ("map_uint16", ("8-bit map",)),
         ("too_few_tiles", ("too few to split",)),
-        ("aoi_too_small", ("AOI", "aoi.geojson: ", "candidate tile(s) lie outside it; only 1 tile(s): too few")),
+        ("aoi_too_small", ("AOI", "aoi.geojson: ", "only 1 of 16 candidate tiles kept, too few", "15 as outside the AOI")),
         ("pairs_binary", ("--pairs", "pairs.csv: not a UTF-8 CSV file of image,map rows",)),
         ("pairs_missing_raster", ("--pairs", "pairs.csv row 2: ", "sat.tiff: file not found")),
     ],

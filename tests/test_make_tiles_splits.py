@@ -9,6 +9,7 @@ import pytest
 
 from geo_sat2map.errors import UserError
 from geo_sat2map.tiling import PlacedWindow, plan_splits
+from geo_sat2map.tiling.splits import UnbalancedSplit, _plan_with_blocks
 
 
 def lattice(width: int, height: int, tile: int, stride: int, group: int = 0, offset: int = 0) -> list[PlacedWindow]:
@@ -103,3 +104,21 @@ def test_the_buffer_comes_out_of_train_not_out_of_the_held_out_splits():
     assert val >= 0.09 * len(windows)  # about the asked-for share survives the buffer
     assert plan.dropped > 0 and plan.splits.count("train") + val + plan.dropped == len(windows)
     assert_splits_disjoint(windows, plan.splits, 64)
+
+
+def test_the_split_stays_near_its_fractions_when_the_buffer_would_shift_it():
+    windows = lattice(512, 512, 16, 5)  # 3x overlap each way: filled as asked, one-tile blocks leave train 49 %
+    naive = _plan_with_blocks(windows, 16, {"train": 0.75, "val": 0.15, "test": 0.1}, 4, 16)
+    assert naive.splits.count("train") / (len(windows) - naive.dropped) < 0.5
+    plan = plan_splits(windows, 16, 0.15, 0.1, seed=4, block_tiles=1)
+    kept = len(windows) - plan.dropped
+    for split, fraction in (("train", 0.75), ("val", 0.15), ("test", 0.1)):
+        assert abs(plan.splits.count(split) / kept - fraction) <= 0.5 * fraction, split
+    assert plan.dropped > 0
+    assert_splits_disjoint(windows, plan.splits, 16)
+
+
+def test_a_scene_too_small_for_the_buffer_is_refused():
+    windows = lattice(200, 200, 96, 8)  # any val tile costs train up to 23 x 23 overlapping windows
+    with pytest.raises(UnbalancedSplit, match=r"cannot stay near.*split buffer.*--stride 96"):
+        plan_splits(windows, 96, 0.1, 0.0)

@@ -79,6 +79,7 @@ def session(tmp_path_factory: pytest.TempPathFactory) -> dict:
         "tiles_image": str(write_raster(inputs / "sat512.tif", texture(512, 512))),
         "tiles_map": str(write_raster(inputs / "map512.tif", texture(512, 512, seed=3))),
         "tiles_output": str(outputs / "tiles"),
+        "unbalanced_output": str(outputs / "unbalanced_tiles"),
         "aoi_wkt": AOI_WKT,
         "aoi_crs": "EPSG:32633",
     }
@@ -171,6 +172,16 @@ def test_make_tiles_cuts_the_pairs_within_the_aoi_layer(session):
     assert (tiles["TRAIN_TILES"], tiles["VAL_TILES"], tiles["TEST_TILES"]) == (1, 1, 0)
     dataset = json.loads((Path(spec["tiles_output"]) / "dataset.json").read_text())
     assert dataset["skipped"]["outside_aoi"] == 2
+
+
+def test_make_tiles_refuses_a_split_the_buffer_would_unbalance_with_the_clis_line(session):
+    spec = session["spec"]
+    cli_run = CliRunner().invoke(cli, ["-q", "make-tiles", "-i", spec["tiles_image"], "-m", spec["tiles_map"],
+                                       "-o", spec["unbalanced_output"], "--stride", "16", "--val-fraction", "0.1"])
+    error_line = cli_run.output.strip().splitlines()[-1]
+    assert cli_run.exit_code == 1 and "cannot stay near the asked fractions" in error_line
+    assert session["observed"]["unbalanced_error"] == error_line.removeprefix("Error: ")
+    assert not Path(spec["unbalanced_output"]).exists()
 
 
 @pytest.mark.skipif(QGIS_PROCESS is None, reason="qgis_process not found")

@@ -114,7 +114,7 @@ def test_run_outputs_and_generator_metadata(straight_run, data, config_file):
     loaded = load_generator(run / "generator.pt")
     meta = loaded.meta
     assert (meta.arch, meta.width, meta.norm_mode, meta.tile_size, meta.resolution) == ("unet256", 8, "instance", 256, 2.5)
-    assert meta.bands == (3, 2, 1)
+    assert meta.bands == (3, 2, 1) and meta.band_roles == ("red", "green", "blue")
     assert meta.scaling == InputScaling("percentile", (10.0, 20.0, 30.0), (900.0, 950.0, 1000.0), (2.0, 98.0))
     assert meta.provenance["epochs"] == 2 and meta.provenance["config"]["ngf"] == 8
     assert meta.provenance["dataset_hash"] == dataset_hash(scan_dataset(data))
@@ -146,6 +146,38 @@ def test_run_outputs_and_generator_metadata(straight_run, data, config_file):
     assert (run / "samples" / "epoch_001.png").is_file()
     with Image.open(run / "curves.png") as curves:
         assert curves.size == (1260, 520) and len(curves.getcolors(maxcolors=1 << 20)) > 3
+
+
+def test_validation_scores_only_the_valid_pixels_and_the_log_names_the_val_cap(tmp_path):
+    """A val tile with a nodata collar (black in both halves, its mask in masks/val/) is scored on its valid
+    pixels only, so generator_best.pt is chosen on them; val_max_tiles 1 of 2 val tiles is said in the log."""
+    data = make_tiles_folder(tmp_path / "tiles", 2, 2)
+    first_val = sorted((data / "val").iterdir())[0]
+    pair = np.asarray(Image.open(first_val)).copy()
+    pair[:60] = 0  # nodata along the top of both halves, as make-tiles writes it
+    Image.fromarray(pair).save(first_val)
+    valid = np.ones((256, 256), bool)
+    valid[:60] = False
+    (data / "masks" / "val").mkdir(parents=True)
+    Image.fromarray(np.where(valid, 255, 0).astype(np.uint8)).save(data / "masks" / "val" / first_val.name)
+    config = tmp_path / "cfg.toml"
+    config.write_text(TEST_CONFIG.replace("val_max_tiles = 2", "val_max_tiles = 1"))
+    run = tmp_path / "run"
+    result = CliRunner().invoke(cli, ["train", str(data), "-o", str(run), "--config", str(config),
+                                      "--epochs", "1", "--epochs-decay", "0"])
+    assert result.exit_code == 0, result.output
+    assert "on 2 train / 1 of 2 val tiles (val_max_tiles 1) of 256 px" in result.output
+    record = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    a, b = split_pair(read_rgb(first_val), first_val)
+    with torch.no_grad():
+        A = torch.from_numpy(InputScaling.uint8().to_unit(a))[None]
+        prediction = to_uint8(load_generator(run / "generator.pt").for_inference()(A))[0]
+    scored, everything = MetricAccumulator(), MetricAccumulator()
+    scored.update(prediction, b, valid)
+    everything.update(prediction, b)
+    assert record["val_l1"] == pytest.approx(scored.result(per_image=True)["l1"], rel=1e-9)
+    assert record["val_ssim"] == pytest.approx(scored.result(per_image=True)["ssim"], rel=1e-9)
+    assert record["val_l1"] != pytest.approx(everything.result(per_image=True)["l1"], rel=1e-3)
 
 
 def test_one_epoch_then_resume_is_bit_identical(straight_run, data, config_file, tmp_path):

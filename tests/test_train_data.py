@@ -138,14 +138,21 @@ def test_without_resize_the_sample_is_an_exact_flip_or_rotation(tmp_path):
     assert len(seen) > 2
 
 
-def test_validation_items_are_centre_crops_with_uint8_targets(tmp_path):
+def test_validation_items_are_centre_crops_with_uint8_targets_and_the_tiles_mask(tmp_path):
     rng = np.random.default_rng(5)
     a, b = synthetic_pair(rng, size=512)
     (tmp_path / "v").mkdir()
     write_pair(tmp_path / "v" / "big.png", a, b)
-    A, B = PairDataset([tmp_path / "v" / "big.png"], 256)[0]
+    A, B, valid = PairDataset([tmp_path / "v" / "big.png"], 256)[0]
     assert torch.equal(A, _unit(a[:, 128:384, 128:384]))
     assert B.dtype == torch.uint8 and np.array_equal(B.numpy(), b[:, 128:384, 128:384])
+    assert valid.dtype == torch.bool and valid.shape == (256, 256) and valid.all()  # no mask file: all valid
+    mask = np.full((512, 512), 255, np.uint8)
+    mask[:200, :] = 0  # make-tiles' masks/<split>/<id>.png: nodata along the top
+    (tmp_path / "masks" / "v").mkdir(parents=True)
+    Image.fromarray(mask).save(tmp_path / "masks" / "v" / "big.png")
+    _, _, valid = PairDataset([tmp_path / "v" / "big.png"], 256)[0]
+    assert np.array_equal(valid.numpy(), mask[128:384, 128:384] > 0) and not valid[:72].any() and valid[72:].all()
 
 
 def test_sampler_keys_resume_offsets_and_process_split():

@@ -40,7 +40,7 @@ def test_quick_cpu_learns_the_synthetic_map(tmp_path):
     val_paths = sorted((data / "val").iterdir())
     untrained = Pix2Pix(config, torch.device("cpu"), torch.float32, DistContext())
     start = validate(untrained, untrained.inference_generator("instance"), [
-        (A[None], B[None]) for A, B in PairDataset(val_paths, 256)
+        (A[None], B[None], valid[None]) for A, B, valid in PairDataset(val_paths, 256)
     ])
     targets = [split_pair(read_rgb(p), p)[1] for p in val_paths]
     constant = MetricAccumulator()  # the best one-colour "map": what a model that learnt nothing can reach

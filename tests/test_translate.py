@@ -6,7 +6,10 @@ import numpy as np
 import pytest
 import rasterio
 from affine import Affine
+from click.testing import CliRunner
 from rasterio.enums import ColorInterp
+
+from geo_sat2map.cli import cli
 
 from geo_sat2map.cli import translate as translate_cli
 from geo_sat2map.models import NORM_MODES
@@ -218,6 +221,71 @@ def test_checkpoint_bands_are_the_default_and_a_resolution_mismatch_is_reported(
     assert info["tags"]["INPUT_BANDS"] == "3,2,1"
     expected = generator_output(weights, uint8_unit(scene[::-1]))
     assert np.abs(data[:3].astype(int) - expected).max() <= 1
+
+
+def write_tagged(path, rgb: np.ndarray, interp):
+    """``rgb`` stored in the band order that ``interp`` (one ColorInterp per band) tags."""
+    order = {ColorInterp.red: 0, ColorInterp.green: 1, ColorInterp.blue: 2}
+    data = np.stack([rgb[order[c]] if c in order else rgb[i] for i, c in enumerate(interp)])
+    write_raster(path, data)
+    with rasterio.open(path, "r+") as ds:
+        ds.colorinterp = list(interp)
+    return path
+
+
+def test_bands_are_matched_by_colour_interpretation_when_the_scene_tags_them(tmp_path):
+    """A checkpoint trained on an RGB-tagged image gets the red band as red from a BGR-tagged scene."""
+    weights = save_small_generator(tmp_path / "generator.pt", bands=(1, 2, 3), band_roles=("red", "green", "blue"))
+    rgb = texture(256, 256, seed=14)
+    rgb_scene = write_tagged(tmp_path / "rgb.tif", rgb, [ColorInterp.red, ColorInterp.green, ColorInterp.blue])
+    bgr_scene = write_tagged(tmp_path / "bgr.tif", rgb, [ColorInterp.blue, ColorInterp.green, ColorInterp.red])
+    expected = generator_output(weights, uint8_unit(rgb))
+    outputs = {}
+    for name, scene, extra in (("rgb", rgb_scene, ()), ("bgr", bgr_scene, ()), ("forced", bgr_scene, ("--bands", "1,2,3"))):
+        out = tmp_path / f"map-{name}.tif"
+        result = CliRunnerWithLog().invoke(scene, out, weights, "--overlap", "0", *extra)
+        assert result.exit_code == 0, result.output
+        outputs[name] = (read(out), result.output)
+    (data, _, info), log = outputs["bgr"]
+    assert info["tags"]["INPUT_BANDS"] == "3,2,1"
+    assert "bgr.tif: bands 3,2,1 by the scene's colour interpretation (red, green, blue)" in log
+    assert np.abs(data[:3].astype(int) - expected).max() <= 1
+    assert np.array_equal(data, outputs["rgb"][0][0])  # the same map as from the RGB-tagged scene
+    (forced, _, forced_info), forced_log = outputs["forced"]  # --bands still overrides
+    assert forced_info["tags"]["INPUT_BANDS"] == "1,2,3" and "bands 1,2,3 from --bands" in forced_log
+    assert not np.array_equal(forced, data)
+
+
+def test_untagged_scenes_and_checkpoints_without_colour_roles_go_by_index(tmp_path):
+    rgb = texture(256, 256, seed=15)
+    bgr_scene = write_tagged(tmp_path / "bgr.tif", rgb, [ColorInterp.blue, ColorInterp.green, ColorInterp.red])
+    grey_scene = write_tagged(tmp_path / "grey.tif", rgb[::-1], [ColorInterp.gray, ColorInterp.undefined,
+                                                                  ColorInterp.undefined])
+    with_roles = save_small_generator(tmp_path / "roles.pt", bands=(1, 2, 3), band_roles=("red", "green", "blue"))
+    older = save_small_generator(tmp_path / "older.pt", bands=(1, 2, 3))  # written before colour roles
+    cases = [(grey_scene, with_roles, "by index: the scene does not tag bands red, green, blue"),
+             (bgr_scene, older, "by index (the checkpoint records no colour roles)")]
+    for scene, weights, said in cases:
+        out = tmp_path / f"{scene.stem}-{weights.stem}.tif"
+        result = CliRunnerWithLog().invoke(scene, out, weights, "--overlap", "0")
+        assert result.exit_code == 0, result.output
+        assert f"bands 1,2,3 {said}" in result.output
+        data, _, info = read(out)
+        assert info["tags"]["INPUT_BANDS"] == "1,2,3"
+        assert np.abs(data[:3].astype(int) - generator_output(weights, uint8_unit(rgb[::-1]))).max() <= 1
+
+
+def test_a_16_bit_scene_for_an_8_bit_model_warns_once_about_the_stretch(tmp_path, weights):
+    scene = texture(300, 300, seed=8, dtype="uint16") * 40 + 1000
+    src = write_raster(tmp_path / "scene16.tif", scene)
+    result = CliRunnerWithLog().invoke(src, tmp_path / "map.tif", weights)
+    assert result.exit_code == 0, result.output
+    warned = [line for line in result.output.splitlines() if "trained on 8-bit imagery" in line]
+    assert len(warned) == 1 and "scene16.tif is uint16" in warned[0] and "2-98 % stretch" in warned[0]
+    quiet = CliRunner().invoke(cli, ["-q", "translate", str(src), "-o", str(tmp_path / "q.tif"), "-w", str(weights)])
+    assert quiet.exit_code == 0 and "trained on 8-bit imagery" in quiet.output  # a warning: -q keeps it
+    asked = CliRunnerWithLog().invoke(src, tmp_path / "scene.tif", weights, "--scaling", "scene")
+    assert asked.exit_code == 0 and "trained on 8-bit imagery" not in asked.output
 
 
 def test_all_nodata_scene_gives_a_fully_transparent_output(tmp_path, weights):

@@ -53,6 +53,7 @@ def make_tiles_folder(
             "resolution": 2.5,
             "crs": "EPSG:32618",
             "bands": [3, 2, 1],
+            "band_roles": ["red", "green", "blue"],
             "scaling": {"kind": "percentile", "low": [10.0, 20.0, 30.0], "high": [900.0, 950.0, 1000.0],
                         "percentiles": [2.0, 98.0]},
             "images": [],

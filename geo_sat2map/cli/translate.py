@@ -97,8 +97,9 @@ def parse_creation_options(
               help="BatchNorm statistics at inference: per-tile (instance) or the trained running ones "
                    "[default: what the checkpoint says].")
 @click.option("--bands", callback=parse_bands, default=None,
-              help="Three 1-based source bands as R,G,B [default: the checkpoint's bands, else the bands tagged "
-                   "red, green, blue, else 1,2,3].")
+              help="Three 1-based source bands as R,G,B [default: the checkpoint's bands, found by their colour "
+                   "interpretation when the scene tags them, else by index; else the bands tagged red, green, "
+                   "blue, else 1,2,3].")
 @click.option("--scaling", type=click.Choice(SCALING_CHOICES), default="auto", show_default=True,
               help="Non-8-bit input: auto = the checkpoint's stretch if it has one, else a 2-98 % stretch of "
                    "this scene; scene = always the stretch of this scene.")

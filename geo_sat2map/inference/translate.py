@@ -39,7 +39,7 @@ from geo_sat2map.inference.runner import GeneratorRunner, StageClock, device_con
 from geo_sat2map.inference.stages import ChunkReader, RowWriter
 from geo_sat2map.models import NORM_MODES, InferenceGenerator
 from geo_sat2map.progress import progress_bar
-from geo_sat2map.raster_io import RasterInfo, open_raster, raster_info, require_georeferenced, resolve_bands, scene_scaling
+from geo_sat2map.raster_io import RasterInfo, match_bands, open_raster, raster_info, require_georeferenced, scene_scaling
 from geo_sat2map.raster_io.grid import (
     RESAMPLING_METHODS,
     GridRows,
@@ -287,7 +287,7 @@ def _prepare(config: TranslateConfig, model: LoadedGenerator | None = None) -> _
             loaded = load_generator(config.weights, hash_file=False)
         else:
             sha256, loaded = _done(model.sha256), model
-        bands = resolve_bands(ds, config.bands or loaded.meta.bands)
+        bands = match_bands(ds, config.bands, loaded.meta.bands, loaded.meta.band_roles)
         if len(bands) != 3:
             raise UserError(f"{config.weights}: the checkpoint's bands {bands} are not three; pass --bands R,G,B")
         scaling, scaling_source = _input_scaling(ds, bands, info.dtype, loaded.meta, config.scaling)
@@ -464,13 +464,22 @@ def _input_scaling(
     ds: Any, bands: tuple[int, ...], dtype: str, meta: GeneratorMeta, mode: str
 ) -> tuple[InputScaling, str]:
     """uint8 input: x/127.5-1. Other dtypes: the checkpoint's stretch if it has one (and mode is auto),
-    else a 2-98 % stretch computed once for the whole scene (never per tile: that would make seams)."""
+    else a 2-98 % stretch computed once for the whole scene (never per tile: that would make seams). A model
+    trained on 8-bit imagery given other data gets that stretch with a warning: its colours may not be the
+    training images' colours."""
     if dtype == "uint8":
         return InputScaling.uint8(len(bands)), "8-bit input"
     if mode == "auto" and meta.scaling is not None and meta.scaling.kind != UINT8_KIND:
         if len(meta.scaling.low) != len(bands):
             raise UserError(f"the checkpoint's input scaling has {len(meta.scaling.low)} bands, not {len(bands)}")
         return meta.scaling, "from the checkpoint"
+    if mode == "auto":  # --scaling scene asks for the stretch: no warning then
+        log.warning(
+            "%s is %s but the model was trained on 8-bit imagery: a per-scene 2-98 %% stretch maps it to 8 bits, "
+            "so its colours may differ from the training images'. Translate an 8-bit rendering of the scene, or "
+            "train on %s tiles (the checkpoint then stores their stretch); --scaling scene silences this",
+            Path(ds.name).name, dtype, dtype,
+        )
     return scene_scaling(ds, bands), "computed once for this scene"
 
 

@@ -5,8 +5,11 @@ Other jobs (streaming COG output, warping) live in sibling modules of this packa
 """
 
 from geo_sat2map.raster_io.core import (
+    RGB_ROLES,
     RasterInfo,
+    colour_roles,
     default_rgb_bands,
+    match_bands,
     open_raster,
     raster_info,
     read_window,
@@ -18,8 +21,11 @@ from geo_sat2map.raster_io.core import (
 )
 
 __all__ = [
+    "RGB_ROLES",
     "RasterInfo",
+    "colour_roles",
     "default_rgb_bands",
+    "match_bands",
     "open_raster",
     "raster_info",
     "read_window",

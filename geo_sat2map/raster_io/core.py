@@ -27,6 +27,12 @@ STATS_MAX_SIDE = 1024
 # of 255) that must not count as footprint.
 DEFAULT_ALPHA_THRESHOLD = 0.5
 
+# Colour interpretations that say nothing about which colour a band holds.
+_NO_COLOUR_ROLE = frozenset({ColorInterp.undefined, ColorInterp.gray, ColorInterp.alpha, ColorInterp.palette})
+RGB_ROLES = ("red", "green", "blue")
+
+log = logging.getLogger("geo_sat2map")
+
 
 @dataclass(frozen=True)
 class RasterInfo:
@@ -108,11 +114,7 @@ def require_georeferenced(ds: rasterio.io.DatasetReader, allow_ungeoreferenced: 
 
 def default_rgb_bands(ds: rasterio.io.DatasetReader) -> tuple[int, int, int]:
     """The bands tagged red, green, blue (in that order), else 1, 2, 3."""
-    interp = list(ds.colorinterp)
-    wanted = (ColorInterp.red, ColorInterp.green, ColorInterp.blue)
-    if all(c in interp for c in wanted):
-        return tuple(interp.index(c) + 1 for c in wanted)  # type: ignore[return-value]
-    return (1, 2, 3)
+    return _tagged(ds, RGB_ROLES) or (1, 2, 3)  # type: ignore[return-value]
 
 
 def resolve_bands(ds: rasterio.io.DatasetReader, bands: Sequence[int] | None) -> tuple[int, ...]:
@@ -144,6 +146,68 @@ def dataset_validity(
     if mask_is_alpha(ds):
         return mask >= max(1, math.ceil(alpha_threshold * 255 - 1e-9))
     return mask > 0
+
+def colour_roles(ds: rasterio.io.DatasetReader, bands: Sequence[int]) -> tuple[str, ...] | None:
+    """The colour interpretation of ``bands`` by name (e.g. ("red", "green", "blue")) when each is a distinct
+    colour; None when any is untagged, grey, alpha or repeated (such bands can only be matched by index)."""
+    interp = [ds.colorinterp[b - 1] for b in bands]
+    if any(c in _NO_COLOUR_ROLE for c in interp) or len(set(interp)) != len(interp):
+        return None
+    return tuple(c.name for c in interp)
+
+
+def _tagged(ds: rasterio.io.DatasetReader, roles: Sequence[str]) -> tuple[int, ...] | None:
+    """The (first) bands tagged with ``roles``, in that order; None if the scene tags no band with one of them."""
+    names = [c.name for c in ds.colorinterp]
+    if not all(role in names for role in roles):
+        return None
+    return tuple(names.index(role) + 1 for role in roles)
+
+
+def _listed(bands: Sequence[int]) -> str:
+    return ",".join(map(str, bands))
+
+
+def match_bands(
+    ds: rasterio.io.DatasetReader,
+    requested: Sequence[int] | None,
+    trained: Sequence[int] | None = None,
+    roles: Sequence[str] | None = None,
+) -> tuple[int, ...]:
+    """``choose_bands``, with a log line saying how the bands were chosen."""
+    chosen, how = choose_bands(ds, requested, trained, roles)
+    log.info("%s: %s", Path(ds.name).name, how)
+    return chosen
+
+
+def choose_bands(
+    ds: rasterio.io.DatasetReader,
+    requested: Sequence[int] | None,
+    trained: Sequence[int] | None = None,
+    roles: Sequence[str] | None = None,
+) -> tuple[tuple[int, ...], str]:
+    """The input bands of a scene, validated, and how they were chosen (for the log).
+
+    ``requested`` (--bands) wins. Else a model's bands are found by their colour ``roles`` in the scene's colour
+    interpretation when the scene tags them all (a BGR-tagged scene feeds its red band as red), and by index
+    (``trained``, else 1, 2, 3) otherwise; a model without roles keeps its ``trained`` bands by index. Without a
+    model: the bands tagged red, green, blue, else 1, 2, 3.
+    """
+    if requested is not None:
+        chosen = resolve_bands(ds, requested)
+        return chosen, f"bands {_listed(chosen)} from --bands"
+    wanted = tuple(roles) if roles else None
+    if wanted is None and trained is not None:
+        chosen = resolve_bands(ds, trained)
+        return chosen, f"bands {_listed(chosen)} by index (the checkpoint records no colour roles)"
+    colours = ", ".join(wanted or RGB_ROLES)
+    tagged = _tagged(ds, wanted or RGB_ROLES)
+    if tagged is not None:
+        chosen = resolve_bands(ds, tagged)
+        return chosen, f"bands {_listed(chosen)} by the scene's colour interpretation ({colours})"
+    chosen = resolve_bands(ds, trained if trained is not None else (1, 2, 3) if ds.count >= 3 else None)
+    found = ", ".join(c.name for c in ds.colorinterp)
+    return chosen, f"bands {_listed(chosen)} by index: the scene does not tag bands {colours} (it has {found})"
 
 
 def read_window(

@@ -23,6 +23,8 @@ from rasterio.windows import Window
 from geo_sat2map.errors import UserError
 from geo_sat2map.raster_io.core import (
     colormap_lut,
+    choose_bands,
+    colour_roles,
     open_raster,
     read_window,
     resolve_bands,
@@ -90,6 +92,8 @@ class PairSpec:
     bands: tuple[int, ...]
     image_dtype: str
     map_bands: tuple[int, ...]  # three RGB bands, or one band (palette or grey)
+    band_roles: tuple[str, ...] | None = None  # colour interpretation of ``bands``; None if not all are tagged
+    bands_chosen: str = ""  # how ``bands`` were chosen, for the log
 
 
 @dataclass(frozen=True)
@@ -133,7 +137,7 @@ def inspect_pair(
     with open_raster(image_path) as image, open_raster(map_path) as map_ds:
         image_grid = _grid_of(image, "image")
         map_grid = _grid_of(map_ds, "map")
-        chosen = resolve_bands(image, bands)
+        chosen, how = choose_bands(image, bands)
         grid = image_grid.resampled(resolution) if resolution else image_grid
         return PairSpec(
             image_path=image_path,
@@ -144,6 +148,8 @@ def inspect_pair(
             bands=chosen,
             image_dtype=image.dtypes[chosen[0] - 1],
             map_bands=_map_bands(map_ds),
+            band_roles=colour_roles(image, chosen),
+            bands_chosen=how,
         )
 
 

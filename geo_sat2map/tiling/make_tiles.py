@@ -37,7 +37,7 @@ from geo_sat2map.tiling.footprints import (
     tile_footprints_lonlat,
     to_pixels,
 )
-from geo_sat2map.tiling.splits import SPLITS, PlacedWindow, minimum_windows, plan_splits, too_few_windows
+from geo_sat2map.tiling.splits import SPLITS, PlacedWindow, TooFewWindows, minimum_windows, plan_splits
 from geo_sat2map.tiling.writer import (
     BackgroundWrites,
     check_destination,
@@ -52,6 +52,14 @@ from geo_sat2map.tiling.writer import (
 log = logging.getLogger("geo_sat2map")
 
 SKIP_REASONS = ("outside_overlap", "outside_aoi", "image_nodata", "map_nodata", "split_buffer")
+# How each reason reads in messages, and the option that decides it.
+_REASON_TEXT = {
+    "outside_overlap": ("outside the image/map overlap", "--min-valid"),
+    "outside_aoi": ("outside the AOI", "--min-valid"),
+    "image_nodata": ("image nodata", "--min-valid"),
+    "map_nodata": ("map nodata", "--min-valid"),
+    "split_buffer": ("split buffer", "--stride"),
+}
 _EDGE_EPS = 1e-6  # pixel-coordinate slack for outlines that went through a reprojection round trip
 
 
@@ -160,11 +168,35 @@ class TilingResult:
         total = sum(self.counts.values())
         per_split = ", ".join(f"{s} {self.counts[s]}" for s in SPLITS)
         text = f"Wrote {total} tiles to {self.out_dir} in {self.seconds:.1f} s ({per_split})"
-        skipped = {k: v for k, v in self.skipped.items() if v}
-        if skipped:
-            reasons = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in skipped.items())
-            text += f"; skipped {sum(skipped.values())}: {reasons}"
-        return text + "."
+        dropped = dropped_text(self.skipped, total)
+        return text + (f"; {dropped}" if dropped else "") + "."
+
+
+def dropped_text(skipped: dict[str, int], kept: int) -> str:
+    """"5 of 6 candidate tiles dropped: 5 as image nodata (see --min-valid)", or "" when none was dropped."""
+    dropped = sum(skipped.values())
+    if not dropped:
+        return ""
+    options = ", ".join(dict.fromkeys(_REASON_TEXT[k][1] for k, v in skipped.items() if v))
+    return f"{dropped} of {dropped + kept} candidate tiles dropped: {_reasons(skipped)} (see {options})"
+
+
+def _reasons(skipped: dict[str, int]) -> str:
+    return ", ".join(f"{v} as {_REASON_TEXT[k][0]}" for k, v in skipped.items() if v)
+
+
+def _too_few(kept: int, skipped: dict[str, int], config: MakeTilesConfig) -> UserError:
+    """Too few tiles to split, with why the others were dropped and which option would keep more."""
+    dropped = sum(skipped.values())
+    hints = []
+    if any(skipped.get(k) for k in ("outside_overlap", "outside_aoi", "image_nodata", "map_nodata")):
+        hints.append(f"lower --min-valid (now {config.min_valid:g})")
+    hints += ["use a smaller --stride or --tile-size", "lower --val-fraction/--test-fraction (0 disables a split)"]
+    kept_text = f"{kept} of {dropped + kept} candidate tiles kept" if dropped else f"{kept} tile(s)"
+    why = f" (dropped: {_reasons(skipped)})" if dropped else ""
+    return UserError(
+        f"only {kept_text}, too few to split into train/val/test{why}; " + ", ".join(hints[:-1]) + ", or " + hints[-1]
+    )
 
 
 @dataclass
@@ -276,10 +308,7 @@ def _dataset_scaling(scalings: Sequence[InputScaling]) -> InputScaling:
     )
 
 
-def _warn_about(counts: Counter[str], config: MakeTilesConfig, scalings: Sequence[InputScaling]) -> None:
-    for split, fraction in (("val", config.val_fraction), ("test", config.test_fraction)):
-        if fraction > 0 and counts[split] == 0:
-            log.warning("No %s tiles survived the split buffer; try a larger --stride or another --seed.", split)
+def _warn_about(scalings: Sequence[InputScaling]) -> None:
     if len({s.kind for s in scalings}) > 1:
         log.warning(
             "The images mix 8-bit and other data types; dataset.json's scaling (used by train/translate) is the "
@@ -299,7 +328,9 @@ def _ground_resolution(specs: Sequence[PairSpec]) -> dict[str, Any]:
     return {"resolution_m": float(np.mean(metres)) if known else None, "crs_kind": _common([k for _, k in found])}
 
 
-def _feature(tile: _Tile, split: str, path: str, spec: PairSpec, size: int, footprint: BaseGeometry) -> dict[str, Any]:
+def _feature(
+    tile: _Tile, split: str, paths: tuple[str, str | None], spec: PairSpec, size: int, footprint: BaseGeometry
+) -> dict[str, Any]:
     ring = orient(footprint, sign=1.0).exterior.coords  # RFC 7946: exterior rings counter-clockwise
     transform = spec.grid.window_transform(tile.col, tile.row)
     return {
@@ -308,7 +339,8 @@ def _feature(tile: _Tile, split: str, path: str, spec: PairSpec, size: int, foot
         "properties": {
             "id": tile.id,
             "split": split,
-            "path": path,
+            "path": paths[0],
+            "mask": paths[1],
             "pair": tile.pair,
             "image": spec.image_path,
             "map": spec.map_path,
@@ -327,6 +359,7 @@ def _image_entry(spec: PairSpec, scaling: InputScaling, tiles: int) -> dict[str,
         "map": spec.map_path,
         "scaling": scaling.to_dict(),
         "bands": list(spec.bands),
+        "band_roles": list(spec.band_roles) if spec.band_roles else None,
         "dtype": spec.image_dtype,
         "crs": spec.grid.crs_label,
         "resolution": list(spec.grid.pixel_size),
@@ -375,7 +408,7 @@ def _stage_tiles(
                         map_rgb = window.map.copy()
                         satellite[:, ~both] = 0  # invalid in either half: black in both, like translate's nodata
                         map_rgb[:, ~both] = 0
-                        writes.submit(write_pair, stage_path(work, record.id), satellite, map_rgb)
+                        writes.submit(write_pair, stage_path(work, record.id), satellite, map_rgb, both)
                         tiles.append(record)
                     bar.update()
     return tiles, scalings
@@ -396,9 +429,9 @@ def _place_tiles(
             spec.grid.transform, spec.grid.crs_wkt, [(t.col, t.row, tile, tile) for t, _ in own]
         )
         for (t, split), footprint in zip(own, footprints):
-            path = place(work, t.id, split)
+            paths = place(work, t.id, split)
             counts[split] += 1
-            features.append(_feature(t, split, path, spec, tile, footprint))
+            features.append(_feature(t, split, paths, spec, tile, footprint))
     return counts, features
 
 
@@ -415,20 +448,18 @@ def make_tiles(
     plans = [_plan_pair(i, spec, aoi, config) for i, spec in enumerate(specs)]
     if aoi is not None:
         _require_aoi_hits(plans, aoi)
-    candidates = sum(len(p.windows) for p in plans)
-    if candidates < minimum_windows(config.val_fraction, config.test_fraction):
-        outside = sum(p.skipped["outside_aoi"] for p in plans)
-        if aoi is not None and outside:
-            raise UserError(f"AOI {aoi.path}: {outside} candidate tile(s) lie outside it; {too_few_windows(candidates)}")
-        raise too_few_windows(candidates)
-    for p in plans:
-        log.info(
-            "%s + %s: %d candidate windows on a %dx%d grid (%s)", p.spec.image_path, p.spec.map_path,
-            len(p.windows), p.spec.grid.width, p.spec.grid.height, p.spec.grid.crs_label,
-        )
     tile, skipped = config.tile_size, Counter({r: 0 for r in SKIP_REASONS})
     for p in plans:
         skipped.update(p.skipped)
+    candidates = sum(len(p.windows) for p in plans)
+    if candidates < minimum_windows(config.val_fraction, config.test_fraction):
+        error = _too_few(candidates, skipped, config)
+        raise UserError(f"AOI {aoi.path}: {error}") if aoi is not None and skipped["outside_aoi"] else error
+    for p in plans:
+        log.info(
+            "%s + %s: %d candidate windows on a %dx%d grid (%s); %s", p.spec.image_path, p.spec.map_path,
+            len(p.windows), p.spec.grid.width, p.spec.grid.height, p.spec.grid.crs_label, p.spec.bands_chosen,
+        )
 
     with dataset_output(out_dir, config.overwrite) as work:
         tiles, scalings = _stage_tiles(plans, config, work, skipped, progress)
@@ -438,13 +469,16 @@ def make_tiles(
                 f"no tile has at least --min-valid {config.min_valid:g} valid pixels in both halves "
                 f"(skipped: {reasons}); check the masks/nodata of the inputs or lower --min-valid"
             )
-        split = plan_splits(
-            [PlacedWindow(t.pair, t.col, t.row) for t in tiles],
-            tile, config.val_fraction, config.test_fraction, config.seed, config.split_block,
-        )
+        try:
+            split = plan_splits(
+                [PlacedWindow(t.pair, t.col, t.row) for t in tiles],
+                tile, config.val_fraction, config.test_fraction, config.seed, config.split_block,
+            )
+        except TooFewWindows:
+            raise _too_few(len(tiles), skipped, config) from None
         skipped["split_buffer"] += split.dropped
         counts, features = _place_tiles(work, tiles, split.splits, specs, tile)
-        _warn_about(counts, config, scalings)
+        _warn_about(scalings)
         sizes = [spec.grid.pixel_size for spec in specs]
         dataset = {
             "tile_size": tile,
@@ -452,6 +486,7 @@ def make_tiles(
             "crs": _common([s.grid.crs_label for s in specs]),
             **_ground_resolution(specs),
             "bands": list(specs[0].bands),
+            "band_roles": list(roles) if (roles := _common([s.band_roles for s in specs])) else None,
             "scaling": _dataset_scaling(scalings).to_dict(),
             "images": [
                 _image_entry(spec, scaling, sum(1 for f in features if f["properties"]["pair"] == i))
@@ -466,7 +501,7 @@ def make_tiles(
                 "val_fraction": config.val_fraction,
                 "test_fraction": config.test_fraction,
                 "block_tiles": split.block_tiles,
-                "block_pixels": split.block_tiles * tile,
+                "block_pixels": split.block_pixels,
                 "blocks": split.blocks,
             },
             "tiling": {

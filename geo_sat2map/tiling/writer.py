@@ -3,6 +3,7 @@
 Layout of a finished dataset::
 
     OUT_DIR/train/<id>.png  val/<id>.png  test/<id>.png   A|B pairs (satellite left, map right), RGB uint8
+    OUT_DIR/masks/<split>/<id>.png                        validity of tiles with nodata (255 = valid), grey uint8
     OUT_DIR/dataset.json                                  the manifest read by `train`
     OUT_DIR/tiles.geojson  tiles.qml                      tile footprints (WGS 84) and a QGIS style by split
 
@@ -31,7 +32,7 @@ import numpy as np
 from geo_sat2map import __version__
 from geo_sat2map.atomic import swap_folder
 from geo_sat2map.errors import UserError
-from geo_sat2map.image_io import write_png
+from geo_sat2map.image_io import TILE_MASKS_DIR, tile_mask_path, write_png
 
 DATASET_FORMAT = "geo-sat2map-tiles"
 DATASET_FORMAT_VERSION = 1
@@ -116,8 +117,20 @@ def _claim_work_dir(dest: Path) -> Path:
     return work
 
 
+def _remove_empty_mask_dirs(work: Path) -> None:
+    """masks/ holds only the splits that have a tile with nodata; without any, there is no masks/ folder."""
+    masks = work / TILE_MASKS_DIR
+    if masks.is_dir():
+        for folder in masks.iterdir():
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        if not any(masks.iterdir()):
+            masks.rmdir()
+
+
 def _move_into_place(work: Path, dest: Path) -> None:
     shutil.rmtree(work / STAGING_DIR, ignore_errors=True)
+    _remove_empty_mask_dirs(work)
     (work / OWNER_FILE).unlink(missing_ok=True)
     swap_folder(work, dest, _sibling(dest, "old"))  # --overwrite: a failure in between puts the previous dataset back
 
@@ -136,13 +149,16 @@ def dataset_output(out_dir: str | os.PathLike[str], overwrite: bool) -> Iterator
         raise
 
 
-def write_pair(path: Path, satellite: np.ndarray, map_rgb: np.ndarray) -> None:
-    """Write an A|B training pair: satellite (3, t, t) on the left, map on the right, as one PNG.
+def write_pair(path: Path, satellite: np.ndarray, map_rgb: np.ndarray, valid: np.ndarray | None = None) -> None:
+    """Write an A|B training pair: satellite (3, t, t) on the left, map on the right, as one PNG; and, when some
+    pixel is invalid (``valid`` False), its mask beside it.
 
     zlib level 1: PNG encoding is most of make-tiles' time, and level 1 is ~3x faster than the default 6 for
     ~15 % larger files.
     """
     write_png(path, np.concatenate([satellite, map_rgb], axis=2), compress_level=PNG_COMPRESS_LEVEL)
+    if valid is not None and not valid.all():
+        write_png(_staged_mask(path), np.where(valid, 255, 0).astype(np.uint8), compress_level=PNG_COMPRESS_LEVEL)
 
 
 class BackgroundWrites:
@@ -178,15 +194,27 @@ def stage_path(work: Path, tile_id: str) -> Path:
     return work / STAGING_DIR / f"{tile_id}.png"
 
 
-def place(work: Path, tile_id: str, split: str | None) -> str | None:
-    """Move a staged tile into its split folder (or delete it when split is None); returns its OUT_DIR path."""
+def _staged_mask(staged: Path) -> Path:
+    return staged.with_name(f"{staged.stem}.mask.png")
+
+
+def place(work: Path, tile_id: str, split: str | None) -> tuple[str | None, str | None]:
+    """Move a staged tile (and its mask, if it has one) into its split folder, or delete them when split is None;
+    returns their OUT_DIR paths (the mask's None when the tile is valid everywhere)."""
     staged = stage_path(work, tile_id)
+    mask = _staged_mask(staged)
     if split is None:
         staged.unlink()
-        return None
+        mask.unlink(missing_ok=True)
+        return None, None
     relative = f"{split}/{tile_id}.png"
     os.replace(staged, work / relative)
-    return relative
+    if not mask.exists():
+        return relative, None
+    mask_dest = tile_mask_path(work / relative)
+    mask_dest.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(mask, mask_dest)
+    return relative, mask_dest.relative_to(work).as_posix()
 
 
 def _style_qml() -> str:

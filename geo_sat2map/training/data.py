@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from geo_sat2map.errors import UserError
-from geo_sat2map.image_io import probe_image, read_rgb, split_pair
+from geo_sat2map.image_io import probe_image, read_rgb, read_tile_valid, split_pair, tile_mask_path
 from geo_sat2map.scaling import InputScaling
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -40,6 +40,7 @@ class DatasetInfo:
     val: tuple[Path, ...]
     tile_size: int
     bands: tuple[int, ...] | None = None
+    band_roles: tuple[str, ...] | None = None  # colour interpretation of ``bands`` in the training images
     scaling: InputScaling | None = None  # None: a plain pix2pix folder, scaling unknown (uint8 assumed)
     resolution: float | None = None
     crs: str | None = None
@@ -72,6 +73,7 @@ def scan_dataset(data_dir: str | os.PathLike[str]) -> DatasetInfo:
         raise UserError(f"{root / MANIFEST} says tile_size {declared} but the tiles are {size} px; re-run make-tiles")
     try:
         bands = manifest.get("bands")
+        roles = manifest.get("band_roles")
         scaling = manifest.get("scaling")
         resolution = manifest.get("resolution")
         return DatasetInfo(
@@ -80,6 +82,7 @@ def scan_dataset(data_dir: str | os.PathLike[str]) -> DatasetInfo:
             tuple(val),
             size,
             bands=tuple(int(b) for b in bands) if bands is not None else None,
+            band_roles=_colour_names(roles),
             scaling=InputScaling.from_dict(scaling) if scaling is not None else None,
             resolution=float(resolution) if resolution is not None else None,
             crs=manifest.get("crs"),
@@ -87,7 +90,15 @@ def scan_dataset(data_dir: str | os.PathLike[str]) -> DatasetInfo:
             crs_kind=str(manifest["crs_kind"]) if manifest.get("crs_kind") is not None else None,
         )
     except (KeyError, TypeError, ValueError) as exc:
-        raise UserError(f"{root / MANIFEST}: malformed bands/scaling/resolution ({exc}); re-run make-tiles") from None
+        raise UserError(f"{root / MANIFEST}: malformed bands/band_roles/scaling/resolution ({exc}); re-run make-tiles") from None
+
+
+def _colour_names(value: Any) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise TypeError(f"band_roles {value!r} is not a list of colour names")
+    return tuple(value)
 
 
 def check_fits(info: DatasetInfo, crop_size: int) -> None:
@@ -121,6 +132,12 @@ def _check_tiles(paths: Sequence[Path]) -> int:
                 f"tiles of mixed sizes: {first[0]} is {first[1]}x{first[2]} but {path} is {width}x{height}; "
                 "all tiles must share one size"
             )
+        mask = tile_mask_path(path)
+        if mask.is_file():
+            mode, mask_width, mask_height = probe_image(mask, verify=True)
+            if mode not in ("L", "1") or (mask_width, mask_height) != (height, height):
+                raise UserError(f"{mask}: a tile mask must be a {height}x{height} 8-bit grey PNG, not {mode} "
+                                f"{mask_width}x{mask_height}; re-run make-tiles")
     assert first is not None
     return first[2]
 
@@ -154,10 +171,13 @@ def worker_error(exc: UserError) -> UserError:
 
 
 def dataset_hash(info: DatasetInfo) -> str:
-    """sha256 over the manifest and every train/val tile (relative path + bytes): names the exact data."""
+    """sha256 over the manifest and every train/val tile and tile mask (relative path + bytes): names the exact
+    data."""
     digest = hashlib.sha256()
     manifest = info.root / MANIFEST
-    for path in ([manifest] if manifest.is_file() else []) + list(info.train) + list(info.val):
+    tiles = list(info.train) + list(info.val)
+    masks = [m for m in map(tile_mask_path, tiles) if m.is_file()]
+    for path in ([manifest] if manifest.is_file() else []) + tiles + masks:
         digest.update(path.relative_to(info.root).as_posix().encode() + b"\0")
         with open(path, "rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -240,7 +260,8 @@ class PairDataset(Dataset):
 
     Training (``augment`` given): items are keyed ``(epoch, index)`` and return ``(A, B)`` resized,
     randomly cropped and flipped identically. Validation (``augment`` None): items are plain indices and
-    return ``(A, B_uint8)``, centre-cropped to ``crop_size``; B stays 8-bit for the metrics.
+    return ``(A, B_uint8, valid)``, centre-cropped to ``crop_size``; B stays 8-bit for the metrics, and
+    ``valid`` (bool, from the tile's mask) says which pixels they score.
     """
 
     def __init__(self, paths: Sequence[Path], crop_size: int, augment: Augmentation | None = None, seed: int = 0):
@@ -256,19 +277,24 @@ class PairDataset(Dataset):
         path = self.paths[index]
         return split_pair(read_rgb(path), path)
 
-    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, ...]:
         if self.augment is None:
-            a, b = self.centre_crop(int(key))  # type: ignore[arg-type]
-            return to_unit(a), b
+            a, b, valid = self.centre_crop(int(key))  # type: ignore[arg-type]
+            return to_unit(a), b, valid
         epoch, index = key  # type: ignore[misc]
         return self._augmented(epoch, index)
 
-    def centre_crop(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Validation's view of a tile: the uint8 (A, B) centre ``crop_size`` squares."""
+    def centre_crop(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Validation's view of a tile: the uint8 (A, B) centre ``crop_size`` squares and their validity."""
         a, b = self._pair(index)
+        valid = read_tile_valid(self.paths[index], a.shape[1])
         top = (a.shape[1] - self.crop_size) // 2
-        window = (slice(None), slice(top, top + self.crop_size), slice(top, top + self.crop_size))
-        return torch.from_numpy(np.ascontiguousarray(a[window])), torch.from_numpy(np.ascontiguousarray(b[window]))
+        rows = cols = slice(top, top + self.crop_size)
+        return (
+            torch.from_numpy(np.ascontiguousarray(a[:, rows, cols])),
+            torch.from_numpy(np.ascontiguousarray(b[:, rows, cols])),
+            torch.from_numpy(np.ascontiguousarray(valid[rows, cols])),
+        )
 
     def resized(self, index: int) -> torch.Tensor:
         """uint8 (6, L, L): A and B resized to ``load_size`` (bicubic, and ``map_resample`` for B), stacked.

@@ -194,23 +194,25 @@ class WorkerFeed:
 
 
 class DeviceValSet:
-    """Validation centre crops (of at least one tile): A (uint8) on the device, B (uint8) on the host where the
-    metrics run."""
+    """Validation centre crops (of at least one tile): A (uint8) on the device, B (uint8) and the validity on the
+    host where the metrics run."""
 
     def __init__(self, dataset: PairDataset, device: torch.device, workers: int) -> None:
-        inputs, targets = [], []
-        for a, b in _decode_into(dataset, dataset.centre_crop, device, workers):
+        inputs, targets, valid = [], [], []
+        for a, b, v in _decode_into(dataset, dataset.centre_crop, device, workers):
             inputs.append(a.to(device, non_blocking=True))
             targets.append(b)
-        self.inputs, self.targets = torch.cat(inputs), torch.cat(targets)
+            valid.append(v)
+        self.inputs, self.targets, self.valid = torch.cat(inputs), torch.cat(targets), torch.cat(valid)
         self.to_unit = UnitScale(device)
 
     def __len__(self) -> int:
         return len(self.targets)
 
-    def batches(self) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
-        """``(A in [-1, 1] on the device, B uint8 on the host)``, as ``loop.validate`` takes them."""
+    def batches(self) -> Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """``(A in [-1, 1] on the device, B uint8 on the host, valid on the host)``, as ``loop.validate`` takes
+        them."""
         for start in range(0, len(self), DEVICE_VAL_BATCH):
             stop = start + DEVICE_VAL_BATCH
-            yield self.to_unit(self.inputs[start:stop], torch.contiguous_format), self.targets[start:stop]
-
+            yield (self.to_unit(self.inputs[start:stop], torch.contiguous_format), self.targets[start:stop],
+                   self.valid[start:stop])

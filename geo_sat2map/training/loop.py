@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from geo_sat2map.errors import UserError
 from geo_sat2map.metrics import MetricAccumulator, to_uint8
 from geo_sat2map.models import InferenceGenerator, PatchGAN, build_generator, prepare_for_inference
 from geo_sat2map.training import distributed
@@ -193,12 +194,15 @@ class Pix2Pix:
 
 
 def validate(
-    model: Pix2Pix, net: InferenceGenerator, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]
+    model: Pix2Pix, net: InferenceGenerator, batches: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 ) -> dict[str, float]:
-    """Val metrics on 8-bit outputs: L1/RMSE/acc pooled over pixels, PSNR/SSIM as per-tile means."""
+    """Val metrics on 8-bit outputs over the valid pixels of each tile (its mask): L1/RMSE/acc pooled over
+    pixels, PSNR/SSIM as per-tile means."""
     metrics = MetricAccumulator()
-    for A, B in batches:
-        for pred, ref in zip(model.predict(net, A), B.numpy()):
-            metrics.update(pred, ref)
+    for A, B, valid in batches:
+        for pred, ref, tile_valid in zip(model.predict(net, A), B.numpy(), valid.numpy()):
+            metrics.update(pred, ref, tile_valid)
+    if metrics.pixels == 0:
+        raise UserError("no val tile has a valid pixel in its centre crop (their masks/ files); check val/")
     result = metrics.result(per_image=True)
     return {f"val_{key}": float(result[key]) for key in VAL_KEYS}

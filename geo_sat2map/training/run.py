@@ -350,11 +350,14 @@ class _Run:
 
     def _log_start(self) -> None:
         c, info = self.config, self.info
+        val = f"{len(self.val_paths)} val tiles"
+        if len(self.val_paths) < len(info.val):  # say that the cap, not the dataset, sets the number
+            val = f"{len(self.val_paths)} of {len(info.val)} val tiles (val_max_tiles {c.val_max_tiles})"
         log.info(
-            "Training %s (ngf %d) on %d train / %d val tiles of %d px from %s: epochs %d-%d of %d "
+            "Training %s (ngf %d) on %d train / %s of %d px from %s: epochs %d-%d of %d "
             "(constant LR %g for %d, linear decay over %d), batch %d x %d process(es), %s, %s; "
             "inference norm '%s'",
-            c.arch, c.ngf, len(info.train), len(self.val_paths), info.tile_size, info.root, self.epoch + 1,
+            c.arch, c.ngf, len(info.train), val, info.tile_size, info.root, self.epoch + 1,
             c.total_epochs, c.total_epochs, c.lr, c.epochs, c.epochs_decay, c.batch_size, self.ctx.world_size,
             self.device, self.precision.label, self.norm_mode,
         )
@@ -464,6 +467,7 @@ class _Run:
             width=self.config.ngf,
             norm_mode=self.norm_mode,
             bands=self.info.bands,
+            band_roles=self.info.band_roles,
             scaling=self.info.scaling,
             tile_size=self.config.crop_size,
             resolution=self.info.resolution,
@@ -481,7 +485,7 @@ class _Run:
         save_generator(path, self.model.G, meta)
 
     def _write_samples(self, net: Any, epoch: int) -> None:
-        inputs, targets = zip(*(self.sample_set[i] for i in range(len(self.sample_set))))
+        inputs, targets, _ = zip(*(self.sample_set[i] for i in range(len(self.sample_set))))
         A = torch.stack(inputs)
         predictions = self.model.predict(net, A)
         report.write_samples(
