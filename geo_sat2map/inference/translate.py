@@ -33,11 +33,12 @@ from geo_sat2map.inference.identity import RUN_ID_TAG, run_id
 from geo_sat2map.inference.runner import GeneratorRunner, StageClock
 from geo_sat2map.inference.stages import ChunkReader, RowWriter
 from geo_sat2map.models import NORM_MODES, InferenceGenerator
-from geo_sat2map.progress import progress_bar
+from geo_sat2map.progress import RESULT, progress_bar
 from geo_sat2map.raster_io import RasterInfo, open_raster, raster_info, require_georeferenced, resolve_bands, scene_scaling
 from geo_sat2map.raster_io.output import (
     COMPRESSIONS,
     OutputOptions,
+    check_creation_options,
     open_map_sink,
     streaming_cache_bytes,
     streaming_gdal_env,
@@ -147,9 +148,9 @@ def translate(config: TranslateConfig, model: LoadedGenerator | None = None) -> 
     )
     if stream.windows_run == 0:
         log.warning("%s: no valid pixel in the scene; the output is fully transparent", config.input)
-    log.info("wrote %s: %d windows in %.1f s (%.1f Mpx/s; stream %.2f windows/s, generator busy %.0f %%)",
-             run.output, report.windows, report.seconds, report.megapixels_per_second, report.windows_per_second,
-             100 * report.generator_busy)
+    log.log(RESULT, "Wrote %s: %d windows in %.1f s (%.1f Mpx/s; stream %.2f windows/s, generator busy %.0f %%)",
+            run.output, report.windows, report.seconds, report.megapixels_per_second, report.windows_per_second,
+            100 * report.generator_busy)
     log.info("stages (s): %s", ", ".join(f"{name} {seconds:.2f}" for name, seconds in stages.items()))
     return report
 
@@ -346,6 +347,7 @@ def _check_options(config: TranslateConfig) -> None:
         raise UserError(f"--scaling {config.scaling!r}: expected one of {', '.join(SCALING_MODES)}")
     if config.output_options.compress not in COMPRESSIONS:
         raise UserError(f"--compress {config.output_options.compress!r}: expected one of {', '.join(COMPRESSIONS)}")
+    check_creation_options(config.output_options)
 
 
 def _checkpoint_tile(meta: GeneratorMeta) -> int:
