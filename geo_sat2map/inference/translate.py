@@ -147,7 +147,8 @@ def translate(config: TranslateConfig, model: LoadedGenerator | None = None) -> 
         peak_device_bytes=stream.peak_device_bytes,
     )
     if stream.windows_run == 0:
-        log.warning("%s: no valid pixel in the scene; the output is fully transparent", config.input)
+        log.warning("%s: no valid pixel in the scene; the output is fully transparent", config.input,
+                    extra={"this_rank": True})  # about this rank's own scene: shown from every torchrun rank
     log.log(RESULT, "Wrote %s: %d windows in %.1f s (%.1f Mpx/s; stream %.2f windows/s, generator busy %.0f %%)",
             run.output, report.windows, report.seconds, report.megapixels_per_second, report.windows_per_second,
             100 * report.generator_busy)

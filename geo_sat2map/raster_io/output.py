@@ -157,11 +157,10 @@ def finish_output(
     with rasterio.Env(GDAL_NUM_THREADS="ALL_CPUS"):
         try:
             if options.cog:
-                rasterio.shutil.copy(
-                    str(tiled_path), str(final_path), driver="COG", BLOCKSIZE=str(options.blocksize),
-                    OVERVIEWS="AUTO", OVERVIEW_RESAMPLING=resampling, NUM_THREADS="ALL_CPUS",
-                    **options.gdal_options(),
-                )
+                cog_options = {"BLOCKSIZE": str(options.blocksize), "OVERVIEWS": "AUTO",
+                               "OVERVIEW_RESAMPLING": resampling, "NUM_THREADS": "ALL_CPUS"}
+                cog_options.update(options.gdal_options())  # a --co of the same name wins
+                rasterio.shutil.copy(str(tiled_path), str(final_path), driver="COG", **cog_options)
             else:
                 with rasterio.open(final_path, "r+") as ds:
                     factors = overview_factors(ds.width, ds.height, options.blocksize)
