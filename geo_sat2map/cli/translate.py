@@ -9,7 +9,14 @@ from typing import TYPE_CHECKING
 import click
 
 from geo_sat2map import progress
-from geo_sat2map.cli.options import device_opt, exit_interrupted, overwrite_opt, parse_bands, precision_opt, quiet
+from geo_sat2map.cli.options import (
+    device_opt,
+    exit_interrupted,
+    overwrite_opt,
+    parse_bands,
+    precision_opt,
+    quiet,
+)
 
 if TYPE_CHECKING:
     from geo_sat2map.inference import BatchConfig
