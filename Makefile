@@ -9,13 +9,18 @@ STAMP := $(VENV)/.installed
 
 venv: $(STAMP)
 
+# One line per step, and pip's own output (its download progress on a terminal): the first install takes minutes.
 $(STAMP): pyproject.toml
+	@echo "== 1/3: virtual environment $(VENV) and an up-to-date pip"
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	@echo "== 2/3: PyTorch ($(TORCH)), unless one is installed: the largest download"
 	# Install the CPU wheel first: an unpinned torch would pull GBs of CUDA packages.
-	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install $(TORCH)
+	@echo "== 3/3: geo-sat2map and its dependencies (rasterio with GDAL, shapely, pyproj, ...)"
+	$(PY) -m pip install -e '.[dev]'
 	touch $(STAMP)
+	@echo "== installed: $(VENV)"
 
 test: $(STAMP)
 	$(PY) -m pytest -q

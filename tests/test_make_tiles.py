@@ -456,7 +456,9 @@ def test_existing_output_needs_overwrite_and_only_datasets_are_replaced(pair, tm
     refused = invoke(*base)
     assert refused.exit_code == 1 and "--overwrite" in refused.output
     quiet = CliRunner().invoke(cli, ["-q", "make-tiles", *map(str, base), "--overwrite", "--tile-size", "64"])
-    assert quiet.exit_code == 0 and quiet.output == ""  # -q: no progress bar, no summary
+    assert quiet.exit_code == 0, quiet.output  # -q: no progress, no log; only the result line
+    (line,) = quiet.output.splitlines()
+    assert line.startswith(f"Wrote 16 tiles to {out}")
     assert load(out)[0]["tile_size"] == 64 and len(list((out / "train").iterdir())) == 16 and before
     other = tmp_path / "precious"
     other.mkdir()

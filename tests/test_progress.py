@@ -1,4 +1,5 @@
-"""--progress json: the event stream programs (the QGIS plugin) read, and the throttled progress reporter."""
+"""What a command writes on stderr: --progress json (the event stream programs such as the QGIS plugin read),
+progress lines instead of a bar off a terminal, -q, and warnings."""
 
 from __future__ import annotations
 
@@ -131,8 +132,96 @@ def test_iterating_a_json_bar_yields_everything_and_counts_it():
     with progress.json_events(stream):
         items = list(progress.progress_bar(["a", "b", "c"], desc="it"))
     after = progress.progress_bar(total=1, file=io.StringIO())
-    assert isinstance(after, tqdm)  # the JSON mode ended with the block
+    assert not isinstance(after, progress.JsonProgress)  # the JSON mode ended with the block
     after.close()
     sent = [json.loads(line) for line in stream.getvalue().splitlines()]
     assert items == ["a", "b", "c"]
     assert sent[0]["total"] == 3 and sent[-1]["done"] == 3
+
+
+# -- progress off a terminal, -q, warnings --------------------------------------------------------------------------
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_bar_on_a_terminal_and_progress_lines_elsewhere():
+    assert isinstance(progress.progress_bar(total=3, file=_Terminal()), tqdm)
+    assert isinstance(progress.progress_bar(total=3, file=io.StringIO()), progress.LineProgress)
+
+    stream = io.StringIO()
+    with progress.LineProgress(stream, total=100, desc="job", unit="x", min_interval=3600) as bar:
+        for _ in range(100):
+            bar.update()
+        bar.set_postfix(loss=0.123456)
+    assert "\r" not in stream.getvalue()
+    (line,) = stream.getvalue().splitlines()  # throttled: only the final state
+    assert line.startswith("job: 100% 100/100 [") and line.endswith(", loss=0.123]")
+
+    every = io.StringIO()
+    for _ in progress.LineProgress(every, range(3), desc="job", min_interval=0):
+        pass
+    assert [line.split(" [")[0] for line in every.getvalue().splitlines()] == [
+        "job:  33% 1/3", "job:  67% 2/3", "job: 100% 3/3"]
+
+    transient = io.StringIO()  # leave=False (a bar a summary line replaces): no line for a short one
+    with progress.progress_bar(total=2, desc="epoch", file=transient, leave=False) as bar:
+        bar.update(2)
+    assert transient.getvalue() == ""
+
+
+def test_translate_off_a_terminal_logs_progress_lines_not_a_redrawn_bar(tmp_path, scene):
+    source, weights = scene
+    result = CliRunner().invoke(cli, ["translate", str(source), "-o", str(tmp_path / "m.tif"), "-w", str(weights)])
+    assert result.exit_code == 0, result.output
+    assert "\r" not in result.stderr
+    assert [line for line in result.stderr.splitlines() if line.startswith("translate:")] == [
+        next(line for line in result.stderr.splitlines() if line.startswith("translate: 100% 6/6 ["))]
+
+
+def test_quiet_keeps_only_the_result_line(tmp_path, scene):
+    source, weights = scene
+    result = CliRunner().invoke(cli, ["-q", "translate", str(source), "-o", str(tmp_path / "m.tif"), "-w",
+                                      str(weights)])
+    assert result.exit_code == 0, result.output
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"Wrote {tmp_path / 'm.tif'}: 6 windows in ")
+
+    image = write_raster(tmp_path / "sat.tif", texture(512, 512))
+    map_raster = write_raster(tmp_path / "map.tif", texture(512, 512, seed=3))
+    result = CliRunner().invoke(cli, ["-q", "make-tiles", "-i", str(image), "-m", str(map_raster), "-o",
+                                      str(tmp_path / "tiles"), "--val-fraction", "0.25"])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith(f"Wrote 4 tiles to {tmp_path / 'tiles'}")
+    assert not [line for line in result.output.splitlines() if "make-tiles" in line or "candidate" in line]
+
+
+def test_warnings_start_with_warning_and_appear_once_per_run(tmp_path):
+    weights = save_small_generator(tmp_path / "g.pt", resolution=1.0)  # the scenes have 10 m pixels
+    scenes = [write_raster(tmp_path / f"s{i}.tif", texture(200, 200, seed=i)) for i in (1, 2, 3)]
+    result = CliRunner().invoke(cli, ["translate", *map(str, scenes), "-o", str(tmp_path / "maps"), "-w",
+                                      str(weights)])
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.stderr.splitlines() if "pixel size" in line]
+    assert warnings == ["Warning: pixel size 10 differs from the training resolution 1 (CRS units); results may "
+                        "suffer. Resample the scene first (e.g. gdalwarp -tr) for best results"]
+
+
+def test_ranks_other_than_0_show_only_errors_and_their_own_warnings():
+    import logging
+
+    def shown(console: progress.ConsoleFilter, level: int, message: str, **extra: object) -> bool:
+        record = logging.LogRecord("geo_sat2map", level, __file__, 1, message, None, None)
+        record.__dict__.update(extra)
+        return console.filter(record)
+
+    rank1 = progress.ConsoleFilter(main=False)
+    assert not shown(rank1, logging.INFO, "input: scene.tif")
+    assert not shown(rank1, logging.WARNING, "pixel size differs")  # rank 0 says it for the run
+    assert shown(rank1, logging.WARNING, "s7.tif: no valid pixel", this_rank=True)
+    assert shown(rank1, logging.ERROR, "Error: s8.tif: unreadable")
+    rank0 = progress.ConsoleFilter()
+    assert shown(rank0, logging.INFO, "input: scene.tif") and shown(rank0, logging.WARNING, "pixel size differs")
+    assert not shown(rank0, logging.WARNING, "pixel size differs")  # once per run

@@ -182,7 +182,9 @@ def test_validation_scores_only_the_valid_pixels_and_the_log_names_the_val_cap(t
 
 def test_one_epoch_then_resume_is_bit_identical(straight_run, data, config_file, tmp_path):
     run = tmp_path / "run"
-    ok(train_cli(data, "-o", run, "--config", config_file, "--epochs-decay", "0"))
+    first = ok(train_cli(data, "-o", run, "--config", config_file, "--epochs-decay", "0"))
+    (line,) = first.output.splitlines()  # -q: the result line alone
+    assert line.startswith(f"Trained 1 epochs: {run / 'generator.pt'}; best val L1 ")
     assert _checkpoint(run)["epoch"] == 1
     ok(train_cli(data, "-o", run, "--resume", "--epochs-decay", "1"))
     _assert_same_training_state(straight_run, run)

@@ -334,6 +334,17 @@ def test_no_cog_writes_a_tiled_geotiff_with_internal_overviews(tmp_path, weights
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.tif", "generator.pt", "map.tif"]
 
 
+def test_a_creation_option_only_gdal_takes_says_once_that_it_takes_the_slower_path(tmp_path, weights):
+    scenes = [write_raster(tmp_path / f"s{i}.tif", texture(200, 200, seed=i)) for i in (1, 2)]
+    result = CliRunnerWithLog().invoke(scenes[0], tmp_path / "maps", weights, scenes[1], "--device", "cpu", "--co",
+                                       "OVERVIEW_RESAMPLING=NEAREST")
+    assert result.exit_code == 0, result.output
+    assert [line for line in result.stderr.splitlines() if "OVERVIEW_RESAMPLING" in line] == [
+        "Warning: --co OVERVIEW_RESAMPLING: only GDAL's COG driver takes it, so the map takes the slower path "
+        "(through GDAL, encoded twice)"]
+    assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == ["s1.tif", "s2.tif"]
+
+
 def test_cli_choices_match_the_library():
     assert translate_cli.BLEND_CHOICES == BLEND_MODES
     assert translate_cli.COMPRESS_CHOICES == COMPRESSIONS
@@ -350,4 +361,4 @@ class CliRunnerWithLog:
         from geo_sat2map.cli import cli
 
         return CliRunner().invoke(cli, ["translate", str(src), "-o", str(out), "-w", str(weights), "--device", "cpu",
-                                        *extra])
+                                        *map(str, extra)])

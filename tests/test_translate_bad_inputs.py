@@ -7,6 +7,7 @@ import pytest
 import rasterio
 from affine import Affine
 
+from geo_sat2map.errors import UserError
 from geo_sat2map.inference.runner import GeneratorRunner
 
 from .translate_fixtures import read, run_translate, save_small_generator, texture, write_raster
@@ -194,3 +195,16 @@ def test_writer_failure_mid_run_leaves_nothing_behind(tmp_path, weights, monkeyp
     out = tmp_path / "map.tif"
     _assert_clean_failure(run_translate(src, "-o", out, "-w", weights, "--compress", compress), out, "no space left")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["generator.pt", "scene.tif"]
+
+
+def test_a_creation_option_no_writer_takes_is_refused_with_the_accepted_names(tmp_path, weights, scene):
+    out = tmp_path / "map.tif"
+    result = run_translate(scene, "-o", out, "-w", weights, "--co", "FOO=BAR", "--co", "LEVEL=6")
+    _assert_clean_failure(result, out, "--co FOO:", "COG driver", "accepted: ", "LEVEL", "OVERVIEW_RESAMPLING",
+                          "ZSTD_LEVEL")
+    assert "--co LEVEL" not in result.output  # ours: accepted
+    from geo_sat2map.raster_io.output import OutputOptions, check_creation_options
+
+    check_creation_options(OutputOptions(cog=False, creation_options={"TFW": "YES"}))  # GTiff's (--no-cog)
+    with pytest.raises(UserError, match="--co TFW: .* GDAL's COG driver"):
+        check_creation_options(OutputOptions(creation_options={"TFW": "YES"}))

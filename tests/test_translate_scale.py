@@ -20,6 +20,7 @@ import rasterio.shutil
 from affine import Affine
 from click.testing import CliRunner
 
+from geo_sat2map.atomic import owner_tag
 from geo_sat2map.cli import cli
 from geo_sat2map.inference import TranslateConfig, translate
 from geo_sat2map.inference.identity import run_id, tags_match
@@ -245,7 +246,9 @@ def test_many_scenes_failure_resume_and_mosaic(tmp_path, weights):
     assert not mosaic.exists() and "not written" in first.output
     stamps = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
 
-    leftover = out / ".se.tif.k1ll3d.tif.part"  # as a run killed while writing se.tif would leave it
+    # As a run killed while writing se.tif would leave it: tagged with the process that is now gone.
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    leftover = out / f".se.tif.pid{int(gone.stdout)}-{owner_tag().partition('-')[2]}.k1ll3d.tif.part"
     leftover.write_bytes(b"half a map")
     second = invoke(*inputs, "-o", out, "-w", weights, "--vrt", mosaic)
     assert second.exit_code == 1 and len(error_lines(second.output)) == 1
@@ -320,7 +323,24 @@ def test_scenes_that_would_share_a_map_or_a_vrt_of_two_crs_are_refused_before_an
     result = invoke(a, b, "-o", tmp_path / "maps", "-w", weights, "--vrt", tmp_path / "m.vrt", quiet=True)
     assert result.exit_code == 1 and error_lines(result.output) == [result.output.strip()]
     assert "different CRS" in result.output and "EPSG:32633" in result.output and "EPSG:32634" in result.output
-    assert list((tmp_path / "maps").iterdir()) == []
+    assert not (tmp_path / "maps").exists()  # refused before anything was created
+
+    # Landsat's RGB.byte.tif has a CRS no EPSG code matches exactly: its name is printed, never its WKT.
+    landsat = write_raster(tmp_path / "landsat.tif", texture(100, 100), crs=LANDSAT_WKT)
+    result = invoke(a, landsat, "-o", tmp_path / "maps", "-w", weights, "--vrt", tmp_path / "maps" / "m.vrt",
+                    quiet=True)
+    assert result.exit_code == 1 and error_lines(result.output) == [result.output.strip()]
+    assert "EPSG:32633" in result.output and "landsat.tif: UTM Zone 18, Northern Hemisphere)" in result.output
+    assert "PROJCS" not in result.output and not (tmp_path / "maps").exists()
+
+
+LANDSAT_WKT = (  # the CRS of rasterio's test raster RGB.byte.tif
+    'PROJCS["UTM Zone 18, Northern Hemisphere",GEOGCS["Unknown datum based upon the WGS 84 ellipsoid",'
+    'DATUM["Not_specified_based_on_WGS_84_spheroid",SPHEROID["WGS 84",6378137,298.257223563]],PRIMEM["Greenwich",0],'
+    'UNIT["degree",0.0174532925199433]],PROJECTION["Transverse_Mercator"],PARAMETER["latitude_of_origin",0],'
+    'PARAMETER["central_meridian",-75],PARAMETER["scale_factor",0.9996],PARAMETER["false_easting",500000],'
+    'PARAMETER["false_northing",0],UNIT["metre",1],AXIS["Easting",EAST],AXIS["Northing",NORTH]]'
+)
 
 
 def test_scenes_are_shared_between_processes_largest_first(tmp_path, weights):

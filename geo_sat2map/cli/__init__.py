@@ -10,11 +10,13 @@ import threading
 import traceback
 import warnings
 from collections.abc import Iterator
+from typing import Any
 
 import click
 
 from geo_sat2map import __version__, progress
-from geo_sat2map.errors import UserError, first_line
+from geo_sat2map.cli.options import INTERRUPT_EXIT, exit_interrupted
+from geo_sat2map.errors import Interrupted, UserError, first_line, stop_signals
 
 log = logging.getLogger("geo_sat2map")
 _EVENTS = "geo_sat2map.events"  # ctx.meta key of the JSON event writer (--progress json)
@@ -35,9 +37,8 @@ class _Group(click.Group):
             if ctx.find_root().meta.get("verbose"):
                 traceback.print_exc()
             raise click.ClickException(str(exc)) from None
-        except KeyboardInterrupt:
-            click.echo("Interrupted: nothing was written at the output path.", err=True)
-            ctx.exit(130)
+        except KeyboardInterrupt as exc:
+            exit_interrupted(ctx, exc, "nothing was written at the output path.")
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
         except Exception as exc:  # the safety net for bugs; junk input is refused by each reader as a UserError
@@ -66,9 +67,16 @@ class _EventGroup(_Group):
             raise
         except click.exceptions.Exit as exc:
             if exc.exit_code:
-                message = "interrupted" if exc.exit_code == 130 else f"stopped with exit status {exc.exit_code}"
-                _error_event(ctx, message, exc.exit_code)
+                _error_event(ctx, _exit_message(exc.exit_code), exc.exit_code)
             raise
+
+
+def _exit_message(exit_code: int) -> str:
+    """``interrupted`` (Ctrl-C), ``interrupted by SIGTERM`` / ``SIGHUP``, else the exit status."""
+    if exit_code == INTERRUPT_EXIT:
+        return "interrupted"
+    stop = {128 + number: signal.Signals(number).name for number in stop_signals()}
+    return f"interrupted by {stop[exit_code]}" if exit_code in stop else f"stopped with exit status {exit_code}"
 
 
 def _error_event(ctx: click.Context, message: str, exit_code: int) -> None:
@@ -81,7 +89,8 @@ def _error_event(ctx: click.Context, message: str, exit_code: int) -> None:
 @click.group(cls=_EventGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="geo-sat2map")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging; show tracebacks on errors.")
-@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors; no progress bars.")
+@click.option("-q", "--quiet", is_flag=True,
+              help="No progress and no log: only the result line (Wrote ..., Trained ...), warnings and errors.")
 @click.option("--progress", "progress_mode", type=click.Choice(["bar", "json"]), default="bar", show_default=True,
               help="json: progress, log messages, the result and errors as JSON lines on stderr, for programs "
                    "(the QGIS plugin) instead of people.")
@@ -92,11 +101,13 @@ def cli(ctx: click.Context, verbose: bool, quiet: bool, progress_mode: str) -> N
         raise click.UsageError("-v/--verbose and -q/--quiet are mutually exclusive")
     ctx.meta["verbose"] = verbose
     ctx.meta["quiet"] = quiet
-    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    level = logging.DEBUG if verbose else progress.RESULT if quiet else logging.INFO
     handler: logging.Handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.setFormatter(progress.ConsoleFormatter("%(message)s"))
+    ctx.with_resource(_stop_signals(sigint=progress_mode == "json"))
     if progress_mode == "json":
         handler = _start_json_events(ctx)
+    handler.addFilter(progress.ConsoleFilter(main=progress.main_rank()))
     log.handlers[:] = [handler]
     log.setLevel(level)
     log.propagate = False
@@ -108,26 +119,41 @@ def cli(ctx: click.Context, verbose: bool, quiet: bool, progress_mode: str) -> N
 def _start_json_events(ctx: click.Context) -> logging.Handler:
     """Send events to stderr until the command ends; returns the log handler that makes records events."""
     writer = ctx.meta[_EVENTS] = ctx.with_resource(progress.json_events(sys.stderr))
-    ctx.with_resource(_interrupt_signals())
     writer.emit("start", command=ctx.invoked_subcommand, version=__version__)
     return progress.JsonLogHandler(writer)
 
 
 @contextlib.contextmanager
-def _interrupt_signals() -> Iterator[None]:
-    """A calling program cancels us like Ctrl-C: make SIGINT raise KeyboardInterrupt even where it was inherited
-    as ignored, and on Windows treat Ctrl-Break (all a program can send to a child's process group) the same."""
+def _stop_signals(sigint: bool) -> Iterator[None]:
+    """Make SIGTERM and SIGHUP stop a run the way Ctrl-C does: they raise ``Interrupted`` in the main thread, so
+    every clean-up of Ctrl-C runs and one line is printed. A signal inherited as ignored (``nohup`` ignores SIGHUP)
+    stays ignored. With ``sigint`` (a calling program cancels us, --progress json) SIGINT raises
+    KeyboardInterrupt even where it was inherited as ignored, and on Windows Ctrl-Break (all a program can send to
+    a child's process group) does the same."""
     if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
         yield
         return
-    signals = [getattr(signal, name) for name in ("SIGINT", "SIGBREAK") if hasattr(signal, name)]
-    previous = [signal.signal(s, signal.default_int_handler) for s in signals]
+    handlers: dict[int, Any] = {
+        number: _raise_interrupted for number in stop_signals() if signal.getsignal(number) is not signal.SIG_IGN
+    }
+    if sigint:
+        handlers.update({getattr(signal, name): signal.default_int_handler
+                         for name in ("SIGINT", "SIGBREAK") if hasattr(signal, name)})
+    previous = {number: signal.signal(number, handler) for number, handler in handlers.items()}
     try:
         yield
     finally:
-        for s, handler in zip(signals, previous):
+        for number, handler in previous.items():
             if handler is not None:  # None: set outside Python, cannot be restored from here
-                signal.signal(s, handler)
+                signal.signal(number, handler)
+
+
+def _raise_interrupted(signal_number: int, _frame: Any) -> None:
+    """Raise ``Interrupted`` once: a repeated stop signal is ignored so that the clean-up it started can finish
+    (SIGKILL still ends the process; a rerun removes what that leaves)."""
+    for number in stop_signals():
+        signal.signal(number, signal.SIG_IGN)
+    raise Interrupted(signal.Signals(signal_number).name, signal_number)
 
 
 def _register() -> None:

@@ -86,5 +86,4 @@ def command(ctx: click.Context, images: tuple[str, ...], maps: tuple[str, ...], 
         )
         result = make_tiles(config, out_dir, progress=show_progress, command=command_line)
     progress.emit("result", command="make-tiles", result=result)
-    if not quiet(ctx):
-        click.echo(result.summary())
+    click.echo(result.summary())  # the result: also with -q

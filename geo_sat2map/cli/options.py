@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -45,6 +45,21 @@ bands_opt = click.option(
 
 def quiet(ctx: click.Context) -> bool:
     return bool(ctx.find_root().meta.get("quiet"))
+
+
+INTERRUPT_EXIT = 130  # 128 + SIGINT, as a shell reports Ctrl-C
+
+
+def exit_interrupted(ctx: click.Context, exc: KeyboardInterrupt, message: str) -> NoReturn:
+    """End a command stopped by Ctrl-C or a stop signal: ``Interrupted[ by SIGTERM]: <message>`` (from rank 0 only
+    under torchrun) and exit status 130, or 128 + the signal number (143 SIGTERM, 129 SIGHUP)."""
+    from geo_sat2map.errors import Interrupted
+    from geo_sat2map.progress import main_rank
+
+    signal_name = exc.signal_name if isinstance(exc, Interrupted) else None
+    if main_rank():
+        click.echo(f"Interrupted{f' by {signal_name}' if signal_name else ''}: {message}", err=True)
+    ctx.exit(exc.exit_code if isinstance(exc, Interrupted) else INTERRUPT_EXIT)
 
 
 def not_built(name: str, issue: str) -> Callable[..., Any]:

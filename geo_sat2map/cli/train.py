@@ -72,8 +72,6 @@ def command(
             err=True,
         )
         return
-    if quiet(ctx):
-        return
     message = f"Trained {summary.epochs_done} epochs: {run_dir / 'generator.pt'}"
     if summary.best_epoch is not None:
         message += f"; best val L1 {summary.best_val_l1:.2f} at epoch {summary.best_epoch}: {run_dir / 'generator_best.pt'}"

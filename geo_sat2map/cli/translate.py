@@ -9,7 +9,14 @@ from typing import TYPE_CHECKING
 import click
 
 from geo_sat2map import progress
-from geo_sat2map.cli.options import device_opt, overwrite_opt, parse_bands, precision_opt, quiet
+from geo_sat2map.cli.options import (
+    device_opt,
+    exit_interrupted,
+    overwrite_opt,
+    parse_bands,
+    precision_opt,
+    quiet,
+)
 
 if TYPE_CHECKING:
     from geo_sat2map.inference import BatchConfig
@@ -201,13 +208,10 @@ def _translate_folder(ctx: click.Context, config: BatchConfig) -> None:
 
     try:
         report = translate_many(config)
-    except KeyboardInterrupt:
-        click.echo("Interrupted: finished maps are kept (a rerun skips them); the scene in progress left nothing.",
-                   err=True)
-        ctx.exit(130)
+    except KeyboardInterrupt as exc:
+        exit_interrupted(ctx, exc, "finished maps are kept (a rerun skips them); the scene in progress left nothing.")
     if is_main_process():
         progress.emit("result", command="translate", result=report)
-        if not quiet(ctx):
-            click.echo(report.table())
+        click.echo(report.table())  # the result: also with -q
     if report.failed:
         ctx.exit(1)

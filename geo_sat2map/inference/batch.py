@@ -24,6 +24,7 @@ from geo_sat2map.inference.ranks import from_main, largest_first, process_group
 from geo_sat2map.inference.config import TranslateConfig
 from geo_sat2map.inference.translate import translate
 from geo_sat2map.raster_io.mosaic import check_mosaic, raster_header, read_finished, write_vrt
+from geo_sat2map.raster_io.output import check_creation_options
 from geo_sat2map.training import distributed
 
 log = logging.getLogger("geo_sat2map")
@@ -133,9 +134,10 @@ def translate_many(config: BatchConfig) -> BatchReport:
     started = time.perf_counter()
     settings = config.settings
     jobs = plan_outputs(config.inputs, config.output_dir)
-    _make_output_dir(config.output_dir)
+    _check_output_dir(config.output_dir)
     if config.vrt is not None:
-        check_output_path(config.vrt, settings.overwrite, "--vrt")
+        _check_vrt(config.vrt, config.output_dir, settings.overwrite)
+    check_creation_options(settings.output_options)
     with process_group(settings.device) as (ctx, device):
         model = load_generator(settings.weights)
         precision = precision_name(resolve_precision(settings.precision, device))
@@ -143,6 +145,7 @@ def translate_many(config: BatchConfig) -> BatchReport:
         plan, problem = from_main(ctx, _plan(jobs, ctx.world_size, config.vrt) if ctx.is_main else None)
         if problem:
             raise UserError(problem)
+        config.output_dir.mkdir(exist_ok=True)  # only once every check passed: a refused run creates nothing
         mine = []
         for number, index in enumerate(plan[ctx.rank], 1):
             source, output = jobs[index]
@@ -157,14 +160,22 @@ def translate_many(config: BatchConfig) -> BatchReport:
     return BatchReport(results, ctx.world_size, time.perf_counter() - started, vrt)
 
 
-def _make_output_dir(folder: Path) -> None:
+def _check_output_dir(folder: Path) -> None:
+    """The output folder can be used: a writable folder, or one that can be created (that happens later)."""
     if folder.exists() and not folder.is_dir():
         raise UserError(f"-o {folder}: exists and is not a folder; several inputs need an output folder")
     if not folder.parent.is_dir():
         raise UserError(f"output folder {folder.parent} does not exist; create it first")
-    folder.mkdir(exist_ok=True)
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise UserError(f"output folder {folder} is not writable")
+    writable = folder if folder.is_dir() else folder.parent
+    if not os.access(writable, os.W_OK | os.X_OK):
+        raise UserError(f"output folder {writable} is not writable")
+
+
+def _check_vrt(vrt: Path, output_dir: Path, overwrite: bool) -> None:
+    """``--vrt`` may be written; inside an output folder that is still to be created nothing can be in its way."""
+    if os.path.abspath(vrt.parent) == os.path.abspath(output_dir) and not output_dir.exists():
+        return
+    check_output_path(vrt, overwrite, "--vrt")
 
 
 def _plan(jobs: list[tuple[Path, Path]], ranks: int, vrt: Path | None) -> tuple[list[list[int]], str]:
@@ -197,7 +208,6 @@ def _scene(
         if found is not None and found.tags.get(RUN_ID_TAG) == run_id(config, model.sha256, *compute):
             log.info("skipped %s: %s is finished with this model, settings and source", source, output)
             return SceneResult(source, output, "skipped", found.info.width * found.info.height / 1e6, 0.0, rank)
-    _remove_leftovers(output)
     try:
         report = translate(config, model)
     except UserError as exc:
@@ -211,15 +221,6 @@ def _scene(
         message = f"{source}: {message}"
     log.error("Error: %s", message)
     return SceneResult(source, output, "failed", 0.0, 0.0, rank, message)
-
-
-def _remove_leftovers(output: Path) -> None:
-    """Hidden files a killed run left while writing ``output``: its temporary map (``.<name>.*.part``) and the
-    COG writer's spill files beside that (``..<name>.*``). Only this scene's rank writes them."""
-    for pattern in (f".{output.name}.*.part", f"..{output.name}.*"):
-        for leftover in output.parent.glob(pattern):
-            log.info("removing %s, left by an interrupted run", leftover)
-            leftover.unlink(missing_ok=True)
 
 
 def _write_mosaic(vrt: Path, results: list[SceneResult], overwrite: bool) -> Path | None:

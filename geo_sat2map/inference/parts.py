@@ -27,13 +27,14 @@ from pathlib import Path
 
 import torch
 
-from geo_sat2map.atomic import check_output_path
+from geo_sat2map.atomic import check_output_path, remove_leftovers, temp_prefix
 from geo_sat2map.errors import UserError
 from geo_sat2map.inference.crop import Crop, CroppedRows
 from geo_sat2map.inference.engine import LevelEmitter
 from geo_sat2map.inference.identity import RUN_ID_TAG, tags_match
 from geo_sat2map.inference.ranks import launched_by_torchrun, process_group
 from geo_sat2map.inference.stages import MapSink
+from geo_sat2map.progress import RESULT
 from geo_sat2map.inference.config import TranslateConfig
 from geo_sat2map.inference.translate import _output_tags, _prepare, _Run, _stream, _write_map, write_on_scene_grid
 from geo_sat2map.raster_io.mosaic import part_info, read_finished, write_parts_vrt
@@ -141,10 +142,10 @@ def translate_in_parts(config: TranslateConfig) -> PartsReport:
                          time.perf_counter() - started, assemble_seconds)
     if ctx.is_main:
         slowest = max((part.seconds for part in parts), default=0.0)
-        log.info("wrote %s from %d parts (%d reused) in %.1f s (%.1f Mpx/s): slowest part %.1f s, %s %.1f s "
-                 "(%.0f %% of the run)", output, len(parts), len(report.reused), report.seconds,
-                 report.megapixels_per_second, slowest, "VRT" if as_vrt else "assembly", assemble_seconds,
-                 100 * assemble_seconds / report.seconds if report.seconds else 0.0)
+        log.log(RESULT, "Wrote %s from %d parts (%d reused) in %.1f s (%.1f Mpx/s): slowest part %.1f s, %s %.1f s "
+                "(%.0f %% of the run)", output, len(parts), len(report.reused), report.seconds,
+                report.megapixels_per_second, slowest, "VRT" if as_vrt else "assembly", assemble_seconds,
+                100 * assemble_seconds / report.seconds if report.seconds else 0.0)
     return report
 
 
@@ -217,7 +218,8 @@ def _publish_vrt(
     parts = parts_folder(output)
     old = None
     if parts.exists():  # allowed by --overwrite (checked up front)
-        old = Path(tempfile.mkdtemp(prefix=f".{parts.name}.old.", dir=output.parent))
+        remove_leftovers(parts)
+        old = Path(tempfile.mkdtemp(prefix=temp_prefix(parts), suffix=".old", dir=output.parent))
         os.replace(parts, old / parts.name)
     os.replace(work, parts)
     try:

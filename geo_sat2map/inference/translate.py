@@ -38,7 +38,7 @@ from geo_sat2map.inference.identity import RUN_ID_TAG, run_id
 from geo_sat2map.inference.runner import GeneratorRunner, StageClock, device_context
 from geo_sat2map.inference.stages import ChunkReader, RowWriter
 from geo_sat2map.models import NORM_MODES, InferenceGenerator
-from geo_sat2map.progress import progress_bar
+from geo_sat2map.progress import RESULT, progress_bar
 from geo_sat2map.raster_io import RasterInfo, match_bands, open_raster, raster_info, require_georeferenced, scene_scaling
 from geo_sat2map.raster_io.grid import (
     RESAMPLING_METHODS,
@@ -53,6 +53,7 @@ from geo_sat2map.raster_io.grid import (
 from geo_sat2map.raster_io.output import (
     COMPRESSIONS,
     OutputOptions,
+    check_creation_options,
     open_map_sink,
     open_scratch_sink,
     scratch_path,
@@ -145,10 +146,11 @@ def translate(config: TranslateConfig, model: LoadedGenerator | None = None) -> 
         peak_device_bytes=stream.peak_device_bytes,
     )
     if stream.windows_run == 0:
-        log.warning("%s: no valid pixel in the scene; the output is fully transparent", config.input)
-    log.info("wrote %s: %d windows in %.1f s (%.1f Mpx/s; stream %.2f windows/s, generator busy %.0f %%)",
-             run.output, report.windows, report.seconds, report.megapixels_per_second, report.windows_per_second,
-             100 * report.generator_busy)
+        log.warning("%s: no valid pixel in the scene; the output is fully transparent", config.input,
+                    extra={"this_rank": True})  # about this rank's own scene: shown from every torchrun rank
+    log.log(RESULT, "Wrote %s: %d windows in %.1f s (%.1f Mpx/s; stream %.2f windows/s, generator busy %.0f %%)",
+            run.output, report.windows, report.seconds, report.megapixels_per_second, report.windows_per_second,
+            100 * report.generator_busy)
     log.info("stages (s): %s", ", ".join(f"{name} {seconds:.2f}" for name, seconds in stages.items()))
     return report
 
@@ -453,6 +455,7 @@ def _check_options(config: TranslateConfig) -> None:
         raise UserError(f"--alpha-threshold {config.alpha_threshold:g}: must be an opacity in (0, 1]")
     if config.output_options.compress not in COMPRESSIONS:
         raise UserError(f"--compress {config.output_options.compress!r}: expected one of {', '.join(COMPRESSIONS)}")
+    check_creation_options(config.output_options)
 
 
 def _checkpoint_tile(meta: GeneratorMeta) -> int:

@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import pyproj
 import rasterio
 from affine import Affine
 from rasterio.errors import RasterioError
@@ -94,10 +95,18 @@ def check_mosaic(rasters: Sequence[tuple[str | os.PathLike[str], RasterInfo]]) -
 
 
 def _crs_name(crs: rasterio.crs.CRS | None) -> str:
+    """A short name for an error line: ``EPSG:32618``, else the CRS's own name (``UTM Zone 18, Northern
+    Hemisphere``), else its PROJ string; never a whole WKT."""
     if crs is None:
         return "none"
     epsg = crs.to_epsg()
-    return f"EPSG:{epsg}" if epsg else crs.to_string()
+    if epsg:
+        return f"EPSG:{epsg}"
+    try:
+        name = pyproj.CRS.from_wkt(crs.to_wkt()).name
+    except pyproj.exceptions.CRSError:
+        name = ""
+    return name if name and name.lower() != "unknown" else crs.to_proj4()
 
 
 @dataclass(frozen=True)

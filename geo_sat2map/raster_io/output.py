@@ -8,6 +8,10 @@ Masked pixels are 0 in every band; there is never a nodata *value* on the RGB ba
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
+import functools
+import glob
 import logging
 import os
 import tempfile
@@ -16,6 +20,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
+from xml.etree import ElementTree
 
 import numpy as np
 import rasterio
@@ -25,6 +30,7 @@ from rasterio.enums import ColorInterp, Resampling
 from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
+from geo_sat2map.atomic import temp_prefix
 from geo_sat2map.errors import UserError
 from geo_sat2map.raster_io.cog import overview_factors
 from geo_sat2map.raster_io.core import RasterInfo
@@ -154,11 +160,10 @@ def finish_output(
     with rasterio.Env(GDAL_NUM_THREADS="ALL_CPUS"):
         try:
             if options.cog:
-                rasterio.shutil.copy(
-                    str(tiled_path), str(final_path), driver="COG", BLOCKSIZE=str(options.blocksize),
-                    OVERVIEWS="AUTO", OVERVIEW_RESAMPLING=resampling, NUM_THREADS="ALL_CPUS",
-                    **options.gdal_options(),
-                )
+                cog_options = {"BLOCKSIZE": str(options.blocksize), "OVERVIEWS": "AUTO",
+                               "OVERVIEW_RESAMPLING": resampling, "NUM_THREADS": "ALL_CPUS"}
+                cog_options.update(options.gdal_options())  # a --co of the same name wins
+                rasterio.shutil.copy(str(tiled_path), str(final_path), driver="COG", **cog_options)
             else:
                 with rasterio.open(final_path, "r+") as ds:
                     factors = overview_factors(ds.width, ds.height, options.blocksize)
@@ -185,7 +190,9 @@ class GDALMapSink:
         target = str(path)
         if options.cog:
             folder = os.path.dirname(os.fspath(path)) or "."
-            fd, self.stream_path = tempfile.mkstemp(prefix=".", suffix=".stream.tif.part", dir=folder)
+            # named after the (owner-tagged) temporary output, so a rerun finds it if this run is killed
+            fd, self.stream_path = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".stream.tif.part",
+                                                    dir=folder)
             os.close(fd)
             target = self.stream_path
         self.stats = {"encode": 0.0, "assemble": 0.0}
@@ -232,9 +239,10 @@ class GDALMapSink:
 
 @contextlib.contextmanager
 def scratch_path(output: str | os.PathLike[str], suffix: str) -> Iterator[Path]:
-    """A hidden temporary file beside ``output`` for an intermediate product, removed when the block ends."""
+    """A hidden temporary file beside ``output`` for an intermediate product, removed when the block ends (named
+    with the owner tag, so a rerun removes it if this run is killed)."""
     folder = os.path.dirname(os.fspath(output)) or "."
-    fd, name = tempfile.mkstemp(prefix=f".{os.path.basename(os.fspath(output))}.", suffix=f"{suffix}.part",
+    fd, name = tempfile.mkstemp(prefix=temp_prefix(Path(output)), suffix=f"{suffix}.part",
                                 dir=folder)
     os.close(fd)
     try:
@@ -253,6 +261,68 @@ def open_scratch_sink(path: str | os.PathLike[str], info: RasterInfo) -> GDALMap
 _STREAMING_OPTIONS = {"LEVEL", "ZLEVEL", "ZSTD_LEVEL", "PREDICTOR", "BLOCKSIZE", "NUM_THREADS", "BIGTIFF"}
 
 
+def check_creation_options(options: OutputOptions) -> None:
+    """Refuse a ``--co`` name that neither the streaming COG writer nor GDAL's driver for this output (COG, or
+    GTiff with ``--no-cog``) accepts, with the list of accepted names. Without access to GDAL's driver metadata
+    nothing is refused (GDAL then warns about what it ignores)."""
+    unknown = {key.upper() for key in options.creation_options} - _STREAMING_OPTIONS
+    driver = _gdal_driver(options)
+    gdal = gdal_creation_options(driver) if unknown else None
+    if gdal is None:
+        return
+    refused = sorted(unknown - gdal)
+    if refused:
+        raise UserError(
+            f"--co {', '.join(refused)}: not a creation option of geo-sat2map's COG writer or of GDAL's {driver} "
+            f"driver; accepted: {', '.join(sorted(_STREAMING_OPTIONS | gdal))}"
+        )
+
+
+def _gdal_driver(options: OutputOptions) -> str:
+    return "COG" if options.cog else "GTiff"
+
+
+@functools.cache
+def gdal_creation_options(driver: str) -> frozenset[str] | None:
+    """The creation option names GDAL's ``driver`` declares (its ``DMD_CREATIONOPTIONLIST``), read from the GDAL
+    library rasterio runs on (rasterio has no call for it); None where that library cannot be found."""
+    library = _gdal_library()
+    if library is None:
+        return None
+    try:
+        gdal = ctypes.CDLL(library)
+        gdal.GDALGetDriverByName.restype = ctypes.c_void_p
+        gdal.GDALGetDriverByName.argtypes = [ctypes.c_char_p]
+        gdal.GDALGetMetadataItem.restype = ctypes.c_char_p
+        gdal.GDALGetMetadataItem.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_char_p]
+        with rasterio.Env():  # registers the drivers
+            handle = gdal.GDALGetDriverByName(driver.encode())
+            listing = gdal.GDALGetMetadataItem(handle, b"DMD_CREATIONOPTIONLIST", None) if handle else None
+        if not listing:
+            return None
+        return frozenset(option.get("name", "").upper() for option in ElementTree.fromstring(listing).iter("Option"))
+    except (OSError, AttributeError, ElementTree.ParseError) as exc:
+        log.debug("cannot read GDAL's %s creation options: %s", driver, exc)
+        return None
+
+
+def _gdal_library() -> str | None:
+    """The GDAL shared library rasterio loaded: from this process's memory map (Linux), else beside rasterio (its
+    wheels' bundled copy), else the system's."""
+    with contextlib.suppress(OSError):
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                path = line.split()[-1]
+                if "libgdal" in os.path.basename(path):
+                    return path
+    package = os.path.dirname(os.path.dirname(rasterio.__file__))
+    for folder in ("rasterio.libs", os.path.join("rasterio", ".dylibs")):
+        found = sorted(glob.glob(os.path.join(package, folder, "*gdal*")))
+        if found:
+            return found[0]
+    return ctypes.util.find_library("gdal")
+
+
 def open_map_sink(
     path: str | os.PathLike[str], info: RasterInfo, tags: Mapping[str, str], options: OutputOptions
 ) -> StreamingCOGWriter | GDALMapSink:
@@ -264,11 +334,15 @@ def open_map_sink(
     from geo_sat2map.raster_io.cog import FAST_CODECS, StreamingCOGWriter
 
     extra = {key.upper(): value for key, value in options.creation_options.items()}
-    unsupported = sorted(set(extra) - _STREAMING_OPTIONS)
-    if options.compress not in FAST_CODECS or unsupported or _predictor(extra) is None:
-        why = f"--compress {options.compress}" if options.compress not in FAST_CODECS else (
-            f"--co {', '.join(unsupported) or 'PREDICTOR'}")
-        log.info("output through GDAL (%s is not one the streaming writer handles): the map is encoded twice", why)
+    gdal_only = sorted(set(extra) - _STREAMING_OPTIONS)
+    if options.compress not in FAST_CODECS:
+        log.info("output through GDAL (--compress %s is not one the streaming writer encodes): the map is encoded "
+                 "twice", options.compress)
+        return GDALMapSink(path, info, tags, options)
+    if gdal_only or _predictor(extra) is None:
+        names = ", ".join(gdal_only) or f"PREDICTOR={extra['PREDICTOR']}"
+        log.warning("--co %s: only GDAL's %s driver takes it, so the map takes the slower path (through GDAL, "
+                    "encoded twice)", names, _gdal_driver(options))
         return GDALMapSink(path, info, tags, options)
     level = extra.get("LEVEL", extra.get("ZLEVEL", extra.get("ZSTD_LEVEL")))
     try:

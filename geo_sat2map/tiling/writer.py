@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from geo_sat2map import __version__
-from geo_sat2map.atomic import swap_folder
+from geo_sat2map.atomic import pid_alive, swap_folder
 from geo_sat2map.errors import UserError
 from geo_sat2map.image_io import TILE_MASKS_DIR, tile_mask_path, write_png
 
@@ -80,16 +80,6 @@ def check_destination(out_dir: str | os.PathLike[str], overwrite: bool) -> Path:
     return dest
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _claim_work_dir(dest: Path) -> Path:
     """Create the work folder, removing one left by a run that was killed (but not one still running)."""
     work = _sibling(dest, "partial")
@@ -98,7 +88,7 @@ def _claim_work_dir(dest: Path) -> Path:
             owner = json.loads((work / OWNER_FILE).read_text())
         except (OSError, ValueError):
             owner = {}
-        if owner.get("host") == socket.gethostname() and owner.get("pid") != os.getpid() and _pid_alive(
+        if owner.get("host") == socket.gethostname() and owner.get("pid") != os.getpid() and pid_alive(
             int(owner.get("pid", -1))
         ):
             raise UserError(

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from geo_sat2map.errors import UserError
+from geo_sat2map.errors import UserError, stop_signals
 from geo_sat2map.image_io import probe_image, read_rgb, read_tile_valid, split_pair, tile_mask_path
 from geo_sat2map.scaling import InputScaling
 
@@ -336,16 +336,17 @@ class EpochKeyedSampler(DistributedSampler):
 
 
 def ignore_stop_signals(_worker_id: int) -> None:
-    """DataLoader worker init: Ctrl-C/SIGTERM are the main process's to handle (it finishes the step first)."""
+    """DataLoader worker init: Ctrl-C and the stop signals (SIGTERM, SIGHUP) are the main process's to handle (it
+    finishes the step first)."""
     import signal
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    for number in (signal.SIGINT, *stop_signals()):
+        signal.signal(number, signal.SIG_IGN)
 
 
 def make_loader(dataset: Dataset, workers: int, **options: Any) -> DataLoader:
-    """A DataLoader as training uses them: ``workers`` processes that leave Ctrl-C/SIGTERM to the main process,
-    and its own generator, since a loader without one draws its seed from the global RNG, which on the CPU is
+    """A DataLoader as training uses them: ``workers`` processes that leave Ctrl-C and the stop signals to the main
+    process, and its own generator, since a loader without one draws its seed from the global RNG, which on the CPU is
     the dropout stream, so loading would change the training that follows."""
     return DataLoader(
         dataset,

@@ -2,7 +2,7 @@
 
 Files in RUN_DIR are rewritten atomically at the end of every epoch, ``checkpoint.pt`` last, so a
 crash at any point leaves a consistent run that ``--resume`` continues from the last finished epoch.
-Ctrl-C/SIGTERM finish the current step, save a mid-epoch checkpoint and return normally.
+Ctrl-C, SIGTERM and SIGHUP finish the current step, save a mid-epoch checkpoint and return normally.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import torch
 from geo_sat2map.atomic import atomic_output
 from geo_sat2map.checkpoint import GeneratorMeta, save_generator
 from geo_sat2map.device import resolve_device
-from geo_sat2map.errors import UserError, first_line
+from geo_sat2map.errors import UserError, first_line, stop_signals
 from geo_sat2map.metrics import to_uint8
 from geo_sat2map.progress import progress_bar
 from geo_sat2map.training import distributed, report
@@ -83,7 +83,7 @@ class TrainSummary:
     run_dir: Path
     epochs_done: int
     total_epochs: int
-    interrupted: bool  # stopped by Ctrl-C/SIGTERM; continue with --resume
+    interrupted: bool  # stopped by Ctrl-C/SIGTERM/SIGHUP; continue with --resume
     last: dict[str, Any] | None  # the last epoch's metrics record
     best_epoch: int | None
     best_val_l1: float | None
@@ -168,7 +168,8 @@ def _resolve_config(
 
 
 class StopRequest:
-    """Ctrl-C/SIGTERM request a clean stop (finish the step, save, exit 0); a second Ctrl-C aborts."""
+    """Ctrl-C, SIGTERM and SIGHUP request a clean stop (finish the step, save, exit 0); a second Ctrl-C aborts. A
+    stop signal inherited as ignored (``nohup`` ignores SIGHUP) stays ignored."""
 
     def __init__(self) -> None:
         self.requested = False
@@ -176,15 +177,17 @@ class StopRequest:
 
     def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
+            for sig in (signal.SIGINT, *stop_signals()):
+                if sig == signal.SIGINT or signal.getsignal(sig) is not signal.SIG_IGN:
+                    self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def _handle(self, signum: int, _frame: Any) -> None:
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.requested = True
-        log.warning("Stopping after this step and saving a checkpoint (Ctrl-C again aborts without saving)")
+        log.warning("%s: stopping after this step and saving a checkpoint (Ctrl-C again aborts without saving)",
+                    "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name)
 
     def __exit__(self, *_exc: Any) -> None:
         for sig, handler in self._previous.items():
