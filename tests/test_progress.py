@@ -199,14 +199,14 @@ def test_quiet_keeps_only_the_result_line(tmp_path, scene):
 
 
 def test_warnings_start_with_warning_and_appear_once_per_run(tmp_path):
-    weights = save_small_generator(tmp_path / "g.pt", resolution=1.0)  # the scenes have 10 m pixels
-    scenes = [write_raster(tmp_path / f"s{i}.tif", texture(200, 200, seed=i)) for i in (1, 2, 3)]
+    weights = save_small_generator(tmp_path / "g.pt")  # trained on 8-bit imagery; the scenes are 16-bit
+    scenes = [write_raster(tmp_path / f"s{i}.tif", texture(200, 200, seed=i, dtype="uint16") * 100)
+              for i in (1, 2, 3)]
     result = CliRunner().invoke(cli, ["translate", *map(str, scenes), "-o", str(tmp_path / "maps"), "-w",
-                                      str(weights)])
+                                      str(weights), "--device", "cpu"])
     assert result.exit_code == 0, result.output
-    warnings = [line for line in result.stderr.splitlines() if "pixel size" in line]
-    assert warnings == ["Warning: pixel size 10 differs from the training resolution 1 (CRS units); results may "
-                        "suffer. Resample the scene first (e.g. gdalwarp -tr) for best results"]
+    warnings = [line for line in result.stderr.splitlines() if "8-bit imagery" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("Warning: ")
 
 
 def test_ranks_other_than_0_show_only_errors_and_their_own_warnings():

@@ -478,10 +478,10 @@ def _input_scaling(
         return meta.scaling, "from the checkpoint"
     if mode == "auto":  # --scaling scene asks for the stretch: no warning then
         log.warning(
-            "%s is %s but the model was trained on 8-bit imagery: a per-scene 2-98 %% stretch maps it to 8 bits, "
-            "so its colours may differ from the training images'. Translate an 8-bit rendering of the scene, or "
-            "train on %s tiles (the checkpoint then stores their stretch); --scaling scene silences this",
-            Path(ds.name).name, dtype, dtype,
+            "the input is %s but the model was trained on 8-bit imagery: a per-scene 2-98 %% stretch maps it to 8 "
+            "bits, so its colours may differ from the training images'. Translate an 8-bit rendering of the scene, "
+            "or train on %s tiles (the checkpoint then stores their stretch); --scaling scene silences this",
+            dtype, dtype,
         )
     return scene_scaling(ds, bands), "computed once for this scene"
 
