@@ -6,7 +6,7 @@ Everything is read with ``torch.load(..., weights_only=True)``: a file that need
 Our format (``FORMAT_NAME``, version ``FORMAT_VERSION``) is a plain dict::
 
     {"format": "geo-sat2map-generator", "format_version": 1,
-     "metadata": {arch, width, norm_mode, bands, scaling, tile_size, resolution, provenance},
+     "metadata": {arch, width, norm_mode, bands, scaling, tile_size, resolution, provenance, palette},
      "state_dict": {...}}
 """
 
@@ -23,8 +23,9 @@ import torch
 from torch import nn
 
 from geo_sat2map.atomic import atomic_output, file_sha256
-from geo_sat2map.errors import CheckpointError, first_line
+from geo_sat2map.errors import CheckpointError, UserError, first_line
 from geo_sat2map.models import ARCHITECTURES, DEFAULT_NORM_MODE, NORM_MODES, InferenceGenerator, build_generator
+from geo_sat2map.palette import Palette
 from geo_sat2map.scaling import InputScaling
 
 FORMAT_NAME = "geo-sat2map-generator"
@@ -47,11 +48,13 @@ class GeneratorMeta:
     resolution: float | None = None  # ground resolution of the training data (CRS units per pixel)
     provenance: dict[str, Any] = field(default_factory=dict)
     source_format: str = FORMAT_NAME  # "geo-sat2map-generator", "pix2pix" or "seed"
+    palette: Palette | None = None  # the training maps' palette (kind exact/clustered), for translate --palette auto
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["bands"] = list(self.bands) if self.bands is not None else None
         out["scaling"] = self.scaling.to_dict() if self.scaling is not None else None
+        out["palette"] = self.palette.to_dict() if self.palette is not None else None
         out.pop("source_format")
         return out
 
@@ -68,6 +71,7 @@ class GeneratorMeta:
             tile_size=int(data["tile_size"]) if data.get("tile_size") is not None else None,
             resolution=float(data["resolution"]) if data.get("resolution") is not None else None,
             provenance=dict(data.get("provenance") or {}),
+            palette=Palette.from_dict(data["palette"], "palette") if data.get("palette") is not None else None,
         )
 
 
@@ -172,7 +176,7 @@ def _read_own_format(path: Path, obj: dict[str, Any]) -> tuple[GeneratorMeta, di
         )
     try:
         meta = replace(GeneratorMeta.from_dict(obj["metadata"]), source_format=FORMAT_NAME)
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, UserError) as exc:
         raise CheckpointError(f"{path}: metadata block is incomplete or malformed ({exc})") from exc
     if meta.arch not in ARCHITECTURES:
         raise CheckpointError(f"{path}: unknown architecture {meta.arch!r} in metadata")

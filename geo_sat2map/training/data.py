@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from geo_sat2map.errors import UserError
 from geo_sat2map.image_io import probe_image, read_rgb, split_pair
+from geo_sat2map.palette import Palette, PaletteLearner
 from geo_sat2map.scaling import InputScaling
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -43,6 +44,7 @@ class DatasetInfo:
     scaling: InputScaling | None = None  # None: a plain pix2pix folder, scaling unknown (uint8 assumed)
     resolution: float | None = None
     crs: str | None = None
+    palette: Palette | None = None  # the maps' palette from dataset.json (make-tiles learns it)
 
 
 def scan_dataset(data_dir: str | os.PathLike[str]) -> DatasetInfo:
@@ -81,9 +83,25 @@ def scan_dataset(data_dir: str | os.PathLike[str]) -> DatasetInfo:
             scaling=InputScaling.from_dict(scaling) if scaling is not None else None,
             resolution=float(resolution) if resolution is not None else None,
             crs=manifest.get("crs"),
+            palette=(Palette.from_dict(manifest["palette"], f"{root / MANIFEST} palette")
+                     if manifest.get("palette") is not None else None),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise UserError(f"{root / MANIFEST}: malformed bands/scaling/resolution ({exc}); re-run make-tiles") from None
+
+
+PALETTE_TILES = 256  # tiles a folder without a learned palette is sampled from (evenly spaced)
+
+
+def training_palette(info: DatasetInfo, seed: int = 0) -> Palette | None:
+    """dataset.json's palette, else one learned from the maps (B halves) of up to ``PALETTE_TILES`` train tiles."""
+    if info.palette is not None:
+        return info.palette
+    step = max(1, len(info.train) // PALETTE_TILES)
+    learner = PaletteLearner(seed)
+    for path in info.train[::step][:PALETTE_TILES]:
+        learner.add(split_pair(read_rgb(path), path)[1])
+    return learner.result(source=f"{len(info.train[::step][:PALETTE_TILES])} train tiles")
 
 
 def check_fits(info: DatasetInfo, crop_size: int) -> None:
