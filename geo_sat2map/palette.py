@@ -392,3 +392,27 @@ def to_json(palette: Palette) -> str:
 
 
 PALETTE_WRITERS = {".json": to_json, ".qml": to_qml, ".clr": to_clr}
+
+
+def write_palette(palette: Palette, path: str | Path, overwrite: bool = False) -> Path:
+    """Write ``palette`` as ``.json``, ``.qml`` or ``.clr`` (by the suffix), atomically."""
+    from geo_sat2map.atomic import atomic_output
+
+    path = Path(path)
+    writer = PALETTE_WRITERS.get(path.suffix.lower())
+    if writer is None:
+        raise UserError(f"{path}: unknown palette format; end the name in {', '.join(PALETTE_WRITERS)}")
+    with atomic_output(path, overwrite=overwrite, what="palette") as tmp:
+        Path(tmp).write_text(writer(palette), encoding="utf-8")
+    return path
+
+
+def checkpoint_palette(path: str | Path) -> Palette:
+    """The palette stored in a generator checkpoint; a checkpoint without one is a UserError saying what to do."""
+    from geo_sat2map.checkpoint import load_generator
+
+    palette = load_generator(path, hash_file=False).meta.palette
+    if palette is None:
+        raise UserError(f"{path}: this checkpoint holds no palette (a public pix2pix file, or trained before "
+                        "palettes were learned); give a palette JSON instead (translate --palette FILE)")
+    return palette

@@ -149,3 +149,28 @@ def test_bad_palette_files_are_one_line(tmp_path: Path, content, fragment):
     path.write_text(content)
     with pytest.raises(UserError, match=fragment):
         load_palette(str(path))
+
+
+def test_palette_command_prints_and_writes_a_checkpoints_palette(tmp_path):
+    from click.testing import CliRunner
+
+    from geo_sat2map.cli import cli
+
+    palette = learn_palette([(flat_map(class_map()), None)], named=load_palette("synthetic"))
+    save_generator(tmp_path / "g.pt", build_generator("unet256", 8), GeneratorMeta("unet256", 8, "instance",
+                                                                                    palette=palette))
+    outputs = [tmp_path / name for name in ("p.json", "p.qml", "p.clr")]
+    args = ["palette", str(tmp_path / "g.pt")] + [a for o in outputs for a in ("-o", str(o))]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert "8 classes, exact" in result.output and "water" in result.output
+    assert load_palette(str(outputs[0])).names == palette.names
+    assert (outputs[1].read_text(), outputs[2].read_text()) == (to_qml(palette), to_clr(palette))
+    again = CliRunner().invoke(cli, args)  # no --overwrite: refused, one line
+    assert again.exit_code == 1 and "already exists" in again.output
+    bare = tmp_path / "bare.pt"
+    save_generator(bare, build_generator("unet256", 8), GeneratorMeta("unet256", 8, "instance"))
+    result = CliRunner().invoke(cli, ["palette", str(bare)])
+    assert result.exit_code == 1 and "holds no palette" in result.output and "Traceback" not in result.output
+    result = CliRunner().invoke(cli, ["palette", str(tmp_path / "g.pt"), "-o", str(tmp_path / "p.txt")])
+    assert result.exit_code == 2 and ".json, .qml, .clr" in result.output
