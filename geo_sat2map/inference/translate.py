@@ -295,7 +295,7 @@ def _stream(config: TranslateConfig, run: _Run, sink: Any, band: RowBand | None 
     threads = config.read_threads or READ_THREADS.get(device.type, 1)
     reader = ChunkReader(RowReader(config.input, run.bands), band, streaming_dtype(run.info.dtype),
                          pin=device.type == "cuda", workers=threads, ahead=threads + 2)
-    bar = progress_bar(total=(band.end - band.process_from) * grid.shape[1], unit="win", desc="translate",
+    bar = progress_bar(total=(band.process_end - band.process_from) * grid.shape[1], unit="win", desc="translate",
                        disable=not config.progress, dynamic_ncols=True)
     counted = 0
     try:
