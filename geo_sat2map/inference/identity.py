@@ -47,6 +47,8 @@ def run_id(config: TranslateConfig, model_sha256: str, precision: str) -> str:
         "norm_stats": config.norm_stats,
         "bands": list(config.bands) if config.bands else None,
         "scaling": config.scaling,
+        "palette": [config.palette, source_identity(config.palette) if config.palette not in ("auto", "none")
+                    else None, config.min_region, config.output_format],
         "output": {
             "compress": options.compress, "cog": options.cog, "blocksize": options.blocksize,
             "overview_resampling": options.overview_resampling,

@@ -14,12 +14,14 @@ uint8 band of class indices, ``NODATA_INDEX`` for the mask; the writer adds the 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 import torch
 
+from geo_sat2map.errors import UserError
 from geo_sat2map.inference.ops import majority_filter, snap_classes
-from geo_sat2map.palette import NODATA_INDEX
+from geo_sat2map.palette import NODATA_INDEX, Palette, load_palette
 
 OUTPUT_FORMATS = ("rgba", "paletted", "classes")
 DEFAULT_MIN_REGION = 8  # pixels: a 5x5 majority window (see majority_radius)
@@ -40,6 +42,7 @@ class SnapSpec:
     """What translate does with a palette: snap to ``colours``, filter, and write ``output_format``."""
 
     colours: tuple[tuple[int, int, int], ...]
+    names: tuple[str, ...] = ()
     min_region: int = DEFAULT_MIN_REGION
     output_format: str = "rgba"
     passes: int = MAJORITY_PASSES
@@ -125,3 +128,39 @@ class SnapStage:
         rgba[..., :3] = self.lut[classes] * valid[..., None]
         rgba[..., 3] = valid.to(torch.uint8) * 255
         return rgba
+
+
+def check_snap_options(output_format: str, min_region: int) -> None:
+    """The cheap checks, before anything is loaded."""
+    if output_format not in OUTPUT_FORMATS:
+        raise UserError(f"--format {output_format!r}: expected one of {', '.join(OUTPUT_FORMATS)}")
+    if min_region < 0:
+        raise UserError(f"--min-region {min_region}: must be 0 (off) or more pixels")
+
+
+def resolve_snap(palette: str, min_region: int, output_format: str, learned: Palette | None,
+                 weights: str | os.PathLike[str]) -> tuple[SnapSpec | None, str]:
+    """(what translate does, why) for ``--palette auto|none|FILE`` and the checkpoint's ``learned`` palette.
+
+    auto snaps to an exact learned palette; a one-band ``--format`` also takes a clustered one (it needs some
+    palette). none never snaps. FILE snaps to that palette JSON."""
+    if palette == "none":
+        chosen, why = None, "--palette none"
+    elif palette == "auto":
+        if learned is not None and (learned.kind == "exact" or output_format != "rgba"):
+            chosen, why = learned, f"the checkpoint's {learned.kind} palette"
+        else:
+            chosen = None
+            why = (f"the checkpoint's palette is {learned.kind}, not exact" if learned is not None
+                   else "the checkpoint has no palette")
+    else:
+        chosen = load_palette(palette)
+        why = f"palette {palette}"
+    if chosen is None:
+        if output_format != "rgba":
+            raise UserError(f"--format {output_format} needs a palette, but {why} ({weights}); give --palette FILE "
+                            "(a palette JSON, e.g. written by `geo-sat2map palette`)")
+        return None, f"not snapped: {why}"
+    spec = SnapSpec(chosen.colours, chosen.names, min_region, output_format)
+    return spec, f"snapped to {why} ({len(chosen.colours)} classes), min region {min_region} px " \
+                 f"(majority {2 * spec.radius + 1}x{2 * spec.radius + 1}, {spec.passes if spec.radius else 0} passes)"

@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -31,16 +31,19 @@ from geo_sat2map.errors import UserError
 from geo_sat2map.inference.engine import StreamEngine, to_device
 from geo_sat2map.inference.identity import RUN_ID_TAG, run_id
 from geo_sat2map.inference.runner import GeneratorRunner, StageClock
+from geo_sat2map.inference.snap import DEFAULT_MIN_REGION, SnapSpec, check_snap_options, resolve_snap
 from geo_sat2map.inference.stages import ChunkReader, RowWriter
 from geo_sat2map.models import NORM_MODES, InferenceGenerator
 from geo_sat2map.progress import progress_bar
 from geo_sat2map.raster_io import RasterInfo, open_raster, raster_info, require_georeferenced, resolve_bands, scene_scaling
 from geo_sat2map.raster_io.output import (
     COMPRESSIONS,
+    ClassBand,
     OutputOptions,
     open_map_sink,
     streaming_cache_bytes,
     streaming_gdal_env,
+    write_category_sidecar,
 )
 from geo_sat2map.raster_io.strips import RowReader, streaming_dtype
 from geo_sat2map.scaling import UINT8_KIND, InputScaling
@@ -80,6 +83,9 @@ class TranslateConfig:
     # Every generator call gets a full batch (the last one padded), as on CUDA: on the CPU a batch of another
     # size can move results by float ulps, so runs that must agree to the bit (split across processes) use it.
     fixed_batch: bool = False
+    palette: str = "auto"  # "auto" (the checkpoint's palette if exact), "none" or a palette JSON file
+    min_region: int = DEFAULT_MIN_REGION  # speckle removal of snapped maps (pixels; 0 = off)
+    output_format: str = "rgba"  # "rgba", "paletted" or "classes"
 
 
 @dataclass(frozen=True)
@@ -134,6 +140,7 @@ def translate(config: TranslateConfig, model: LoadedGenerator | None = None) -> 
     ``model``: the checkpoint ``config.weights`` already loaded (with its SHA-256), to reuse over many scenes."""
     started = time.perf_counter()
     run = _prepare(config, model)
+    config = with_class_band(config, run)
     stream, sink_stages = _write_map(config, run.output, run.info, _output_tags(config, run),
                                      lambda sink: _stream(config, run, sink), strip_rows=run.grid.tile)
     stages = {**stream.stages, **sink_stages}
@@ -173,6 +180,8 @@ def _write_map(
         except BaseException:
             sink.abort()
             raise
+    if options.class_band is not None:
+        write_category_sidecar(output, options.class_band)
     return filled, dict(sink.stats.items())
 
 
@@ -192,6 +201,15 @@ class _Run:
     dtype: torch.dtype
     batch_size: int
     norm_mode: str
+    snap: SnapSpec | None = None  # snap to a palette (--palette, --min-region, --format)
+
+
+def with_class_band(config: TranslateConfig, run: _Run) -> TranslateConfig:
+    """``config`` whose output options describe the one-band class map ``run`` writes, if it does."""
+    if run.snap is None or not run.snap.one_band:
+        return config
+    band = ClassBand(run.snap.names, run.snap.colours, paletted=run.snap.output_format == "paletted")
+    return replace(config, output_options=replace(config.output_options, class_band=band))
 
 
 def _prepare(config: TranslateConfig, model: LoadedGenerator | None = None) -> _Run:
@@ -220,6 +238,8 @@ def _prepare(config: TranslateConfig, model: LoadedGenerator | None = None) -> _
         if len(bands) != 3:
             raise UserError(f"{config.weights}: the checkpoint's bands {bands} are not three; pass --bands R,G,B")
         scaling, scaling_source = _input_scaling(ds, bands, info.dtype, loaded.meta, config.scaling)
+    snap, snap_reason = resolve_snap(config.palette, config.min_region, config.output_format, loaded.meta.palette,
+                                     config.weights)
     tile = config.tile_size or _checkpoint_tile(loaded.meta)
     overlap = default_overlap(tile) if config.overlap is None else config.overlap
     if overlap >= tile:
@@ -237,8 +257,9 @@ def _prepare(config: TranslateConfig, model: LoadedGenerator | None = None) -> _
              ", compiled" if config.compile else "")
     log.info("windows: %d (%d x %d) of %d px, overlap %d, blend %s", len(grid), *grid.shape, tile, overlap,
              config.blend)
+    log.info("palette: %s; output %s", snap_reason, config.output_format)
     return _Run(output, info, bands, scaling, grid, loaded.for_inference(norm_mode), loaded.path.name, sha256, device,
-                dtype, batch_size, norm_mode)
+                dtype, batch_size, norm_mode, snap)
 
 
 def _done(value: str) -> Future[str]:
@@ -276,7 +297,7 @@ class _StreamResult:
 def _stream(config: TranslateConfig, run: _Run, sink: Any, band: RowBand | None = None) -> _StreamResult:
     """Read -> device engine -> write, for every window row of ``band`` (default: the whole grid)."""
     device, grid = run.device, run.grid
-    band = band or RowBand.whole(grid)
+    band = replace(band or RowBand.whole(grid), halo=run.snap.halo if run.snap else 0)
     clock = StageClock(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -290,7 +311,7 @@ def _stream(config: TranslateConfig, run: _Run, sink: Any, band: RowBand | None 
         grid=grid, blend=config.blend, scaling=run.scaling, generator=runner, device=device,
         batch_size=run.batch_size, emit=writer.submit, overview_levels=sink.overview_levels,
         fixed_batch=device.type == "cuda" or config.compile or config.fixed_batch, clock=clock, background=True,
-        band=band,
+        band=band, snap=run.snap,
     )
     threads = config.read_threads or READ_THREADS.get(device.type, 1)
     reader = ChunkReader(RowReader(config.input, run.bands), band, streaming_dtype(run.info.dtype),
@@ -344,6 +365,7 @@ def _check_options(config: TranslateConfig) -> None:
         raise UserError(f"--norm-stats {config.norm_stats!r}: expected one of {', '.join(NORM_MODES)}")
     if config.scaling not in SCALING_MODES:
         raise UserError(f"--scaling {config.scaling!r}: expected one of {', '.join(SCALING_MODES)}")
+    check_snap_options(config.output_format, config.min_region)
     if config.output_options.compress not in COMPRESSIONS:
         raise UserError(f"--compress {config.output_options.compress!r}: expected one of {', '.join(COMPRESSIONS)}")
 
@@ -401,6 +423,8 @@ def _output_tags(config: TranslateConfig, run: _Run) -> dict[str, str]:
         "INPUT_BANDS": ",".join(map(str, run.bands)),
         "INPUT_SCALING": json.dumps(run.scaling.to_dict()),
         "SOURCE": Path(config.input).name,
+        "PALETTE": json.dumps({"palette": config.palette, "min_region": config.min_region,
+                               "format": config.output_format, "snapped": run.snap is not None}),
         RUN_ID_TAG: run_id(config, model_sha256, precision_name(run.dtype)),
     }
 
