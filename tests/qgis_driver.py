@@ -81,6 +81,17 @@ def run_checks(spec: dict, observed: dict) -> None:
         if renderer and renderer.type() == "multibandcolor" else None,
     }
 
+    processing.runAndLoadResults("geosat2map:translate", {**translate, "INPUT": spec["palette_input"],
+                                                          "PALETTE": spec["palette"], "FORMAT": 1,
+                                                          "OUTPUT": spec["paletted_output"]})
+    layers = QgsProject.instance().mapLayersByName("palette_scene map")
+    renderer = layers[0].renderer() if layers else None
+    observed["paletted"] = {
+        "loaded": bool(layers), "renderer": renderer.type() if renderer else None,
+        "classes": [[c.value, c.label, c.color.name()] for c in renderer.classes()]
+        if renderer is not None and renderer.type() == "paletted" else None,
+    }
+
     try:
         processing.run("geosat2map:translate", {**translate, "WEIGHTS": spec["bad_weights"],
                                                 "OUTPUT": spec["bad_output"]})

@@ -104,6 +104,16 @@ def test_paletted_and_classes_outputs(files, raw, tmp_path, compress):
         assert (ds.crs, ds.transform) == (crs, transform)
 
 
+def test_cli_choices_match_the_library():
+    from geo_sat2map.cli import palette as palette_cli
+    from geo_sat2map.cli import translate as translate_cli
+    from geo_sat2map.inference.snap import DEFAULT_MIN_REGION, OUTPUT_FORMATS
+    from geo_sat2map.palette import PALETTE_WRITERS
+
+    assert translate_cli.FORMAT_CHOICES == OUTPUT_FORMATS and translate_cli.DEFAULT_MIN_REGION == DEFAULT_MIN_REGION
+    assert palette_cli.PALETTE_SUFFIXES == tuple(PALETTE_WRITERS)
+
+
 def test_palette_file_and_errors_are_one_line(files, raw, tmp_path):
     palette_file = tmp_path / "p.json"
     palette_file.write_text(to_json(Palette(NAMES[:3], COLOURS[:3], "mine")))

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 BLEND_CHOICES = ("feather", "hann", "average")
 PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")
+FORMAT_CHOICES = ("rgba", "paletted", "classes")
 SCORE_NAMES = ("l1", "rmse", "psnr", "ssim", "acc_5", "acc_10", "acc_20")  # evaluate's image metrics
 CLASS_SCORE_NAMES = ("overall_accuracy", "miou")  # with a palette
 
@@ -16,12 +17,13 @@ CLASS_SCORE_NAMES = ("overall_accuracy", "miou")  # with a palette
 def translate_args(
     input_path: str, output: str, weights: str, *, tile_size: int | None = None, overlap: int | None = None,
     blend: str | None = None, batch_size: int | None = None, device: str | None = None,
-    precision: str | None = None, bands: Sequence[int] | None = None,
+    precision: str | None = None, bands: Sequence[int] | None = None, palette: str | None = None,
+    min_region: int | None = None, output_format: str | None = None,
 ) -> list[str]:
     """Processing replaces its outputs (the save dialog has asked), hence --overwrite."""
     args = ["translate", input_path, "--output", output, "--weights", weights, "--overwrite"]
     args += _options(tile_size=tile_size, overlap=overlap, blend=blend, batch_size=batch_size, device=device,
-                     precision=precision)
+                     precision=precision, palette=palette, min_region=min_region, format=output_format)
     if bands:
         args += ["--bands", ",".join(str(b) for b in bands)]
     return args
