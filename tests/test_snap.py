@@ -100,3 +100,19 @@ def test_bands_with_a_halo_give_the_rows_of_one_pass(model, overlap, parts):
     for band, piece in zip(bands, pieces):
         assert piece.shape[0] == band.output_rows[1] - band.output_rows[0]
     np.testing.assert_array_equal(np.concatenate(pieces), whole[0])
+
+
+@pytest.mark.cuda
+def test_snapping_and_the_filter_on_cuda_equal_the_cpu_oracle():
+    """On the GPU the stage must give the same classes (exact integer votes, no TF32 matmul)."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    rng = np.random.default_rng(9)
+    rgba = np.concatenate([rng.integers(0, 256, (3, 300, 410), dtype=np.uint8),
+                           np.where(rng.random((1, 300, 410)) > 0.1, 255, 0).astype(np.uint8)])
+    colours = np.array(COLOURS, np.uint8)
+    classes = snap_classes(torch.from_numpy(rgba.transpose(1, 2, 0).copy()).cuda(),
+                           torch.tensor(colours, dtype=torch.float32).cuda())
+    filtered = majority_filter(classes, torch.from_numpy(rgba[3] > 0).cuda(), len(colours), 2, 2, 2)
+    expected, _ = reference_snap(rgba, colours, radius=2, passes=1)
+    np.testing.assert_array_equal(filtered.cpu().numpy(), expected)
