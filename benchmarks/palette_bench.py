@@ -153,9 +153,10 @@ def pictures(out: Path, maps: dict[str, Path], heldout) -> None:
     strip = np.concatenate([satellite, gap, panels[0], gap, panels[1]], axis=1)
     Image.fromarray(strip).resize((strip.shape[1] * 2, 512), Image.Resampling.NEAREST).save(out / "palette_raw_snapped.png")
     script = ROOT / "examples" / "qgis_paletted.py"
-    subprocess.run(["/usr/bin/python3", str(script), str(maps["paletted"]), str(out / "palette_qgis.png"),
-                    "250", "250", "256"], check=True, env={"QT_QPA_PLATFORM": "offscreen", "HOME": str(out.resolve()),
-                                                           "PATH": "/usr/bin:/bin"})
+    with tempfile.TemporaryDirectory(prefix="qgis-home-") as home:  # QGIS writes its profile under HOME
+        subprocess.run(["/usr/bin/python3", str(script), str(maps["paletted"]), str(out / "palette_qgis.png"),
+                        "250", "250", "256"], check=True,
+                       env={"QT_QPA_PLATFORM": "offscreen", "HOME": home, "PATH": "/usr/bin:/bin"})
 
 
 def main() -> None:
@@ -171,10 +172,14 @@ def main() -> None:
     try:
         results, made = acceptance(work, args.train_size, args.heldout_size, args.epochs)
         results.update(cost(work, args.cost_size))
+        print_table(results)
         if args.pictures is not None:
             pictures(args.pictures, made["maps"], made["heldout"])
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def print_table(results: dict[str, object]) -> None:
     ratio = results["speckle raw"] / max(results["speckle snapped"], 1e-9)
     size_ratio = results["size paletted (bytes)"] / results["size rgba (bytes)"]
     print("| measurement | value |\n|---|---|")
@@ -182,7 +187,7 @@ def main() -> None:
         print(f"| {key} | {value:.4f} |" if isinstance(value, float) else f"| {key} | {value} |")
     print(f"| speckle falls | {ratio:.1f}x (needs >= 5x) |")
     print(f"| paletted / RGBA size | {size_ratio:.3f} (needs <= 1/3) |")
-    print(f"| accuracy snapped >= raw | {results['accuracy snapped'] >= results['accuracy raw']} |")
+    print(f"| accuracy snapped >= raw | {results['accuracy snapped'] >= results['accuracy raw']} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -62,9 +62,10 @@ def main(path: str, out: str, col: int, row: int, size: int) -> int:
         painter.drawRect(SIDE + 14, top, 18, 18)
         painter.drawText(SIDE + 40, top + 14, item.label)
     painter.end()
-    image.save(out)
-    app.exitQgis()
-    return 0
+    if not image.save(out):
+        sys.exit(f"{out}: could not write the picture")
+    sys.stdout.flush()
+    os._exit(0)  # QGIS 3.22 headless may abort while tearing down (exitQgis): the picture is written
 
 
 if __name__ == "__main__":
