@@ -2,6 +2,7 @@
 
     python benchmarks/palette_bench.py                       # ~5 min on 2 CPU cores
     python benchmarks/palette_bench.py --pictures examples   # also the README's raw | snapped | paletted panels
+    python benchmarks/palette_bench.py --cost-only           # only the cost of snapping (~2 min)
 
 1. A training scene and a held-out scene of the synthetic world (geo_sat2map.synthetic, as `make demo` makes them,
    smaller); ``make-tiles`` (learns the exact palette into dataset.json); ``train`` a small generator (quick-cpu
@@ -166,10 +167,15 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--cost-size", type=int, default=1024)
     parser.add_argument("--pictures", type=Path, default=None, help="write the README pictures into this folder")
+    parser.add_argument("--cost-only", action="store_true", help="only the cost of snapping (step 4)")
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     work = Path(tempfile.mkdtemp(prefix="palette-bench-"))
     try:
+        if args.cost_only:
+            for key, value in cost(work, args.cost_size).items():
+                print(f"| {key} | {value} |")
+            return
         results, made = acceptance(work, args.train_size, args.heldout_size, args.epochs)
         results.update(cost(work, args.cost_size))
         print_table(results)

@@ -149,8 +149,19 @@ def majority_filter(classes: torch.Tensor, valid: torch.Tensor, count: int, radi
         onehot = F.pad(onehot, (0, 0, max(-lo, 0), max(hi - classes.shape[0], 0)))
         votes = F.avg_pool2d(onehot[None], kernel, stride=1, padding=(0, radius), divisor_override=1)[0]
         votes += 0.5 * onehot[:, radius:radius + stop - start]
-        out[start:stop] = votes.argmax(dim=0)
+        out[start:stop] = first_argmax(votes)
     return out
+
+
+def first_argmax(values: torch.Tensor) -> torch.Tensor:
+    """``values.argmax(dim=0)`` (the first index on ties) as a running maximum over the planes: on a CPU,
+    ``argmax`` over the outermost dimension of (K, H, W) costs as much as the whole majority vote."""
+    best, index = values[0].clone(), torch.zeros(values.shape[1:], dtype=torch.int64, device=values.device)
+    for k in range(1, values.shape[0]):
+        better = values[k] > best
+        best = torch.maximum(best, values[k])
+        index.masked_fill_(better, k)
+    return index
 
 
 def downsample_classes(rows: torch.Tensor, count: int, nodata: int, last: bool = False) -> torch.Tensor:
@@ -162,5 +173,5 @@ def downsample_classes(rows: torch.Tensor, count: int, nodata: int, last: bool =
     values = rows[..., 0].to(torch.int64)
     onehot = (values[None] == torch.arange(count, device=rows.device)[:, None, None]).to(torch.float32)
     votes = F.avg_pool2d(onehot[None], 2, 2, ceil_mode=True, divisor_override=1)[0]
-    out = torch.where(votes.amax(dim=0) > 0, votes.argmax(dim=0), nodata)
+    out = torch.where(votes.amax(dim=0) > 0, first_argmax(votes), nodata)
     return out.to(torch.uint8)[..., None]
