@@ -6,7 +6,7 @@ Everything is read with ``torch.load(..., weights_only=True)``: a file that need
 Our format (``FORMAT_NAME``, version ``FORMAT_VERSION``) is a plain dict::
 
     {"format": "geo-sat2map-generator", "format_version": 1,
-     "metadata": {arch, width, norm_mode, bands, band_roles, scaling, tile_size, resolution, provenance},
+     "metadata": {arch, width, norm_mode, bands, band_roles, scaling, tile_size, resolution, resolution_m, crs_kind, provenance, palette},
      "state_dict": {...}}
 """
 
@@ -24,8 +24,9 @@ import torch
 from torch import nn
 
 from geo_sat2map.atomic import atomic_output, file_sha256
-from geo_sat2map.errors import CheckpointError, first_line
+from geo_sat2map.errors import CheckpointError, UserError, first_line
 from geo_sat2map.models import ARCHITECTURES, DEFAULT_NORM_MODE, NORM_MODES, InferenceGenerator, build_generator
+from geo_sat2map.palette import Palette
 from geo_sat2map.scaling import InputScaling
 
 FORMAT_NAME = "geo-sat2map-generator"
@@ -53,12 +54,14 @@ class GeneratorMeta:
     crs_kind: str | None = None  # "projected" or "geographic": the kind of CRS ``resolution`` is measured in
     provenance: dict[str, Any] = field(default_factory=dict)
     source_format: str = FORMAT_NAME  # "geo-sat2map-generator", "pix2pix" or "seed"
+    palette: Palette | None = None  # the training maps' palette (kind exact/clustered), for translate --palette auto
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["bands"] = list(self.bands) if self.bands is not None else None
         out["band_roles"] = list(self.band_roles) if self.band_roles is not None else None
         out["scaling"] = self.scaling.to_dict() if self.scaling is not None else None
+        out["palette"] = self.palette.to_dict() if self.palette is not None else None
         out.pop("source_format")
         return out
 
@@ -81,6 +84,7 @@ class GeneratorMeta:
             resolution_m=float(data["resolution_m"]) if data.get("resolution_m") is not None else None,
             crs_kind=str(data["crs_kind"]) if data.get("crs_kind") is not None else None,
             provenance=dict(data.get("provenance") or {}),
+            palette=Palette.from_dict(data["palette"], "palette") if data.get("palette") is not None else None,
         )
 
     def ground_resolution(self) -> float | None:
@@ -207,7 +211,7 @@ def _read_own_format(path: Path, obj: dict[str, Any]) -> tuple[GeneratorMeta, di
         )
     try:
         meta = replace(GeneratorMeta.from_dict(obj["metadata"]), source_format=FORMAT_NAME)
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, UserError) as exc:
         raise CheckpointError(f"{path}: metadata block is incomplete or malformed ({exc})") from exc
     if meta.arch not in ARCHITECTURES:
         raise CheckpointError(f"{path}: unknown architecture {meta.arch!r} in metadata")

@@ -34,6 +34,7 @@ from geo_sat2map.device import resolve_device, resolve_precision
 from geo_sat2map.errors import UserError
 from geo_sat2map.image_io import read_rgb, read_tile_valid, split_pair, tile_mask_path
 from geo_sat2map.metrics import ClassAccumulator, MetricAccumulator, to_uint8
+from geo_sat2map.palette import Palette, load_palette
 from geo_sat2map.progress import progress_bar
 from geo_sat2map.raster_io import open_raster, raster_info, warped_onto
 from geo_sat2map.raster_io.compare import (
@@ -49,55 +50,6 @@ from geo_sat2map.scaling import InputScaling
 SSIM_HALO = 5  # radius of the 11x11 SSIM window: a window read with this halo scores its interior exactly
 TILE_SUFFIXES = (".png", ".jpg", ".jpeg")
 UNET_MULTIPLE = 256  # both generator families halve the input 8 times
-
-
-@dataclass(frozen=True)
-class Palette:
-    """Map classes and their colours; a pixel belongs to the class of its nearest colour."""
-
-    names: tuple[str, ...]
-    colours: tuple[tuple[int, int, int], ...]
-    source: str
-
-    def accumulator(self) -> ClassAccumulator:
-        return ClassAccumulator(self.names, np.array(self.colours, dtype=np.uint8))
-
-
-def load_palette(spec: str) -> Palette:
-    """``synthetic`` (the built-in synthetic world's palette) or a JSON file {"classes": [{"name", "color"}]}."""
-    if spec == "synthetic":
-        from geo_sat2map.synthetic import PALETTE
-
-        return Palette(tuple(PALETTE), tuple(PALETTE.values()), "synthetic")
-    path = Path(spec)
-    hint = 'expected {"classes": [{"name": "water", "color": [160, 204, 228]}, ...]}'
-    if not path.is_file():
-        raise UserError(f"--palette {spec}: no such file (give a palette JSON file or 'synthetic')")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"--palette {spec}: not valid JSON ({exc}); {hint}") from None
-    classes = data.get("classes") if isinstance(data, dict) else None
-    if not isinstance(classes, list) or len(classes) < 2:
-        raise UserError(f"--palette {spec}: needs a 'classes' list with at least two classes; {hint}")
-    names, colours = [], []
-    for i, entry in enumerate(classes):
-        name = entry.get("name") if isinstance(entry, dict) else None
-        colour = entry.get("color") if isinstance(entry, dict) else None
-        if not isinstance(name, str) or not name:
-            raise UserError(f"--palette {spec}: class #{i + 1} has no 'name'; {hint}")
-        if (
-            not isinstance(colour, list)
-            or len(colour) != 3
-            or not all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= 255 for c in colour)
-        ):
-            raise UserError(f"--palette {spec}: class {name!r} needs 'color': [r, g, b] with integers 0-255")
-        names.append(name)
-        colours.append(tuple(colour))
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise UserError(f"--palette {spec}: class names must be unique ({', '.join(duplicates)} repeated)")
-    return Palette(tuple(names), tuple(colours), str(path))
 
 
 @dataclass

@@ -190,16 +190,34 @@ class RowBand:
 
     Bands of one grid tile the output exactly and each pixel is computed as in a single pass: a band also runs
     the window row before ``first`` (``process_from``), whose windows overlap its first output rows, and keeps
-    only its own rows. The lattice never depends on the split.
+    only its own rows. The lattice never depends on the split. ``halo``: scene rows above and below its own that
+    must be exact too (context of a neighbourhood filter on the output): the band then also runs every window
+    row touching them (``process_from`` .. ``process_end``).
     """
 
     grid: WindowGrid
     first: int
     end: int
+    halo: int = 0
 
     @property
     def process_from(self) -> int:
-        return max(self.first - 1, 0)
+        start = self.output_rows[0] - self.halo
+        touching = [w for w, top in enumerate(self.grid.row_starts) if top + self.grid.tile > start]
+        return min(max(self.first - 1, 0), touching[0] if self.halo and touching else self.first)
+
+    @property
+    def process_end(self) -> int:
+        """Window rows [process_from, process_end) run; past ``end`` only for a halo below the band."""
+        if not self.halo or self.end == self.grid.shape[0]:
+            return self.end
+        stop = self.output_rows[1] + self.halo
+        return max(self.end, 1 + max(w for w, top in enumerate(self.grid.row_starts) if top < stop))
+
+    @property
+    def release_end(self) -> int:
+        """Scene rows before this are finished once window rows up to ``process_end`` are merged."""
+        return self.grid.finished_rows(self.process_end - 1)
 
     @property
     def output_rows(self) -> tuple[int, int]:
@@ -218,11 +236,11 @@ class RowBand:
         return cls(grid, 0, grid.shape[0])
 
     @classmethod
-    def split(cls, grid: WindowGrid, parts: int) -> list[RowBand]:
+    def split(cls, grid: WindowGrid, parts: int, halo: int = 0) -> list[RowBand]:
         """``parts`` contiguous bands of (nearly) equal numbers of window rows; empty bands are left out."""
         rows = grid.shape[0]
         edges = [round(i * rows / parts) for i in range(parts + 1)]
-        return [cls(grid, a, b) for a, b in zip(edges, edges[1:]) if b > a]
+        return [cls(grid, a, b, halo) for a, b in zip(edges, edges[1:]) if b > a]
 
 
 class RowBuffer:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 import numpy as np
 
 from geo_sat2map.fill import fill_invalid
+from geo_sat2map.metrics import nearest_colour
 from geo_sat2map.scaling import InputScaling
 from geo_sat2map.windows import RowAssembler, WindowGrid, to_rgba
 
@@ -42,4 +43,42 @@ def reference_translate(
         if released is not None:
             row_off, values, rows_valid = released
             out[:, row_off:row_off + values.shape[1]] = to_rgba(values, rows_valid)
+    return out
+
+
+# --- palette snapping, majority filter and class overviews (the oracle of inference/snap.py and ops.py) ---------
+
+
+def reference_majority(classes: np.ndarray, valid: np.ndarray, count: int, radius: int) -> np.ndarray:
+    """Majority class of each pixel's (2r+1)^2 neighbourhood among valid pixels (outside the scene: none); the
+    pixel's own class wins ties, else the lowest index."""
+    height, width = classes.shape
+    onehot = ((classes[None] == np.arange(count)[:, None, None]) & valid[None]).astype(np.int64)
+    padded = np.pad(onehot, ((0, 0), (radius, radius), (radius, radius)))
+    votes = np.zeros((count, height, width), np.float64)
+    for dy in range(2 * radius + 1):
+        for dx in range(2 * radius + 1):
+            votes += padded[:, dy:dy + height, dx:dx + width]
+    return (votes + 0.5 * onehot).argmax(axis=0)
+
+
+def reference_snap(rgba: np.ndarray, colours: np.ndarray, radius: int, passes: int) -> tuple[np.ndarray, np.ndarray]:
+    """(4, H, W) RGBA -> (classes (H, W), valid): nearest palette colour, then ``passes`` majority filters."""
+    valid = rgba[3] > 0
+    classes = nearest_colour(rgba[:3], colours)
+    for _ in range(passes if radius else 0):
+        classes = reference_majority(classes, valid, len(colours), radius)
+    return classes, valid
+
+
+def reference_class_overview(values: np.ndarray, count: int, nodata: int) -> np.ndarray:
+    """(H, W) class indices (``nodata`` = masked) -> 2x2 modes (lowest index on ties), ``nodata`` if none valid."""
+    height, width = values.shape
+    out = np.full(((height + 1) // 2, (width + 1) // 2), nodata, np.uint8)
+    for row in range(out.shape[0]):
+        for col in range(out.shape[1]):
+            block = values[2 * row:2 * row + 2, 2 * col:2 * col + 2].ravel()
+            block = block[block != nodata]
+            if block.size:
+                out[row, col] = np.bincount(block, minlength=count).argmax()
     return out

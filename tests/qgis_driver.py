@@ -87,6 +87,16 @@ def run_checks(spec: dict, observed: dict) -> None:
     extent = processing.run("geosat2map:translate", {**translate, "EXTENT": spec["extent"],
                                                       "OUTPUT": spec["extent_output"]})
     observed["translate_extent"] = dict(extent)
+    processing.runAndLoadResults("geosat2map:translate", {**translate, "INPUT": spec["palette_input"],
+                                                          "PALETTE": spec["palette"], "FORMAT": 1,
+                                                          "OUTPUT": spec["paletted_output"]})
+    layers = QgsProject.instance().mapLayersByName("palette_scene map")
+    renderer = layers[0].renderer() if layers else None
+    observed["paletted"] = {
+        "loaded": bool(layers), "renderer": renderer.type() if renderer else None,
+        "classes": [[c.value, c.label, c.color.name()] for c in renderer.classes()]
+        if renderer is not None and renderer.type() == "paletted" else None,
+    }
 
     try:
         processing.run("geosat2map:translate", {**translate, "WEIGHTS": spec["bad_weights"],

@@ -38,17 +38,17 @@ def torch_generator(model):
 
 
 def run_engine(data, valid, grid, blend, scaling, model, batch_size=3, overview_levels=0, fixed_batch=False,
-               device="cpu", band=None, background=False):
+               device="cpu", band=None, background=False, snap=None):
     """Stream ``data`` through the engine exactly as translate does (new rows per window row); gather levels."""
     device = torch.device(device)
     levels: dict[int, list[np.ndarray]] = {}
     engine = StreamEngine(grid=grid, blend=blend, scaling=scaling, generator=torch_generator(model.to(device)),
                           device=device, batch_size=batch_size, overview_levels=overview_levels,
-                          fixed_batch=fixed_batch, band=band, background=background, emit=lambda level, rows: levels.setdefault(
+                          fixed_batch=fixed_batch, band=band, background=background, snap=snap, emit=lambda level, rows: levels.setdefault(
                               level, []).append(rows.cpu().numpy().copy()))
     raw = data.astype(np.int32) if data.dtype == np.uint16 else data
     band = band or RowBand.whole(grid)
-    for row in range(band.process_from, band.end):
+    for row in range(band.process_from, band.process_end):
         start, stop = band.new_rows(row)
         engine.add_rows(torch.from_numpy(np.ascontiguousarray(raw[:, start:stop])).to(device), valid[start:stop],
                         torch.from_numpy(valid[start:stop]).to(device))

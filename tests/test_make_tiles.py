@@ -198,7 +198,15 @@ def test_paletted_map_and_tile_footprints_in_wgs84(tmp_path):
     write_satellite(sat)
     write_mercator_map(map_path, paletted=True, pixel=1.5)
     out = tmp_path / "tiles"
-    _, features = make(sat, map_path, out, "--tile-size", 128, "--val-fraction", 0)
+    palette_file = tmp_path / "names.json"
+    palette_file.write_text(json.dumps({"classes": [{"name": f"c{i}", "color": c.tolist()} for i, c in enumerate(PALETTE)]}))
+    dataset, features = make(sat, map_path, out, "--tile-size", 128, "--val-fraction", 0, "--palette", palette_file)
+    # the map palette, learned once into dataset.json: exact, named from --palette, frequencies summing to 1
+    learned = dataset["palette"]
+    assert learned["kind"] == "exact"
+    assert {tuple(c["color"]): c["name"] for c in learned["classes"]} == {
+        tuple(int(v) for v in c): f"c{i}" for i, c in enumerate(PALETTE)}
+    assert sum(c["frequency"] for c in learned["classes"]) == pytest.approx(1.0, abs=1e-5)
     to_lonlat = pyproj.Transformer.from_crs(UTM, "EPSG:4326", always_xy=True)
     for feature in features:
         col, row, size, _ = feature["properties"]["window"]

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from geo_sat2map.cli import cli
-from geo_sat2map.cli.translate import BLEND_CHOICES
+from geo_sat2map.cli.translate import BLEND_CHOICES, FORMAT_CHOICES
 from geo_sat2map.errors import UserError
 from geo_sat2map.evaluate import evaluate_scene
 from geo_sat2map.qgis_install import current_executable
@@ -156,6 +156,7 @@ def test_executable_comes_from_the_setting_then_the_install_record_then_path(tmp
 
 def test_plugin_choices_and_scores_match_the_cli(tmp_path):
     assert commands.BLEND_CHOICES == BLEND_CHOICES
+    assert commands.FORMAT_CHOICES == FORMAT_CHOICES
     precision = next(p for p in cli.commands["translate"].params if p.name == "precision")
     assert commands.PRECISION_CHOICES == tuple(precision.type.choices)
     options = {p.name: p for p in cli.commands["translate"].params}

@@ -20,7 +20,12 @@ from click.testing import CliRunner
 from geo_sat2map.cli import cli
 from geo_sat2map.evaluate import evaluate_scene
 
+from geo_sat2map.palette import Palette, to_json
+
 from .translate_fixtures import UTM, save_small_generator, texture, write_raster
+
+PALETTE = Palette(("water", "park", "road", "building"), ((160, 204, 228), (205, 240, 185), (255, 255, 255),
+                                                          (204, 186, 170)), "test")
 
 QGIS_PYTHON = os.environ.get("GEO_SAT2MAP_QGIS_PYTHON", "/usr/bin/python3")
 DRIVER = Path(__file__).with_name("qgis_driver.py")
@@ -82,7 +87,11 @@ def session(tmp_path_factory: pytest.TempPathFactory) -> dict:
         "unbalanced_output": str(outputs / "unbalanced_tiles"),
         "aoi_wkt": AOI_WKT,
         "aoi_crs": "EPSG:32633",
+        "palette_input": str(write_raster(inputs / "palette_scene.tif", texture(300, 400, seed=8))),
+        "palette": str(inputs / "palette.json"),
+        "paletted_output": str(outputs / "paletted.tif"),
     }
+    Path(spec["palette"]).write_text(to_json(PALETTE))
     Path(spec["bad_weights"]).write_bytes(b"\x00not a checkpoint")
     installed = CliRunner().invoke(cli, ["qgis", "install", "--profiles-path", spec["profiles_path"]])
     assert installed.exit_code == 0, installed.output
@@ -139,6 +148,17 @@ def test_translate_takes_an_extent_as_the_clis_bbox(session, tmp_path):
     with rasterio.open(spec["extent_output"]) as got, rasterio.open(expected) as want:
         assert (got.width, got.height) == (150, 130) and got.transform == want.transform
         assert np.array_equal(got.read(), want.read())
+
+
+def test_a_paletted_map_loads_with_the_palettes_colours_and_class_names(session):
+    """QGIS picks its paletted renderer from the GDAL colour table and labels the classes with the category names."""
+    observed = session["observed"]["paletted"]
+    assert observed["loaded"] and observed["renderer"] == "paletted"
+    expected = [[i, name, "#{:02x}{:02x}{:02x}".format(*colour)]
+                for i, (name, colour) in enumerate(zip(PALETTE.names, PALETTE.colours))]
+    assert observed["classes"] == expected  # only the named classes, not the colour table's 256 entries
+    with rasterio.open(session["spec"]["paletted_output"]) as ds:
+        assert ds.count == 1 and ds.nodata == 255 and set(np.unique(ds.read(1))) <= set(range(len(expected)))
 
 
 def test_bad_weights_give_the_clis_one_line_error(session):

@@ -27,7 +27,7 @@ from geo_sat2map.training.data import dataset_hash, scan_dataset
 from geo_sat2map.training.distributed import DistContext
 from geo_sat2map.training.loop import Pix2Pix
 
-from .train_fixtures import make_tiles_folder, one_torch_thread  # noqa: F401 (autouse fixture)
+from .train_fixtures import PALETTE, make_tiles_folder, one_torch_thread  # noqa: F401 (autouse fixture)
 
 # Tiny but complete: width-8 nets, a 272 -> 256 resize jitter, 4 train and 2 val tiles; on the CPU at fp32 even
 # where a GPU is visible (these tests assert CPU results: exact resumes, the step a divergence is seen, metrics),
@@ -117,6 +117,8 @@ def test_run_outputs_and_generator_metadata(straight_run, data, config_file):
     assert meta.bands == (3, 2, 1) and meta.band_roles == ("red", "green", "blue")
     assert meta.scaling == InputScaling("percentile", (10.0, 20.0, 30.0), (900.0, 950.0, 1000.0), (2.0, 98.0))
     assert meta.provenance["epochs"] == 2 and meta.provenance["config"]["ngf"] == 8
+    # no palette in this dataset.json: train learned the flat map colours from the tiles' B halves
+    assert meta.palette.kind == "exact" and set(meta.palette.colours) == {tuple(map(int, c)) for c in PALETTE}
     assert meta.provenance["dataset_hash"] == dataset_hash(scan_dataset(data))
     assert load_generator(run / "generator_best.pt").meta.provenance["epochs"] == best["epoch"]
 

@@ -157,9 +157,9 @@ def _raise_interrupted(signal_number: int, _frame: Any) -> None:
 
 
 def _register() -> None:
-    from geo_sat2map.cli import evaluate, make_tiles, qgis, train, translate
+    from geo_sat2map.cli import evaluate, make_tiles, palette, qgis, train, translate
 
-    for module in (translate, make_tiles, train, evaluate, qgis):
+    for module in (translate, make_tiles, train, evaluate, palette, qgis):
         cli.add_command(module.command)
 
 

@@ -46,6 +46,9 @@ RESAMPLING_CHOICES = ("nearest", "bilinear", "cubic", "cubic_spline", "lanczos",
               help="Side, in tiles, of the spatial blocks assigned to train/val/test (halved automatically when "
                    "there are too few blocks).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the split: same seed, same split.")
+@click.option("--palette", default=None, metavar="FILE|synthetic",
+              help='Names for the map colours learned into dataset.json: a palette JSON {"classes": [{"name", '
+                   '"color"}]} or synthetic; a learned colour takes the name of the nearest one within dE 10.')
 @click.option("--from-pix2pix", "pix2pix_dir", type=click.Path(file_okay=False), default=None,
               help="Import a pix2pix 'aligned' dataset (A|B images in train/, val/, test/) instead of rasters.")
 @click.option("--direction", type=click.Choice(["AtoB", "BtoA"]), default="AtoB", show_default=True,
@@ -55,7 +58,8 @@ RESAMPLING_CHOICES = ("nearest", "bilinear", "cubic", "cubic_spline", "lanczos",
 def command(ctx: click.Context, images: tuple[str, ...], maps: tuple[str, ...], pairs_file: str | None, out_dir: Path,
             tile_size: int, stride: int | None, aoi: str | None, val_fraction: float, test_fraction: float,
             min_valid: float, resolution: float | None, image_resampling: str, map_resampling: str,
-            bands: tuple[int, int, int] | None, split_block: int, seed: int, pix2pix_dir: str | None,
+            bands: tuple[int, int, int] | None, split_block: int, seed: int, palette: str | None,
+            pix2pix_dir: str | None,
             direction: str, overwrite: bool) -> None:
     """Cut aligned satellite/map raster pairs into A|B training tiles with a spatial train/val/test split.
 
@@ -82,7 +86,7 @@ def command(ctx: click.Context, images: tuple[str, ...], maps: tuple[str, ...], 
             images=images, maps=maps, pairs_file=pairs_file, tile_size=tile_size, stride=stride, aoi=aoi,
             val_fraction=val_fraction, test_fraction=test_fraction, min_valid=min_valid, resolution=resolution,
             image_resampling=image_resampling, map_resampling=map_resampling, bands=bands, split_block=split_block,
-            seed=seed, overwrite=overwrite,
+            seed=seed, palette=palette, overwrite=overwrite,
         )
         result = make_tiles(config, out_dir, progress=show_progress, command=command_line)
     progress.emit("result", command="make-tiles", result=result)

@@ -26,6 +26,8 @@ BLEND_CHOICES = ("feather", "hann", "average")
 COMPRESS_CHOICES = ("deflate", "zstd", "lzw", "none")
 NORM_CHOICES = ("instance", "running")
 SCALING_CHOICES = ("auto", "scene")
+FORMAT_CHOICES = ("rgba", "paletted", "classes")  # geo_sat2map.inference.snap.OUTPUT_FORMATS
+DEFAULT_MIN_REGION = 8  # geo_sat2map.inference.snap.DEFAULT_MIN_REGION
 RESAMPLING_CHOICES = ("average", "bilinear", "cubic", "cubic_spline", "lanczos", "nearest", "mode")
 OUTPUT_GRID_CHOICES = ("processing", "input")
 
@@ -134,6 +136,16 @@ def parse_creation_options(
 @click.option("--aoi", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Translate only this polygon (GeoJSON, or WKT/EWKT text, as make-tiles reads): the map covers "
                    "its bounds, pixels outside it transparent.")
+@click.option("--palette", default="auto", show_default=True, metavar="auto|none|FILE",
+              help="Snap every valid pixel to its nearest map colour: auto = the checkpoint's learned palette when it "
+                   "is exact (flat training maps); none = raw generator colours; FILE = a palette JSON "
+                   '{"classes": [{"name", "color"}]} (e.g. for public checkpoints; `geo-sat2map palette` writes one).')
+@click.option("--min-region", type=click.IntRange(min=0), default=DEFAULT_MIN_REGION, show_default=True,
+              help="Snapped maps: remove specks smaller than about N pixels (two passes of a majority filter whose "
+                   "window is the smallest odd square of at least 2N pixels); 0 = off.")
+@click.option("--format", "output_format", type=click.Choice(FORMAT_CHOICES), default="rgba", show_default=True,
+              help="rgba = colour + alpha; paletted = one band with a colour table and class names (QGIS shows the "
+                   "legend), nodata 255; classes = one band of class indices with category names, nodata 255.")
 @click.option("--compress", type=click.Choice(COMPRESS_CHOICES), default="deflate", show_default=True,
               help="Output compression (with a horizontal predictor).")
 @click.option("--cog/--no-cog", default=True, show_default=True,
@@ -150,7 +162,7 @@ def command(ctx: click.Context, inputs: tuple[Path, ...], output: str, input_lis
             norm_stats: str | None, bands: tuple[int, int, int] | None, scaling: str, resolution: str | float,
             model_resolution: float | None, resampling: str | None, output_grid: str, alpha_threshold: float,
             bbox: tuple[float, float, float, float] | None, bbox_crs: str | None, aoi: Path | None,
-            compress: str, cog: bool,
+            palette: str, min_region: int, output_format: str, compress: str, cog: bool,
             creation_options: dict[str, str], allow_ungeoreferenced: bool, overwrite: bool) -> None:
     """Translate georeferenced satellite scenes into map GeoTIFFs on exactly the same grid.
 
@@ -192,6 +204,7 @@ def command(ctx: click.Context, inputs: tuple[Path, ...], output: str, input_lis
         bbox_crs=bbox_crs, aoi=aoi,
         output_options=OutputOptions(compress=compress, cog=cog, creation_options=creation_options),
         overwrite=overwrite, allow_ungeoreferenced=allow_ungeoreferenced, progress=not quiet(ctx),
+        palette=palette, min_region=min_region, output_format=output_format,
     )
     if to_folder:
         _translate_folder(ctx, BatchConfig(tuple(scenes), Path(output), config, vrt))

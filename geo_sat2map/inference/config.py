@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from geo_sat2map.inference.snap import DEFAULT_MIN_REGION
 from geo_sat2map.raster_io.core import DEFAULT_ALPHA_THRESHOLD
 from geo_sat2map.raster_io.output import OutputOptions
 from geo_sat2map.windows import DEFAULT_BLEND
@@ -45,6 +46,9 @@ class TranslateConfig:
     allow_ungeoreferenced: bool = False
     progress: bool = True
     read_threads: int | None = None  # default: 1 on CPU, 4 on CUDA
+    palette: str = "auto"  # "auto" (the checkpoint's palette if exact), "none" or a palette JSON file
+    min_region: int = DEFAULT_MIN_REGION  # speckle removal of snapped maps (pixels; 0 = off)
+    output_format: str = "rgba"  # "rgba", "paletted" or "classes"
     # Every generator call gets a full batch (the last one padded), as on CUDA: on the CPU a batch of another
     # size can move results by float ulps, so runs that must agree to the bit (split across processes) use it.
     fixed_batch: bool = False

@@ -24,7 +24,16 @@ import torch.nn.functional as F
 
 from geo_sat2map.inference.runner import StageClock
 from geo_sat2map.inference.stages import QueueWorker
-from geo_sat2map.inference.ops import UnitScaler, downsample_rgba, fill_invalid, quantize_rgba, reflect_index
+from geo_sat2map.inference.ops import (
+    UnitScaler,
+    downsample_classes,
+    downsample_rgba,
+    fill_invalid,
+    quantize_rgba,
+    reflect_index,
+)
+from geo_sat2map.inference.snap import SnapSpec, SnapStage
+from geo_sat2map.palette import NODATA_INDEX
 from geo_sat2map.scaling import InputScaling
 from geo_sat2map.windows import RowBand, RowBuffer, WindowGrid, axis_weights
 
@@ -118,11 +127,15 @@ class DeviceRowAssembler(RowBuffer):
         return out
 
 
-class OverviewPyramid:
-    """Streams overview levels 1..``levels`` from full-resolution RGBA rows (alpha-weighted 2x2 averages)."""
+Downsample = Callable[[torch.Tensor, bool], torch.Tensor]  # (2k [+1 if last] rows, last) -> k [+1] rows
 
-    def __init__(self, levels: int) -> None:
-        self.levels = levels
+
+class OverviewPyramid:
+    """Streams overview levels 1..``levels`` from full-resolution rows: RGBA (alpha-weighted 2x2 averages) or
+    the ``downsample`` given (class rows: 2x2 modes)."""
+
+    def __init__(self, levels: int, downsample: Downsample = downsample_rgba) -> None:
+        self.levels, self.downsample = levels, downsample
         self._carry: list[torch.Tensor | None] = [None] * (levels + 1)  # rows of level l-1 waiting for a partner
 
     def push(self, rows: torch.Tensor, final: bool = False) -> list[tuple[int, torch.Tensor]]:
@@ -140,12 +153,12 @@ class OverviewPyramid:
                     break
                 rows = rows[:0, : (rows.shape[1] + 1) // 2]
                 continue
-            rows = downsample_rgba(rows[:take], last=final)
+            rows = self.downsample(rows[:take], final)
             out.append((level, rows))
         return out
 
-    def finish(self, width: int, device: torch.device) -> list[tuple[int, torch.Tensor]]:
-        return self.push(torch.zeros((0, width, 4), dtype=torch.uint8, device=device), final=True)
+    def finish(self, width: int, bands: int, device: torch.device) -> list[tuple[int, torch.Tensor]]:
+        return self.push(torch.zeros((0, width, bands), dtype=torch.uint8, device=device), final=True)
 
 
 class LevelEmitter:
@@ -154,13 +167,14 @@ class LevelEmitter:
     ``clock`` times the pyramid alone (stage "overviews"), not the emits, which may wait on a writer.
     """
 
-    def __init__(self, emit: Emit, overview_levels: int, clock: StageClock | None = None) -> None:
+    def __init__(self, emit: Emit, overview_levels: int, clock: StageClock | None = None,
+                 downsample: Downsample = downsample_rgba) -> None:
         self.emit, self.clock = emit, clock
-        self.pyramid = OverviewPyramid(overview_levels) if overview_levels else None
-        self._width, self._device = 0, torch.device("cpu")
+        self.pyramid = OverviewPyramid(overview_levels, downsample) if overview_levels else None
+        self._width, self._bands, self._device = 0, 4, torch.device("cpu")
 
     def rows(self, rows: torch.Tensor) -> None:
-        self._width, self._device = rows.shape[1], rows.device
+        self._width, self._bands, self._device = rows.shape[1], rows.shape[2], rows.device
         self.emit(0, rows)
         if self.pyramid is not None:
             self._emit_overviews(lambda: self.pyramid.push(rows))
@@ -168,7 +182,7 @@ class LevelEmitter:
     def finish(self) -> None:
         """Flush the overview rows still waiting for a partner row."""
         if self.pyramid is not None:
-            self._emit_overviews(lambda: self.pyramid.finish(self._width, self._device))
+            self._emit_overviews(lambda: self.pyramid.finish(self._width, self._bands, self._device))
 
     def _emit_overviews(self, make: Callable[[], list[tuple[int, torch.Tensor]]]) -> None:
         with self.clock("overviews") if self.clock is not None else contextlib.nullcontext():
@@ -199,21 +213,29 @@ def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
     return tensor.pin_memory().to(device, non_blocking=True)
 
 
+def class_downsample(spec: SnapSpec) -> Downsample:
+    """Overviews of one-band class rows: 2x2 modes, never averages."""
+    return lambda rows, last: downsample_classes(rows, len(spec.colours), NODATA_INDEX, last)
+
+
 class RowMerger:
     """The output half of the engine: generator outputs -> merged, finished RGBA rows and overview rows.
 
     Calls arrive in stream order: a row's mask rows, ``start_row`` when its windows are queued, then the batch
-    outputs that contain them. Rows are merged and released strictly in window-row order.
+    outputs that contain them. Rows are merged and released strictly in window-row order. With ``snap``, the
+    released rows go through a ``SnapStage`` (palette classes, majority filter, output format) first.
     """
 
     def __init__(
         self, grid: WindowGrid, blend: str, device: torch.device, band: RowBand, emit: Emit, overview_levels: int,
-        clock: StageClock, keep_colour: bool = False,
+        clock: StageClock, keep_colour: bool = False, snap: SnapSpec | None = None,
     ) -> None:
         self.grid, self.device, self.band, self.clock = grid, device, band, clock
-        self.assembler = DeviceRowAssembler(grid, blend, device, grid.rows_in_scene(band.process_from)[0],
-                                            keep_colour)
-        self.levels = LevelEmitter(emit, overview_levels, clock)
+        first_row = grid.rows_in_scene(band.process_from)[0]
+        self.assembler = DeviceRowAssembler(grid, blend, device, first_row, keep_colour)
+        self.snap = SnapStage(snap, device, first_row, grid.height) if snap else None
+        downsample = class_downsample(snap) if snap is not None and snap.one_band else downsample_rgba
+        self.levels = LevelEmitter(emit, overview_levels, clock, downsample)
         self._pending: deque[_PendingRow] = deque()
         self._rows: dict[int, _PendingRow] = {}
 
@@ -267,6 +289,9 @@ class RowMerger:
                         ran.index_fill_(0, pending.columns, 1.0)
                     self.assembler.add_row(pending.row, pending.outputs, ran)
                 released = self.assembler.release(pending.row)
+            if released is not None and self.snap is not None:
+                with self.clock("snap"):
+                    released = self.snap.push(*released)
             if released is not None:
                 self._emit_owned(*released)
 
@@ -279,7 +304,7 @@ class RowMerger:
 
     def finish(self) -> None:
         self._release_finished()
-        stop = self.band.output_rows[1]
+        stop = self.band.release_end
         if self._pending or self.assembler.released != stop:
             raise RuntimeError(f"internal error: {self.assembler.released} of {stop} rows finished")
         self.levels.finish()
@@ -325,16 +350,17 @@ class StreamEngine:
         self, *, grid: WindowGrid, blend: str, scaling: InputScaling, generator: Generator, device: torch.device,
         batch_size: int, emit: Emit, overview_levels: int = 0, fixed_batch: bool = False,
         clock: StageClock | None = None, band: RowBand | None = None, background: bool = False,
-        keep_colour: bool = False,
+        keep_colour: bool = False, snap: SnapSpec | None = None,
     ) -> None:
-        """``band``: only these window rows' output rows are emitted; default the whole scene. ``keep_colour``:
-        see ``DeviceRowAssembler``."""
+        """``band``: only these window rows' output rows are emitted; default the whole scene (give it the
+        ``snap.halo``). ``keep_colour``: see ``DeviceRowAssembler``. ``snap``: snap to a palette, filter and emit
+        that output format (``inference.snap``)."""
         self.grid, self.scaling, self.generator, self.device = grid, scaling, generator, device
         self._to_unit = UnitScaler(scaling, device)
         self.clock = clock or StageClock(device)
         self.batch_size, self.fixed_batch = batch_size, fixed_batch
         self.band = band or RowBand.whole(grid)
-        merger = RowMerger(grid, blend, device, self.band, emit, overview_levels, self.clock, keep_colour)
+        merger = RowMerger(grid, blend, device, self.band, emit, overview_levels, self.clock, keep_colour, snap)
         self.stride = merger.assembler.stride
         self._merger: RowMerger | BackgroundMerger = BackgroundMerger(merger) if background else merger
         tile = grid.tile

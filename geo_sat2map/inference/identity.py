@@ -56,6 +56,8 @@ def run_id(config: TranslateConfig, model_sha256: str, precision: str, device_ty
         "bbox": list(config.bbox) if config.bbox else None,
         "bbox_crs": config.bbox_crs,
         "aoi": source_identity(config.aoi) if config.aoi else None,
+        "palette": [config.palette, source_identity(config.palette) if config.palette not in ("auto", "none")
+                    else None, config.min_region, config.output_format],
         "output": {
             "compress": options.compress, "cog": options.cog, "blocksize": options.blocksize,
             "overview_resampling": options.overview_resampling,

@@ -117,3 +117,75 @@ def downsample_rgba(rows: torch.Tensor, last: bool = False) -> torch.Tensor:
     colour = torch.where(mean_alpha > 0, pooled[:3] / mean_alpha.clamp(min=1e-30), 0.0)
     out = torch.cat([colour, mean_alpha]).add_(0.5).floor_().clamp_(0, 255).to(torch.uint8)
     return out.permute(1, 2, 0).contiguous()
+
+
+# --- map palettes: nearest colour, majority filter, class overviews (numpy oracles in tests/inference_oracle.py) --
+
+_CHUNK_ELEMENTS = 1 << 24  # bounds the (rows, width, classes) temporaries of the palette ops
+
+
+def _row_chunk(width: int, classes: int) -> int:
+    return max(1, _CHUNK_ELEMENTS // max(1, width * classes))
+
+
+def snap_classes(rgba: torch.Tensor, colours: torch.Tensor) -> torch.Tensor:
+    """(n, W, 4 or 3) uint8 pixels -> (n, W) int64 index of the nearest of (K, 3) float32 ``colours``.
+
+    Squared Euclidean RGB distance, summed per channel in float32 (exact integers: no TF32 matmul), first
+    index on ties: the same class as ``metrics.nearest_colour``."""
+    out = torch.empty(rgba.shape[:2], dtype=torch.int64, device=rgba.device)
+    step = _row_chunk(rgba.shape[1], colours.shape[0])
+    for start in range(0, rgba.shape[0], step):
+        rgb = rgba[start:start + step, :, :3].to(torch.float32)
+        distance = (rgb[..., 0, None] - colours[:, 0]).square_()
+        for channel in (1, 2):
+            distance += (rgb[..., channel, None] - colours[:, channel]).square_()
+        out[start:start + step] = distance.argmin(dim=-1)
+    return out
+
+
+def majority_filter(classes: torch.Tensor, valid: torch.Tensor, count: int, radius: int, pad_top: int = 0,
+                    pad_bottom: int = 0) -> torch.Tensor:
+    """Each pixel's majority class among the valid pixels of its (2r+1)^2 neighbourhood, its own class winning
+    ties (else the lowest index). ``classes`` (h, W) int64 and ``valid`` (h, W) are the rows with their context;
+    ``pad_top``/``pad_bottom`` rows beyond the scene (no votes) are added, columns beyond it have none either.
+    Returns the (h + pad_top + pad_bottom - 2r, W) centre rows. Votes are small integers in float32: exact."""
+    kernel = 2 * radius + 1
+    out_rows = classes.shape[0] + pad_top + pad_bottom - 2 * radius
+    out = torch.empty((out_rows, classes.shape[1]), dtype=torch.int64, device=classes.device)
+    index = torch.arange(count, device=classes.device)[:, None, None]
+    step = _row_chunk(classes.shape[1], count)
+    for start in range(0, out_rows, step):
+        stop = min(start + step, out_rows)
+        lo, hi = start - pad_top, stop + 2 * radius - pad_top  # input rows this chunk needs (may lie beyond)
+        rows = slice(max(lo, 0), min(hi, classes.shape[0]))
+        onehot = ((classes[rows][None] == index) & valid[rows][None]).to(torch.float32)
+        onehot = F.pad(onehot, (0, 0, max(-lo, 0), max(hi - classes.shape[0], 0)))
+        votes = F.avg_pool2d(onehot[None], kernel, stride=1, padding=(0, radius), divisor_override=1)[0]
+        votes += 0.5 * onehot[:, radius:radius + stop - start]
+        out[start:stop] = first_argmax(votes)
+    return out
+
+
+def first_argmax(values: torch.Tensor) -> torch.Tensor:
+    """``values.argmax(dim=0)`` (the first index on ties) as a running maximum over the planes: on a CPU,
+    ``argmax`` over the outermost dimension of (K, H, W) costs as much as the whole majority vote."""
+    best, index = values[0].clone(), torch.zeros(values.shape[1:], dtype=torch.int64, device=values.device)
+    for k in range(1, values.shape[0]):
+        better = values[k] > best
+        best = torch.maximum(best, values[k])
+        index.masked_fill_(better, k)
+    return index
+
+
+def downsample_classes(rows: torch.Tensor, count: int, nodata: int, last: bool = False) -> torch.Tensor:
+    """Mode of each 2x2 block of (2k [+1 if last], W, 1) uint8 class rows -> (k [+1], ceil(W/2), 1): the most
+    frequent class among the block's valid pixels (lowest index on ties), ``nodata`` where none is valid.
+    Classes are never averaged."""
+    if rows.shape[0] % 2 and not last:
+        raise ValueError("an odd number of rows can only be downsampled at the end of the image")
+    values = rows[..., 0].to(torch.int64)
+    onehot = (values[None] == torch.arange(count, device=rows.device)[:, None, None]).to(torch.float32)
+    votes = F.avg_pool2d(onehot[None], 2, 2, ceil_mode=True, divisor_override=1)[0]
+    out = torch.where(votes.amax(dim=0) > 0, first_argmax(votes), nodata)
+    return out.to(torch.uint8)[..., None]

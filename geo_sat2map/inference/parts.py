@@ -103,6 +103,9 @@ def translate_in_parts(config: TranslateConfig) -> PartsReport:
     started = time.perf_counter()
     output = Path(config.output)
     as_vrt = output.suffix.lower() == ".vrt"
+    if config.output_format != "rgba":
+        raise UserError(f"--format {config.output_format}: one-band maps are written by one process only (not under "
+                        "torchrun, nor as -o map.vrt); use --format rgba there (--palette still snaps)")
     check_output_path(output, config.overwrite, "output")
     if as_vrt and parts_folder(output).exists() and not config.overwrite:
         raise UserError(f"{parts_folder(output)} already exists (the parts of a VRT map); pass --overwrite to "

@@ -67,7 +67,7 @@ class ChunkReader:
         pool = ThreadPoolExecutor(self.workers, thread_name_prefix="translate-read", initializer=self._bind)
         futures: deque[Future[RawChunk]] = deque()
         try:
-            for row in range(self.band.process_from, self.band.end):
+            for row in range(self.band.process_from, self.band.process_end):
                 futures.append(pool.submit(self._read, row))
                 if len(futures) >= self.ahead:
                     yield futures.popleft().result()

@@ -36,6 +36,7 @@ from geo_sat2map.inference.crop import Crop, CroppedRows, Footprint
 from geo_sat2map.inference.engine import LevelEmitter, StreamEngine, to_device
 from geo_sat2map.inference.identity import RUN_ID_TAG, run_id
 from geo_sat2map.inference.runner import GeneratorRunner, StageClock, device_context
+from geo_sat2map.inference.snap import DEFAULT_MIN_REGION, SnapSpec, check_snap_options, resolve_snap
 from geo_sat2map.inference.stages import ChunkReader, RowWriter
 from geo_sat2map.models import NORM_MODES, InferenceGenerator
 from geo_sat2map.progress import RESULT, progress_bar
@@ -52,6 +53,7 @@ from geo_sat2map.raster_io.grid import (
 )
 from geo_sat2map.raster_io.output import (
     COMPRESSIONS,
+    ClassBand,
     OutputOptions,
     check_creation_options,
     open_map_sink,
@@ -59,6 +61,7 @@ from geo_sat2map.raster_io.output import (
     scratch_path,
     streaming_cache_bytes,
     streaming_gdal_env,
+    write_category_sidecar,
 )
 from geo_sat2map.raster_io.rasterize import polygon_mask
 from geo_sat2map.raster_io.strips import streaming_dtype
@@ -129,6 +132,7 @@ def translate(config: TranslateConfig, model: LoadedGenerator | None = None) -> 
     ``model``: the checkpoint ``config.weights`` already loaded (with its SHA-256), to reuse over many scenes."""
     started = time.perf_counter()
     run = _prepare(config, model)
+    config = with_class_band(config, run)
     tags = _output_tags(config, run)
     if run.resample_back:
         stream, sink_stages = _translate_via_processing_grid(config, run, tags)
@@ -174,6 +178,8 @@ def _write_map(
             return filled
 
         filled = _fill_sink(sink, fill_and_say)
+    if options.class_band is not None:
+        write_category_sidecar(output, options.class_band)
     return filled, dict(sink.stats.items())
 
 
@@ -255,6 +261,7 @@ class _Run:
     dtype: torch.dtype
     batch_size: int
     norm_mode: str
+    snap: SnapSpec | None = None  # snap to a palette (--palette, --min-region, --format)
 
     @property
     def output_info(self) -> RasterInfo:
@@ -265,6 +272,14 @@ class _Run:
             return self.info
         (r0, r1), (c0, c1) = self.crop.rows, self.crop.cols
         return window_info(self.info, r0, c0, r1 - r0, c1 - c0)
+
+
+def with_class_band(config: TranslateConfig, run: _Run) -> TranslateConfig:
+    """``config`` whose output options describe the one-band class map ``run`` writes, if it does."""
+    if run.snap is None or not run.snap.one_band:
+        return config
+    band = ClassBand(run.snap.names, run.snap.colours, paletted=run.snap.output_format == "paletted")
+    return replace(config, output_options=replace(config.output_options, class_band=band))
 
 
 def _prepare(config: TranslateConfig, model: LoadedGenerator | None = None) -> _Run:
@@ -293,6 +308,8 @@ def _prepare(config: TranslateConfig, model: LoadedGenerator | None = None) -> _
         if len(bands) != 3:
             raise UserError(f"{config.weights}: the checkpoint's bands {bands} are not three; pass --bands R,G,B")
         scaling, scaling_source = _input_scaling(ds, bands, info.dtype, loaded.meta, config.scaling)
+    snap, snap_reason = resolve_snap(config.palette, config.min_region, config.output_format, loaded.meta.palette,
+                                     config.weights)
     processing = _processing_grid(config, info, loaded.meta)
     resample_back = config.output_grid == "input" and not processing.native
     full = processing.info
@@ -325,8 +342,13 @@ def _prepare(config: TranslateConfig, model: LoadedGenerator | None = None) -> _
              ", compiled" if config.compile else "")
     log.info("windows: %d (%d x %d) of %d px, overlap %d, blend %s", len(grid), *grid.shape, tile, overlap,
              config.blend)
+    log.info("palette: %s; output %s", snap_reason, config.output_format)
+    if snap is not None and snap.one_band and (resample_back or crop is not None):
+        raise UserError(f"--format {config.output_format}: not with --output-grid input on a resampled grid or with "
+                        "--bbox/--aoi yet; write --format rgba (snapped colours) there")
     return _Run(output, info, processing, resample_back, region, crop, scene_out, bands, scaling, grid,
-                loaded.for_inference(norm_mode), loaded.path.name, sha256, device, dtype, batch_size, norm_mode)
+                loaded.for_inference(norm_mode), loaded.path.name, sha256, device, dtype, batch_size, norm_mode,
+                snap)
 
 
 def _done(value: str) -> Future[str]:
@@ -370,7 +392,7 @@ def _stream(config: TranslateConfig, run: _Run, sink: Any, band: RowBand | None 
 
 def _stream_on_device(config: TranslateConfig, run: _Run, sink: Any, band: RowBand | None) -> _StreamResult:
     device, grid = run.device, run.grid
-    band = band or RowBand.whole(grid)
+    band = replace(band or RowBand.whole(grid), halo=run.snap.halo if run.snap else 0)
     clock = StageClock(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -385,13 +407,13 @@ def _stream_on_device(config: TranslateConfig, run: _Run, sink: Any, band: RowBa
         grid=grid, blend=config.blend, scaling=run.scaling, generator=runner, device=device,
         batch_size=run.batch_size, emit=writer.submit, overview_levels=sink.overview_levels,
         fixed_batch=device.type == "cuda" or config.compile or config.fixed_batch, clock=clock, background=True,
-        band=band, keep_colour=run.resample_back,
+        band=band, keep_colour=run.resample_back, snap=run.snap,
     )
     threads = config.read_threads or READ_THREADS.get(device.type, 1)
     rows = GridRows(config.input, run.bands, run.processing, config.alpha_threshold, run.region)
     reader = ChunkReader(rows, band, streaming_dtype(run.info.dtype),
                          device=device, workers=threads, ahead=threads + 2)
-    bar = progress_bar(total=(band.end - band.process_from) * grid.shape[1], unit="win", desc="translate",
+    bar = progress_bar(total=(band.process_end - band.process_from) * grid.shape[1], unit="win", desc="translate",
                        disable=not config.progress, dynamic_ncols=True)
     counted = 0
     try:
@@ -453,6 +475,7 @@ def _check_options(config: TranslateConfig) -> None:
         raise UserError(f"--output-grid {config.output_grid!r}: expected one of {', '.join(OUTPUT_GRIDS)}")
     if not 0 < config.alpha_threshold <= 1:
         raise UserError(f"--alpha-threshold {config.alpha_threshold:g}: must be an opacity in (0, 1]")
+    check_snap_options(config.output_format, config.min_region)
     if config.output_options.compress not in COMPRESSIONS:
         raise UserError(f"--compress {config.output_options.compress!r}: expected one of {', '.join(COMPRESSIONS)}")
     check_creation_options(config.output_options)
@@ -595,6 +618,8 @@ def _output_tags(config: TranslateConfig, run: _Run) -> dict[str, str]:
         "INPUT_BANDS": ",".join(map(str, run.bands)),
         "INPUT_SCALING": json.dumps(run.scaling.to_dict()),
         "SOURCE": Path(config.input).name,
+        "PALETTE": json.dumps({"palette": config.palette, "min_region": config.min_region,
+                               "format": config.output_format, "snapped": run.snap is not None}),
         "PROCESSING_RESOLUTION": (f"{run.processing.resolution_m:.6g}" if run.processing.resolution_m is not None
                                   else "unknown"),
         "PROCESSING_GRID": "native" if run.processing.native else f"{run.info.width}x{run.info.height}",

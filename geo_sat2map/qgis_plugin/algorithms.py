@@ -11,6 +11,7 @@ from qgis.core import (
     QgsGeometry,
     QgsMapLayer,
     QgsMultiBandColorRenderer,
+    QgsPalettedRasterRenderer,
     QgsProcessing,
     QgsProcessingAlgorithm,
     QgsProcessingContext,
@@ -41,6 +42,7 @@ from .commands import (
     BLEND_CHOICES,
     CLASS_SCORE_NAMES,
     OUTPUT_GRID_CHOICES,
+    FORMAT_CHOICES,
     PRECISION_CHOICES,
     RESAMPLING_CHOICES,
     SCORE_NAMES,
@@ -155,7 +157,10 @@ class TranslateAlgorithm(_GeoSat2MapAlgorithm):
         "when it is known and more than 10 % off the image's; the map is then on that processing grid, or on the "
         "input's own grid with Output grid = input.\n\n"
         "Weights: generator.pt from geo-sat2map train, a pix2pix *_net_G.pth or a seed gen.pth.tar. Empty "
-        "options take the checkpoint's or the device's defaults (see `geo-sat2map translate --help`)."
+        "options take the checkpoint's or the device's defaults (see `geo-sat2map translate --help`).\n\n"
+        "Palette: auto snaps every pixel to the map colours the checkpoint learned (when its training maps were "
+        "flat), none keeps the raw colours, or give a palette JSON. Format paletted writes one band with a colour "
+        "table and class names (the legend); classes writes the class indices for analysis."
     )
 
     def initAlgorithm(self, config=None) -> None:  # noqa: N802
@@ -204,6 +209,15 @@ class TranslateAlgorithm(_GeoSat2MapAlgorithm):
         self.add_advanced(QgsProcessingParameterEnum(
             "PRECISION", "Precision", options=list(PRECISION_CHOICES), defaultValue=0
         ))
+        self.addParameter(QgsProcessingParameterString(
+            "PALETTE", "Palette: auto, none or a palette JSON file", defaultValue="auto"
+        ))
+        self.addParameter(QgsProcessingParameterEnum("FORMAT", "Output format", options=list(FORMAT_CHOICES),
+                                                     defaultValue=0))
+        self.add_advanced(QgsProcessingParameterNumber(
+            "MIN_REGION", "Snapped maps: remove specks smaller than this many pixels (0: off)", minValue=0,
+            defaultValue=8,
+        ))
         self.addParameter(QgsProcessingParameterRasterDestination("OUTPUT", "Map"))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
@@ -228,30 +242,41 @@ class TranslateAlgorithm(_GeoSat2MapAlgorithm):
             output_grid=OUTPUT_GRID_CHOICES[self.parameterAsEnum(parameters, "OUTPUT_GRID", context)],
             aoi=self.aoi_file(parameters, "AOI", context),
             **self.extent(parameters, "EXTENT", context),
+            palette=self.parameterAsString(parameters, "PALETTE", context).strip() or None,
+            min_region=self.optional_int(parameters, "MIN_REGION", context),
+            output_format=FORMAT_CHOICES[self.parameterAsEnum(parameters, "FORMAT", context)],
         ), feedback)
         if context.willLoadLayerOnCompletion(output):
             details = context.layerToLoadOnCompletionDetails(output)
             details.name = f"{source.name()} map"  # in batch mode: one distinct layer per scene
-            details.setPostProcessor(RgbaStyle.create())
+            details.setPostProcessor(MapStyle.create())
         return {"OUTPUT": output}
 
 
-class RgbaStyle(QgsProcessingLayerPostProcessorInterface):
-    """Shows the loaded map as RGB with band 4 as transparency and no contrast stretch (its colours are final)."""
+class MapStyle(QgsProcessingLayerPostProcessorInterface):
+    """Shows the loaded map as RGB with band 4 as transparency and no contrast stretch (its colours are final);
+    a paletted map keeps only its named classes (a TIFF colour table always has 256 entries)."""
 
-    instance: RgbaStyle | None = None  # Processing keeps only a pointer: the object must outlive the algorithm
+    instance: MapStyle | None = None  # Processing keeps only a pointer: the object must outlive the algorithm
 
     def postProcessLayer(self, layer, context, feedback) -> None:  # noqa: N802
-        if isinstance(layer, QgsRasterLayer) and layer.bandCount() >= 4:
+        if not isinstance(layer, QgsRasterLayer):
+            return
+        if layer.bandCount() >= 4:
             renderer = QgsMultiBandColorRenderer(layer.dataProvider(), 1, 2, 3)
             renderer.setAlphaBand(4)
             layer.setRenderer(renderer)
             layer.triggerRepaint()
+        elif layer.renderer() is not None and layer.renderer().type() == "paletted":
+            named = [c for c in layer.renderer().classes() if c.label != str(int(c.value))]
+            if named:
+                layer.setRenderer(QgsPalettedRasterRenderer(layer.dataProvider(), 1, named))
+                layer.triggerRepaint()
 
     @staticmethod
-    def create() -> RgbaStyle:
-        RgbaStyle.instance = RgbaStyle()
-        return RgbaStyle.instance
+    def create() -> MapStyle:
+        MapStyle.instance = MapStyle()
+        return MapStyle.instance
 
 
 class MakeTilesAlgorithm(_GeoSat2MapAlgorithm):

@@ -11,6 +11,7 @@ BLEND_CHOICES = ("feather", "hann", "average")
 PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")
 OUTPUT_GRID_CHOICES = ("processing", "input")
 RESAMPLING_CHOICES = ("average", "bilinear", "cubic", "cubic_spline", "lanczos", "nearest", "mode")
+FORMAT_CHOICES = ("rgba", "paletted", "classes")
 SCORE_NAMES = ("l1", "rmse", "psnr", "ssim", "acc_5", "acc_10", "acc_20")  # evaluate's image metrics
 CLASS_SCORE_NAMES = ("overall_accuracy", "miou")  # with a palette
 
@@ -20,13 +21,15 @@ def translate_args(
     blend: str | None = None, batch_size: int | None = None, device: str | None = None,
     precision: str | None = None, bands: Sequence[int] | None = None, resolution: str | None = None,
     model_resolution: float | None = None, resampling: str | None = None, output_grid: str | None = None,
-    bbox: str | None = None, bbox_crs: str | None = None, aoi: str | None = None,
+    bbox: str | None = None, bbox_crs: str | None = None, aoi: str | None = None, palette: str | None = None,
+    min_region: int | None = None, output_format: str | None = None,
 ) -> list[str]:
     """Processing replaces its outputs (the save dialog has asked), hence --overwrite."""
     args = ["translate", input_path, "--output", output, "--weights", weights, "--overwrite"]
     args += _options(tile_size=tile_size, overlap=overlap, blend=blend, batch_size=batch_size, device=device,
                      precision=precision, resolution=resolution, model_resolution=model_resolution,
-                     resampling=resampling, output_grid=output_grid, bbox=bbox, bbox_crs=bbox_crs, aoi=aoi)
+                     resampling=resampling, output_grid=output_grid, bbox=bbox, bbox_crs=bbox_crs, aoi=aoi,
+                     palette=palette, min_region=min_region, format=output_format)
     if bands:
         args += ["--bands", ",".join(str(b) for b in bands)]
     return args

@@ -58,7 +58,7 @@ except ImportError:  # pragma: no cover - depends on the environment
 ISAL_DEFLATE = isal_zlib is not None
 
 CLASSIC_TIFF_LIMIT = 2**32 - 1  # last byte offset a classic TIFF can address
-SAMPLES = 4  # R, G, B, alpha
+SAMPLES = 4  # R, G, B, alpha (one-band class maps have 1)
 
 
 @dataclass(frozen=True)
@@ -147,7 +147,7 @@ class _LevelStream:
 
 
 class StreamingCOGWriter:
-    """RGBA uint8 map written in one pass: block rows are compressed in parallel as they arrive, overview rows
+    """RGBA (or one-band class) uint8 map written in one pass: block rows are compressed in parallel as they arrive, overview rows
     are supplied by the caller (computed on the GPU), and close() assembles a COG by copying compressed bytes.
 
     ``path`` is a temporary path chosen by the caller (the atomic rename happens outside); spill files go
@@ -157,6 +157,9 @@ class StreamingCOGWriter:
     the level's spill file. Memory stays bounded: at most ``2 * threads`` tiles are in flight (write_rows
     blocks beyond that) and block-row buffers are reused. Use as a context manager (abort on an exception,
     close otherwise) or call ``close()`` / ``abort()``. One producer thread.
+
+    ``samples=1``: one band of class indices, with a ``colormap`` (PHOTOMETRIC=palette, the GDAL colour table) or
+    without (grey, min-is-black), and ``nodata`` (GDAL_NODATA) for the mask.
     """
 
     def __init__(
@@ -175,6 +178,9 @@ class StreamingCOGWriter:
         threads: int | None = None,
         cog: bool = True,
         bigtiff: bool | None = None,  # None: only when the file would not fit a classic TIFF
+        samples: int = SAMPLES,
+        colormap: list[tuple[int, int, int]] | None = None,
+        nodata: int | None = None,
     ) -> None:
         codec = _CODECS.get(compress.lower())
         if codec is None:
@@ -184,12 +190,16 @@ class StreamingCOGWriter:
             raise ValueError(f"level {level} is not valid for {compress}")
         if blocksize < 16 or blocksize % 16:
             raise ValueError(f"blocksize {blocksize}: TIFF tiles must be a positive multiple of 16")
+        if samples not in (1, SAMPLES) or (colormap is not None and samples != 1):
+            raise ValueError(f"samples={samples}: RGBA (4) or one band (1, optionally with a colour map)")
         if width < 1 or height < 1:
             raise ValueError(f"raster size {width}x{height} must be at least 1x1")
         threads = threads if threads is not None else available_cpus()
         if threads < 1:
             raise ValueError(f"threads={threads}: at least one encoding thread is needed")
         self.path = Path(path)
+        self.samples, self.colormap = samples, colormap
+        self._photometric = 2 if samples == SAMPLES else 3 if colormap is not None else 1  # RGB, palette, grey
         self.blocksize, self.cog, self._bigtiff = blocksize, cog, bigtiff
         self.compression = compress.lower()
         self._codec = codec
@@ -198,7 +208,7 @@ class StreamingCOGWriter:
         self.levels = level_sizes(width, height, blocksize)
         self.overview_levels = len(self.levels) - 1  # rows the caller supplies for levels 1..overview_levels
         self.stats = COGWriterStats()
-        self._geo_tags = georeferencing_tags(crs, transform, tags)
+        self._geo_tags = georeferencing_tags(crs, transform, tags, nodata)
         self._streams: list[_LevelStream] = []
         self._state = "open"
         self._output_started = False
@@ -220,7 +230,7 @@ class StreamingCOGWriter:
     # ----------------------------------------------------------------------------------------- streaming
 
     def write_rows(self, level: int, rgba: np.ndarray, row_off: int | None = None) -> None:
-        """(rows, level_width, 4) uint8, pixel-interleaved; rows of each level arrive in order.
+        """(rows, level_width, samples) uint8, pixel-interleaved; rows of each level arrive in order.
 
         ``row_off`` (optional) is the first row's index, checked against the rows received so far. The rows
         are copied: the caller may reuse its buffer as soon as this returns.
@@ -232,8 +242,9 @@ class StreamingCOGWriter:
         stream = self._streams[level]
         if not isinstance(rgba, np.ndarray) or rgba.dtype != np.uint8:
             raise ValueError(f"level {level}: rows must be a uint8 array, got {getattr(rgba, 'dtype', type(rgba))}")
-        if rgba.ndim != 3 or rgba.shape[1:] != (stream.width, SAMPLES):
-            raise ValueError(f"level {level}: rows must have shape (rows, {stream.width}, 4), got {rgba.shape}")
+        if rgba.ndim != 3 or rgba.shape[1:] != (stream.width, self.samples):
+            raise ValueError(f"level {level}: rows must have shape (rows, {stream.width}, {self.samples}), "
+                             f"got {rgba.shape}")
         if row_off is not None and row_off != stream.rows_received:
             raise ValueError(f"level {level}: rows out of order: expected row {stream.rows_received}, got {row_off}")
         if stream.rows_received + rgba.shape[0] > stream.height:
@@ -258,7 +269,7 @@ class StreamingCOGWriter:
         if stream.free:  # reuse: fresh pages would cost a page fault each
             return stream.free.popleft()
         tiles_across = -(-stream.width // self.blocksize)
-        block = np.empty((self.blocksize, tiles_across * self.blocksize, SAMPLES), np.uint8)
+        block = np.empty((self.blocksize, tiles_across * self.blocksize, self.samples), np.uint8)
         block[:, stream.width:] = 0  # TIFF edge tiles are whole tiles: zeros (transparent) beyond the edge
         return block
 
@@ -293,7 +304,7 @@ class StreamingCOGWriter:
                     self._store(stream, data)
                     self.stats.encode_seconds += seconds
                     self.stats.tiles += 1
-                    self.stats.raw_bytes += self.blocksize * self.blocksize * SAMPLES
+                    self.stats.raw_bytes += self.blocksize * self.blocksize * self.samples
                     self.stats.compressed_bytes += len(data)
             except OSError as exc:
                 self._error = UserError(f"{self.path}: could not write the map ({exc.strerror or exc})")
@@ -444,18 +455,22 @@ class StreamingCOGWriter:
         tags = [
             tf.short_or_long(tf.IMAGE_WIDTH, width),
             tf.short_or_long(tf.IMAGE_LENGTH, height),
-            tf.Tag.of(tf.BITS_PER_SAMPLE, tf.SHORT, [8] * SAMPLES),
+            tf.Tag.of(tf.BITS_PER_SAMPLE, tf.SHORT, [8] * self.samples),
             tf.Tag.of(tf.COMPRESSION, tf.SHORT, [self._codec.tiff_id]),
-            tf.Tag.of(tf.PHOTOMETRIC, tf.SHORT, [2]),  # RGB
-            tf.Tag.of(tf.SAMPLES_PER_PIXEL, tf.SHORT, [SAMPLES]),
+            tf.Tag.of(tf.PHOTOMETRIC, tf.SHORT, [self._photometric]),
+            tf.Tag.of(tf.SAMPLES_PER_PIXEL, tf.SHORT, [self.samples]),
             tf.Tag.of(tf.PLANAR_CONFIG, tf.SHORT, [1]),  # pixel-interleaved
             tf.short_or_long(tf.TILE_WIDTH, self.blocksize),
             tf.short_or_long(tf.TILE_LENGTH, self.blocksize),
             tf.Tag.of(tf.TILE_OFFSETS, tf.LONG8 if bigtiff else tf.LONG, tile_offsets),
             tf.Tag.of(tf.TILE_BYTE_COUNTS, tf.LONG, stream.tile_sizes),
-            tf.Tag.of(tf.EXTRA_SAMPLES, tf.SHORT, [2]),  # unassociated alpha: GDAL reports colorinterp alpha
-            tf.Tag.of(tf.SAMPLE_FORMAT, tf.SHORT, [1] * SAMPLES),
+            tf.Tag.of(tf.SAMPLE_FORMAT, tf.SHORT, [1] * self.samples),
         ]
+        if self.samples == SAMPLES:
+            tags.append(tf.Tag.of(tf.EXTRA_SAMPLES, tf.SHORT, [2]))  # unassociated alpha: GDAL's colorinterp alpha
+        if self.colormap is not None:  # every IFD of a palette image needs its colour map
+            table = list(self.colormap) + [(0, 0, 0)] * (256 - len(self.colormap))
+            tags.append(tf.Tag.of(tf.COLORMAP, tf.SHORT, [257 * c[channel] for channel in range(3) for c in table]))
         if self._predictor:
             tags.append(tf.Tag.of(tf.PREDICTOR, tf.SHORT, [2]))
         if index == 0:
@@ -493,7 +508,7 @@ def level_sizes(width: int, height: int, blocksize: int) -> list[tuple[int, int]
 
 
 def georeferencing_tags(
-    crs: rasterio.crs.CRS | str | None, transform: Affine, tags: Mapping[str, str]
+    crs: rasterio.crs.CRS | str | None, transform: Affine, tags: Mapping[str, str], nodata: int | None = None
 ) -> list[tf.Tag]:
     """The GeoTIFF and GDAL metadata tags GDAL itself writes for this CRS, transform and metadata.
 
@@ -504,7 +519,7 @@ def georeferencing_tags(
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with rasterio.MemoryFile() as mem:
             with mem.open(driver="GTiff", width=1, height=1, count=1, dtype="uint8", crs=crs,
-                          transform=transform) as ds:
+                          transform=transform, nodata=nodata) as ds:
                 if tags:
                     ds.update_tags(**{str(k): str(v) for k, v in tags.items()})
             template = tf.read_structure(bytes(mem.getbuffer()))

@@ -3,6 +3,11 @@
 The footprint is an alpha band (RGBA, colour interpretation red/green/blue/alpha): QGIS, GDAL, web viewers
 and COG tilers all treat it as transparency without configuration, and overviews built by GDAL carry it.
 Masked pixels are 0 in every band; there is never a nodata *value* on the RGB bands.
+
+Class maps (``OutputOptions.class_band``) have one uint8 band of class indices instead, with ``NODATA_INDEX``
+as the nodata value for the mask: ``paletted`` with a GDAL colour table (PHOTOMETRIC=palette; GDAL makes the
+nodata entry transparent), ``classes`` without. Both get the class names as GDAL category names in a
+``.aux.xml`` sidecar (GeoTIFF has no tag for them), which QGIS shows as the legend.
 """
 
 from __future__ import annotations
@@ -49,6 +54,20 @@ INTERMEDIATE_COMPRESSION = "zstd"  # the streamed file GDAL turns into a COG: fa
 
 
 @dataclass(frozen=True)
+class ClassBand:
+    """A one-band class map: value i is class ``names[i]``, drawn in ``colours[i]`` when ``paletted``."""
+
+    names: tuple[str, ...]
+    colours: tuple[tuple[int, int, int], ...]
+    paletted: bool
+    nodata: int = 255
+
+    @property
+    def colormap(self) -> list[tuple[int, int, int]] | None:
+        return list(self.colours) if self.paletted else None
+
+
+@dataclass(frozen=True)
 class OutputOptions:
     """How the final map file is encoded."""
 
@@ -57,6 +76,11 @@ class OutputOptions:
     blocksize: int = 512
     overview_resampling: str = "average"
     creation_options: Mapping[str, str] = field(default_factory=dict)  # extra GDAL options, e.g. {"LEVEL": "9"}
+    class_band: ClassBand | None = None  # a one-band class map instead of RGBA
+
+    @property
+    def samples(self) -> int:
+        return 1 if self.class_band is not None else 4
 
     def gdal_options(self) -> dict[str, str]:
         options = {"COMPRESS": self.compress.upper(), "BIGTIFF": "IF_SAFER"}
@@ -82,7 +106,8 @@ def streaming_gdal_env(cache_bytes: int, threads: int | str = "ALL_CPUS") -> Ite
 
 
 class RGBAStripWriter:
-    """Writes an RGBA uint8 raster as consecutive full-width row bands, buffered to whole block rows.
+    """Writes an RGBA (or one-band class) uint8 raster as consecutive full-width row bands, buffered to whole
+    block rows.
 
     Rows must arrive in order. Writes happen one block row at a time, so a compressed tiled GeoTIFF never has
     a half-written block flushed and rewritten. Use from one thread at a time; ``close`` flushes the rest.
@@ -100,27 +125,37 @@ class RGBAStripWriter:
         compress: str,
         blocksize: int = 512,
         extra_options: Mapping[str, str] | None = None,
+        class_band: ClassBand | None = None,
     ) -> None:
         self.width, self.height, self.blocksize = width, height, blocksize
-        options = {"COMPRESS": compress.upper(), "BIGTIFF": "IF_SAFER", "PHOTOMETRIC": "RGB", "ALPHA": "YES"}
+        count = 4 if class_band is None else 1
+        options = {"COMPRESS": compress.upper(), "BIGTIFF": "IF_SAFER"}
+        if class_band is None:
+            options.update(PHOTOMETRIC="RGB", ALPHA="YES")
+        elif class_band.paletted:
+            options["PHOTOMETRIC"] = "PALETTE"
         if compress != "none":
             options["PREDICTOR"] = "2"
         options.update(extra_options or {})
         try:
             self._ds = rasterio.open(
-                path, "w", driver="GTiff", width=width, height=height, count=4, dtype="uint8",
-                crs=crs, transform=transform, tiled=True, blockxsize=blocksize, blockysize=blocksize, **options,
+                path, "w", driver="GTiff", width=width, height=height, count=count, dtype="uint8",
+                crs=crs, transform=transform, tiled=True, blockxsize=blocksize, blockysize=blocksize,
+                nodata=class_band.nodata if class_band is not None else None, **options,
             )
-            self._ds.colorinterp = list(RGBA_INTERP)
+            if class_band is None:
+                self._ds.colorinterp = list(RGBA_INTERP)
+            elif class_band.paletted:
+                self._ds.write_colormap(1, {i: (*c, 255) for i, c in enumerate(class_band.colours)})
             self._ds.update_tags(**tags)
         except RasterioError as exc:
             raise UserError(f"{path}: cannot create the output GeoTIFF ({exc})") from exc
-        self._block = np.empty((4, min(blocksize, height), width), np.uint8)  # one block row, filled in turn
+        self._block = np.empty((count, min(blocksize, height), width), np.uint8)  # one block row, filled in turn
         self._pending_rows = 0  # rows of _block filled
         self._written = 0  # first row not yet written to the file
 
     def write_rows(self, row_off: int, rgba: np.ndarray) -> None:
-        """Queue rows [row_off, row_off + n) as (4, n, width) uint8; writes every complete block row."""
+        """Queue rows [row_off, row_off + n) as (bands, n, width) uint8; writes every complete block row."""
         if row_off != self._written + self._pending_rows:
             raise ValueError(f"rows must arrive in order: expected row {self._written + self._pending_rows}, "
                              f"got {row_off}")
@@ -156,7 +191,7 @@ def finish_output(
     With ``options.cog`` the COG is written to ``final_path`` (internal overviews, compression + predictor,
     BIGTIFF if needed); otherwise ``tiled_path`` must already be ``final_path`` and gets overviews.
     """
-    resampling = options.overview_resampling.upper()
+    resampling = options.overview_resampling.upper() if options.class_band is None else "MODE"  # never average classes
     with rasterio.Env(GDAL_NUM_THREADS="ALL_CPUS"):
         try:
             if options.cog:
@@ -168,9 +203,26 @@ def finish_output(
                 with rasterio.open(final_path, "r+") as ds:
                     factors = overview_factors(ds.width, ds.height, options.blocksize)
                     if factors:
-                        ds.build_overviews(factors, Resampling[options.overview_resampling.lower()])
+                        ds.build_overviews(factors, Resampling[resampling.lower()])
         except RasterioError as exc:
             raise UserError(f"{final_path}: could not write the output ({exc})") from exc
+
+
+def category_sidecar(class_band: ClassBand) -> str:
+    """The ``.aux.xml`` (GDAL PAM) text giving band 1 its category names: value i is ``names[i]``."""
+    from xml.sax.saxutils import escape
+
+    names = "".join(f"      <Category>{escape(name)}</Category>\n" for name in class_band.names)
+    return (f'<PAMDataset>\n  <PAMRasterBand band="1">\n    <CategoryNames>\n{names}    </CategoryNames>\n'
+            "  </PAMRasterBand>\n</PAMDataset>\n")
+
+
+def write_category_sidecar(output: str | os.PathLike[str], class_band: ClassBand) -> None:
+    """``OUTPUT.aux.xml`` beside a finished class map (replaced: it belongs to the map just written)."""
+    from geo_sat2map.atomic import atomic_output
+
+    with atomic_output(f"{os.fspath(output)}.aux.xml", overwrite=True, what="category names") as tmp:
+        tmp.write_text(category_sidecar(class_band), encoding="utf-8")
 
 
 class GDALMapSink:
@@ -201,7 +253,7 @@ class GDALMapSink:
             self._writer = RGBAStripWriter(
                 target, info.width, info.height, info.crs, info.transform, tags,
                 compress=INTERMEDIATE_COMPRESSION if options.cog else options.compress, blocksize=options.blocksize,
-                extra_options=None if options.cog else options.gdal_options(),
+                extra_options=None if options.cog else options.gdal_options(), class_band=options.class_band,
             )
         except BaseException:
             self._remove_stream()
@@ -351,6 +403,8 @@ def open_map_sink(
             level=int(level) if level is not None else None, predictor=bool(_predictor(extra)),
             blocksize=int(extra.get("BLOCKSIZE", options.blocksize)), threads=_threads(extra.get("NUM_THREADS")),
             cog=options.cog, bigtiff={"YES": True, "NO": False}.get(extra.get("BIGTIFF", "").upper()),
+            samples=options.samples, colormap=options.class_band.colormap if options.class_band else None,
+            nodata=options.class_band.nodata if options.class_band else None,
         )
     except ValueError as exc:
         raise UserError(f"--co {' '.join(f'{k}={v}' for k, v in extra.items())}: {exc}") from None

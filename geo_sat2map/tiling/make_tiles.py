@@ -25,6 +25,7 @@ from shapely.geometry.base import BaseGeometry
 from shapely.geometry.polygon import orient
 
 from geo_sat2map.errors import UserError, first_line
+from geo_sat2map.palette import PaletteLearner, load_palette
 from geo_sat2map.progress import progress_bar
 from geo_sat2map.raster_io.pairs import RESAMPLING_METHODS, PairSpec, inspect_pair, open_pair
 from geo_sat2map.scaling import PERCENTILE_KIND, UINT8_KIND, InputScaling
@@ -89,6 +90,7 @@ class MakeTilesConfig:
     bands: tuple[int, ...] | None = None
     split_block: int = 4
     seed: int = 0
+    palette: str | None = None  # palette JSON (or "synthetic") naming the learned map colours
     overwrite: bool = False
 
     @property
@@ -385,9 +387,11 @@ def _require_aoi_hits(plans: Sequence[_PairPlan], aoi: Aoi) -> None:
 
 
 def _stage_tiles(
-    plans: Sequence[_PairPlan], config: MakeTilesConfig, work: Path, skipped: Counter[str], progress: bool
+    plans: Sequence[_PairPlan], config: MakeTilesConfig, work: Path, skipped: Counter[str], progress: bool,
+    palette: PaletteLearner,
 ) -> tuple[list[_Tile], list[InputScaling]]:
-    """Read every candidate window, skip those under --min-valid, write the rest as staged A|B PNGs."""
+    """Read every candidate window, skip those under --min-valid, write the rest as staged A|B PNGs; their
+    valid map pixels go to ``palette``."""
     tile, tiles, scalings = config.tile_size, [], []
     total = sum(len(p.windows) for p in plans)
     with progress_bar(total=total, desc="make-tiles", unit="tile", disable=not progress) as bar, BackgroundWrites() as writes:
@@ -408,6 +412,7 @@ def _stage_tiles(
                         map_rgb = window.map.copy()
                         satellite[:, ~both] = 0  # invalid in either half: black in both, like translate's nodata
                         map_rgb[:, ~both] = 0
+                        palette.add(map_rgb, both)
                         writes.submit(write_pair, stage_path(work, record.id), satellite, map_rgb, both)
                         tiles.append(record)
                     bar.update()
@@ -461,8 +466,10 @@ def make_tiles(
             len(p.windows), p.spec.grid.width, p.spec.grid.height, p.spec.grid.crs_label, p.spec.bands_chosen,
         )
 
+    named = load_palette(config.palette) if config.palette else None
     with dataset_output(out_dir, config.overwrite) as work:
-        tiles, scalings = _stage_tiles(plans, config, work, skipped, progress)
+        learner = PaletteLearner(config.seed)
+        tiles, scalings = _stage_tiles(plans, config, work, skipped, progress, learner)
         if not tiles:
             reasons = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in skipped.items() if v) or "none"
             raise UserError(
@@ -480,6 +487,9 @@ def make_tiles(
         counts, features = _place_tiles(work, tiles, split.splits, specs, tile)
         _warn_about(scalings)
         sizes = [spec.grid.pixel_size for spec in specs]
+        palette = learner.result(named, source="make-tiles maps")
+        if palette is not None:
+            log.info("map palette: %d classes, %s", len(palette.names), palette.kind)
         dataset = {
             "tile_size": tile,
             "resolution": float(np.mean(sizes[0])) if _common(sizes) else None,
@@ -492,6 +502,7 @@ def make_tiles(
                 _image_entry(spec, scaling, sum(1 for f in features if f["properties"]["pair"] == i))
                 for i, (spec, scaling) in enumerate(zip(specs, scalings))
             ],
+            "palette": palette.to_dict() if palette is not None else None,
             "counts": dict(counts),
             "skipped": dict(skipped),
             "command": command,

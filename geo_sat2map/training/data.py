@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from geo_sat2map.errors import UserError, stop_signals
 from geo_sat2map.image_io import probe_image, read_rgb, read_tile_valid, split_pair, tile_mask_path
+from geo_sat2map.palette import Palette, PaletteLearner
 from geo_sat2map.scaling import InputScaling
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -46,6 +47,7 @@ class DatasetInfo:
     crs: str | None = None
     resolution_m: float | None = None  # the pixel size in metres (None: unknown, or an older dataset.json)
     crs_kind: str | None = None
+    palette: Palette | None = None  # the maps' palette from dataset.json (make-tiles learns it)
 
 
 def scan_dataset(data_dir: str | os.PathLike[str]) -> DatasetInfo:
@@ -88,6 +90,8 @@ def scan_dataset(data_dir: str | os.PathLike[str]) -> DatasetInfo:
             crs=manifest.get("crs"),
             resolution_m=float(manifest["resolution_m"]) if manifest.get("resolution_m") is not None else None,
             crs_kind=str(manifest["crs_kind"]) if manifest.get("crs_kind") is not None else None,
+            palette=(Palette.from_dict(manifest["palette"], f"{root / MANIFEST} palette")
+                     if manifest.get("palette") is not None else None),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise UserError(f"{root / MANIFEST}: malformed bands/band_roles/scaling/resolution ({exc}); re-run make-tiles") from None
@@ -99,6 +103,20 @@ def _colour_names(value: Any) -> tuple[str, ...] | None:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise TypeError(f"band_roles {value!r} is not a list of colour names")
     return tuple(value)
+
+
+PALETTE_TILES = 256  # tiles a folder without a learned palette is sampled from (evenly spaced)
+
+
+def training_palette(info: DatasetInfo, seed: int = 0) -> Palette | None:
+    """dataset.json's palette, else one learned from the maps (B halves) of up to ``PALETTE_TILES`` train tiles."""
+    if info.palette is not None:
+        return info.palette
+    step = max(1, len(info.train) // PALETTE_TILES)
+    learner = PaletteLearner(seed)
+    for path in info.train[::step][:PALETTE_TILES]:
+        learner.add(split_pair(read_rgb(path), path)[1])
+    return learner.result(source=f"{len(info.train[::step][:PALETTE_TILES])} train tiles")
 
 
 def check_fits(info: DatasetInfo, crop_size: int) -> None:

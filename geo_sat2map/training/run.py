@@ -48,6 +48,7 @@ from geo_sat2map.training.data import (
     evenly_spaced,
     make_loader,
     scan_dataset,
+    training_palette,
     worker_error,
 )
 from geo_sat2map.training.device_data import DeviceFeed, DeviceTiles, DeviceValSet, WorkerFeed, plan_device_data
@@ -232,6 +233,7 @@ class _Run:
     def run(self) -> TrainSummary:
         config, ctx = self.config, self.ctx
         self.dataset_hash = dataset_hash(self.info) if ctx.is_main else ""
+        self.palette = training_palette(self.info, config.seed) if ctx.is_main else None  # stored in generator.pt
         distributed.barrier(ctx)  # every process has checked its inputs before anything is written
         if ctx.is_main:
             self._prepare_run_dir()
@@ -484,6 +486,7 @@ class _Run:
                 "crs": self.info.crs,
                 "val": {k: v for k, v in record.items() if k.startswith("val_")},
             },
+            palette=self.palette,
         )
         save_generator(path, self.model.G, meta)
 
