@@ -67,9 +67,12 @@ def train_generator(work: Path, args: argparse.Namespace) -> Path:
         ["train", work / "tiles", "-o", work / "run", "--config", ROOT / "configs" / "demo.toml", *overrides,
          "--device", "cpu", "--precision", "fp32"],
     ]
+    # One OpenMP thread by default: on a shared machine, threads waiting for a descheduled sibling make small
+    # CPU models several times slower (as tests/train_fixtures.py notes).
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.train_threads)}
     for command in commands:
         started = time.perf_counter()
-        subprocess.run([*entry_point(), "-q", *map(str, command)], check=True)
+        subprocess.run([*entry_point(), "-q", *map(str, command)], check=True, env=env)
         print(f"geo-sat2map {' '.join(map(str, command))}: {time.perf_counter() - started:.0f} s", flush=True)
     return work / "run" / "generator.pt"
 
@@ -195,17 +198,27 @@ def read_map(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def peak_rss(work: Path, args: argparse.Namespace, weights: Path) -> None:
-    side = args.rss_size
-    scene = make_scene(work / "rss.tif", side, side)
-    print(f"\nPeak RSS of one CLI process, {side}² uint8 scene at 1 m, unet256 ngf {args.rss_ngf}, default options")
+    """Peak RSS of fresh processes. Memory is bounded by the grid's width, not its height, so ``--rss-height``
+    may cut the scene's height to save time (the width, and so the peak, stays)."""
+    width, height = args.rss_size, args.rss_height or args.rss_size
+    scene = make_scene(work / "rss.tif", width, height)
+    print(f"\nPeak RSS of one CLI process, {width} x {height} uint8 scene at 1 m, unet256 ngf {args.rss_ngf}, "
+          "default options")
     print("| --resolution | processing grid | wall s | peak RSS (MB) |")
     print("|---|---|---:|---:|")
     for metres in (0.5, 2.0):
         wall, rss = cli_call(["translate", str(scene), "-o", str(work / "rss-map.tif"), "-w", str(weights),
                               "--device", "cpu", "--precision", "fp32", "--overwrite", "--resolution", str(metres)])
-        grid = round(side / metres)
-        print(f"| {metres:g} ({1 / metres:g}x the pixels per side) | {grid}² | {wall:.0f} | {rss:.0f} |", flush=True)
+        print(f"| {metres:g} | {round(width / metres)} x {round(height / metres)} | {wall:.0f} | {rss:.0f} |",
+              flush=True)
         (work / "rss-map.tif").unlink()
+    if args.rss_model_ngf:  # what a wider generator adds: the same small native call with both widths
+        small = make_scene(work / "rss-small.tif", 1024, 1024)
+        for ngf, path in ((args.rss_ngf, weights),
+                          (args.rss_model_ngf, save_random_generator(work / "rss_model.pt", args.rss_model_ngf))):
+            wall, rss = cli_call(["translate", str(small), "-o", str(work / "rss-map.tif"), "-w", str(path),
+                                  "--device", "cpu", "--precision", "fp32", "--overwrite", "--resolution", "native"])
+            print(f"| native, 1024² scene, ngf {ngf} | 1024 x 1024 | {wall:.0f} | {rss:.0f} |", flush=True)
 
 
 def main() -> None:
@@ -214,6 +227,7 @@ def main() -> None:
     parser.add_argument("--ngf", type=int, default=None, help="accuracy: generator width (default: demo.toml's)")
     parser.add_argument("--epochs", type=int, default=None, help="accuracy: constant-LR epochs (demo.toml's)")
     parser.add_argument("--epochs-decay", type=int, default=None, help="accuracy: decay epochs (demo.toml's)")
+    parser.add_argument("--train-threads", type=int, default=1, help="accuracy: OMP_NUM_THREADS of training")
     parser.add_argument("--scene-resolutions", type=lambda s: [float(v) for v in s.split(",")], default=[3.0, 2.0],
                         help="accuracy: pixel sizes of the unseen scenes, metres")
     parser.add_argument("--speed", action="store_true", help="the stage breakdown (and --before comparison)")
@@ -223,7 +237,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="--before: calls per side")
     parser.add_argument("--rss", action="store_true", help="peak RSS at 0.5x and 2x the pixel size")
     parser.add_argument("--rss-size", type=int, default=8192, help="--rss: scene side, pixels")
+    parser.add_argument("--rss-height", type=int, default=None, help="--rss: scene height (default: square)")
     parser.add_argument("--rss-ngf", type=int, default=4, help="--rss: generator width")
+    parser.add_argument("--rss-model-ngf", type=int, default=64,
+                        help="--rss: also a small native call at this width and at --rss-ngf (0: skip)")
     parser.add_argument("--tmp", default=None, help="work folder parent (default: the system's temporary folder)")
     args = parser.parse_args()
     print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start")
