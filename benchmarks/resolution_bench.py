@@ -4,9 +4,10 @@
     python benchmarks/resolution_bench.py --no-accuracy --speed --rss --before REV
 
 Accuracy (``--accuracy``, on by default): a generator is trained at 1 m on the synthetic city with the demo's
-recipe (examples/demo.py: its two 2048² training scenes, configs/demo.toml; ``--ngf`` and ``--epochs`` make it
-cheaper), then unseen scenes of the same world rendered at 3 m and at 2 m are translated several ways and scored
-with ``evaluate_scene`` against their reference maps (``--palette synthetic`` map-class accuracy):
+recipe (examples/demo.py: its two 2048² training scenes, configs/demo.toml) made cheaper by default (ngf 16,
+3 + 2 epochs: about 11 min in all on 2 busy CPU cores), then unseen scenes of the same world rendered at 3 m and
+at 2 m are translated several ways and scored with ``evaluate_scene`` against their reference maps (``--palette
+synthetic`` map-class accuracy):
 - as before issue 16, on the scene's own pixels (``--resolution native``);
 - by default (``--resolution auto``: a processing grid at the model's 1 m; the map on that grid);
 - ``--resolution auto --output-grid input`` (the map brought back onto the scene's grid);
@@ -17,7 +18,14 @@ CPU checks (random-weights generators of ``--speed-ngf`` / ``--rss-ngf``; the ra
 - ``--speed``: the whole-call breakdown (``TranslateReport.stages``) of a 3x enlarging call, with the share of
   the resampling stage; with ``--before REV`` also ``--resolution native`` against the same call on the code of
   git revision REV (alternating fresh processes; outputs compared pixel for pixel);
-- ``--rss``: peak RSS of one fresh process translating a ``--rss-size``² scene at 0.5x and at 2x its pixel size.
+- ``--rss``: peak RSS of one fresh process translating a ``--rss-size``² scene at 0.5x and at 2x its pixel size
+  (``--rss-height`` shortens the scene: the peak depends on the grid's width).
+
+Measured (issue 16), commands as run:
+    OMP_NUM_THREADS=1 python benchmarks/resolution_bench.py
+    python benchmarks/resolution_bench.py --no-accuracy --speed --speed-size 1024 --speed-ngf 16 --before edabe89
+    python benchmarks/resolution_bench.py --no-accuracy --speed --speed-size 512 --speed-ngf 64
+    python benchmarks/resolution_bench.py --no-accuracy --rss --rss-ngf 64 --rss-height 512 --rss-model-ngf 0
 """
 
 from __future__ import annotations
@@ -224,9 +232,9 @@ def peak_rss(work: Path, args: argparse.Namespace, weights: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--accuracy", action=argparse.BooleanOptionalAction, default=True)
-    parser.add_argument("--ngf", type=int, default=None, help="accuracy: generator width (default: demo.toml's)")
-    parser.add_argument("--epochs", type=int, default=None, help="accuracy: constant-LR epochs (demo.toml's)")
-    parser.add_argument("--epochs-decay", type=int, default=None, help="accuracy: decay epochs (demo.toml's)")
+    parser.add_argument("--ngf", type=int, default=16, help="accuracy: generator width (demo.toml: 32)")
+    parser.add_argument("--epochs", type=int, default=3, help="accuracy: constant-LR epochs (demo.toml: 3)")
+    parser.add_argument("--epochs-decay", type=int, default=2, help="accuracy: decay epochs (demo.toml: 3)")
     parser.add_argument("--train-threads", type=int, default=1, help="accuracy: OMP_NUM_THREADS of training")
     parser.add_argument("--scene-resolutions", type=lambda s: [float(v) for v in s.split(",")], default=[3.0, 2.0],
                         help="accuracy: pixel sizes of the unseen scenes, metres")
