@@ -148,7 +148,7 @@ def accuracy_table(work: Path, args: argparse.Namespace) -> None:
     print("|---|" + "---:|" * len(tags))
     for label, key in rows:
         print(f"| {label} | " + " | ".join(columns[t][key] for t in tags) + " |")
-    print(f"| (a 1 m scene of the same world, as today) | " + " | ".join([today_1m] * len(tags)) + " |", flush=True)
+    print("| (a 1 m scene of the same world, as today) | " + " | ".join([today_1m] * len(tags)) + " |", flush=True)
 
 
 def stage_breakdown(work: Path, args: argparse.Namespace, weights: Path) -> None:
