@@ -115,10 +115,11 @@ def run_translate(scene: Path, weights: Path, out: Path, device: str, **options:
                                      progress=False, **options))  # type: ignore[arg-type]
 
 
-def cli_call(args: list[str]) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MB) of ``python -m geo_sat2map ARGS`` in a fresh interpreter."""
+def cli_call(args: list[str], **popen: object) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MB) of ``python -m geo_sat2map ARGS`` in a fresh interpreter (``popen``: e.g.
+    ``env`` and ``cwd`` to run another checkout's code)."""
     start = time.perf_counter()
-    process = subprocess.Popen([sys.executable, "-m", "geo_sat2map", "-q", *args])
+    process = subprocess.Popen([sys.executable, "-m", "geo_sat2map", "-q", *args], **popen)  # type: ignore[call-overload]
     _, status, usage = os.wait4(process.pid, 0)
     wall = time.perf_counter() - start
     if os.waitstatus_to_exitcode(status) != 0:
