@@ -269,21 +269,44 @@ class GridRows:
             image[(slice(None), *inside)] = np.where(valid, data, np.nan)
             validity[inside] = valid
         src_transform = src_t @ Affine.translation(-halo, s0)
-        warped = np.full((bands, rows, grid.width), np.nan, np.float32)
-        fraction = np.zeros((rows, grid.width), np.float32)
         common = dict(src_transform=src_transform, src_crs=source.crs, dst_transform=dst_transform,
                       dst_crs=source.crs)
         started = time.perf_counter()
-        reproject(image, warped, src_nodata=np.nan, dst_nodata=np.nan,
-                  resampling=Resampling[grid.resampling], **common)
-        # The valid share of each grid pixel's ground (area-weighted, also when enlarging); nearest stays nearest.
-        mask_method = Resampling.nearest if grid.resampling == "nearest" else Resampling.average
-        reproject(validity, fraction, resampling=mask_method, **common)
+        warped, fraction = _warp_rows(image, validity, grid.resampling, (rows, grid.width), common)
         valid = (fraction >= VALID_FRACTION - 1e-6) & np.isfinite(warped).all(axis=0)
         block = _to_source_dtype(warped, valid, source.dtype), valid
         with self._lock:
             self.resample_seconds += time.perf_counter() - started
         return block
+
+
+# Linear methods are warped as [values x validity, validity] without a nodata value and normalised afterwards:
+# the same weighted mean of the valid pixels, but GDAL's fast path (NaN nodata takes its slow per-pixel one).
+_NORMALISED = ("average", "bilinear")
+
+
+def _warp_rows(
+    image: np.ndarray, validity: np.ndarray, method: str, shape: tuple[int, int], common: dict
+) -> tuple[np.ndarray, np.ndarray]:
+    """Warped values (NaN where no valid source pixel contributes) and the valid share of each pixel's ground
+    (area-weighted whatever the image's method; nearest stays nearest)."""
+    bands = image.shape[0]
+    fraction = np.zeros(shape, np.float32)
+    mask_method = Resampling.nearest if method == "nearest" else Resampling.average
+    if method in _NORMALISED:
+        weighted = np.concatenate([np.nan_to_num(image, nan=0.0) * validity, validity[None]])
+        out = np.zeros((bands + 1, *shape), np.float32)
+        reproject(weighted, out, resampling=Resampling[method], **common)
+        weight = out[bands]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            warped = np.where(weight > 1e-6, out[:bands] / weight, np.nan).astype(np.float32)
+        if method == "average":
+            return warped, weight
+    else:
+        warped = np.full((bands, *shape), np.nan, np.float32)
+        reproject(image, warped, src_nodata=np.nan, dst_nodata=np.nan, resampling=Resampling[method], **common)
+    reproject(validity, fraction, resampling=mask_method, **common)
+    return warped, fraction
 
 
 def _to_source_dtype(warped: np.ndarray, valid: np.ndarray, dtype: str) -> np.ndarray:
