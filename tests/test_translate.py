@@ -273,11 +273,13 @@ def test_cli_choices_match_the_library():
 
 
 class CliRunnerWithLog:
-    """Runs translate without -q, so the log lines (scaling, warnings) are in the output."""
+    """Runs translate without -q, so the log lines (scaling, warnings) are in the output (on the CPU at fp32,
+    which the expectations are)."""
 
     def invoke(self, src, out, weights, *extra):
         from click.testing import CliRunner
 
         from geo_sat2map.cli import cli
 
-        return CliRunner().invoke(cli, ["translate", str(src), "-o", str(out), "-w", str(weights), *extra])
+        return CliRunner().invoke(cli, ["translate", str(src), "-o", str(out), "-w", str(weights), "--device", "cpu",
+                                        "--precision", "fp32", *extra])

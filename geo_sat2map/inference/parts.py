@@ -107,7 +107,7 @@ def translate_in_parts(config: TranslateConfig) -> PartsReport:
     work = work_folder(output)
     with process_group(config.device) as (ctx, device):
         config = replace(config, device=str(device), fixed_batch=True, progress=config.progress and ctx.is_main)
-        run = _prepare(config)
+        run = _prepare(config, ctx=ctx)
         bands = RowBand.split(run.grid, ctx.world_size)
         tags = _output_tags(config, run)
         if ctx.is_main:

@@ -26,10 +26,12 @@ import torch
 from geo_sat2map import __version__
 from geo_sat2map.atomic import atomic_output, check_output_path, file_sha256
 from geo_sat2map.checkpoint import GeneratorMeta, LoadedGenerator, load_generator
-from geo_sat2map.device import precision_name, resolve_device, resolve_precision
+from geo_sat2map.device import resolve_device, resolve_precision
 from geo_sat2map.errors import UserError
 from geo_sat2map.inference.engine import StreamEngine, to_device
 from geo_sat2map.inference.identity import RUN_ID_TAG, run_id
+from geo_sat2map.inference.precision import Precision, inference_precision
+from geo_sat2map.inference.ranks import from_main
 from geo_sat2map.inference.runner import GeneratorRunner, StageClock
 from geo_sat2map.inference.stages import ChunkReader, RowWriter
 from geo_sat2map.models import NORM_MODES, InferenceGenerator
@@ -44,6 +46,7 @@ from geo_sat2map.raster_io.output import (
 )
 from geo_sat2map.raster_io.strips import RowReader, streaming_dtype
 from geo_sat2map.scaling import UINT8_KIND, InputScaling
+from geo_sat2map.training.distributed import DistContext
 from geo_sat2map.windows import BLEND_MODES, DEFAULT_BLEND, RowBand, WindowGrid
 
 log = logging.getLogger("geo_sat2map")
@@ -53,6 +56,7 @@ TILE_MULTIPLE = 256  # both generator families downsample 8 times
 SCALING_MODES = ("auto", "scene")
 DEFAULT_BATCH = {"cpu": 4, "cuda": 16, "mps": 8}
 READ_THREADS = {"cpu": 1, "cuda": 4, "mps": 2}  # reading only has to keep up with the device
+PRECISION_TAG = "PRECISION"  # the resolved compute precision (fp32, bf16 or fp16)
 
 
 @dataclass(frozen=True)
@@ -140,7 +144,7 @@ def translate(config: TranslateConfig, model: LoadedGenerator | None = None) -> 
     report = TranslateReport(
         output=run.output, width=run.info.width, height=run.info.height, tile_size=run.grid.tile,
         overlap=run.grid.overlap, blend=config.blend, batch_size=run.batch_size, device=str(run.device),
-        precision=precision_name(run.dtype), norm_mode=run.norm_mode, scaling=run.scaling, windows=len(run.grid),
+        precision=run.precision.name, norm_mode=run.norm_mode, scaling=run.scaling, windows=len(run.grid),
         windows_run=stream.windows_run, stream_seconds=stream.seconds, model_seconds=stages.get("generator", 0.0),
         seconds=time.perf_counter() - started, stages=stages, compile_seconds=stream.compile_seconds,
         peak_device_bytes=stream.peak_device_bytes,
@@ -189,21 +193,28 @@ class _Run:
     model_file: str
     sha256: Future[str]  # hashed on a thread while the model loads
     device: torch.device
-    dtype: torch.dtype
+    precision: Precision
     batch_size: int
     norm_mode: str
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.precision.dtype
 
-def _prepare(config: TranslateConfig, model: LoadedGenerator | None = None) -> _Run:
+
+def _prepare(
+    config: TranslateConfig, model: LoadedGenerator | None = None, ctx: DistContext | None = None
+) -> _Run:
     """Validate options, output path, input and weights (cheapest first); load the model (unless ``model`` is
-    the checkpoint already loaded); plan the grid.
+    the checkpoint already loaded); plan the grid; resolve the precision (under torchrun: rank 0's ``ctx``
+    choice, so every part is made alike).
 
     Slow start-up work overlaps: the device starts (CUDA context) and the checkpoint is hashed on threads while
     the checkpoint is unpickled and the network built."""
     _check_options(config)
     output = check_output_path(config.output, config.overwrite, "output")
     device = resolve_device(config.device)
-    dtype = resolve_precision(config.precision, device)
+    resolve_precision(config.precision, device)  # a bad --precision fails before the model loads
     if device.type == "cuda":
         threading.Thread(target=_start_device, args=(device,), name="cuda-init", daemon=True).start()
     with open_raster(config.input) as ds:
@@ -228,17 +239,39 @@ def _prepare(config: TranslateConfig, model: LoadedGenerator | None = None) -> _
     norm_mode = config.norm_stats or loaded.meta.norm_mode
     grid = WindowGrid.build(info.height, info.width, tile, overlap, origin=_lattice_origin(info))
     _warn_on_resolution(info, loaded.meta)
+    network = loaded.for_inference(norm_mode)
+    precision = run_precision(config, loaded.meta, network, device, ctx)
 
     log.info("input: %s (%d x %d, %s, bands %s)", config.input, info.width, info.height, info.dtype,
              ",".join(map(str, bands)))
     log.info("scaling: %s (%s)", scaling.describe(), scaling_source)
     log.info("model: %s %s width %d, norm stats %s, on %s %s, batch %d%s", loaded.path.name, loaded.meta.arch,
-             loaded.meta.width, norm_mode, device, precision_name(dtype), batch_size,
-             ", compiled" if config.compile else "")
+             loaded.meta.width, norm_mode, device, precision.name, batch_size, ", compiled" if config.compile else "")
+    log.info("precision: %s (%s%s)", precision.name, precision.reason,
+             f"; measuring took {precision.seconds:.1f} s" if precision.seconds else "")
     log.info("windows: %d (%d x %d) of %d px, overlap %d, blend %s", len(grid), *grid.shape, tile, overlap,
              config.blend)
-    return _Run(output, info, bands, scaling, grid, loaded.for_inference(norm_mode), loaded.path.name, sha256, device,
-                dtype, batch_size, norm_mode)
+    return _Run(output, info, bands, scaling, grid, network, loaded.path.name, sha256, device, precision, batch_size,
+                norm_mode)
+
+
+def run_precision(
+    config: TranslateConfig, meta: GeneratorMeta, network: InferenceGenerator, device: torch.device,
+    ctx: DistContext | None = None,
+) -> Precision:
+    """The compute precision of a run of ``config`` with ``network`` (built from a checkpoint with ``meta``);
+    under torchrun (``ctx``) rank 0's choice, so that every process computes alike."""
+
+    def choose() -> Precision:
+        return inference_precision(
+            config.precision, device, network, config.tile_size or _checkpoint_tile(meta),
+            config.batch_size or DEFAULT_BATCH.get(device.type, 4), meta.arch, meta.width,
+            config.norm_stats or meta.norm_mode,
+        )
+
+    if ctx is None or not ctx.enabled:
+        return choose()
+    return from_main(ctx, choose() if ctx.is_main else None)  # type: ignore[return-value]
 
 
 def _done(value: str) -> Future[str]:
@@ -401,6 +434,7 @@ def _output_tags(config: TranslateConfig, run: _Run) -> dict[str, str]:
         "INPUT_BANDS": ",".join(map(str, run.bands)),
         "INPUT_SCALING": json.dumps(run.scaling.to_dict()),
         "SOURCE": Path(config.input).name,
-        RUN_ID_TAG: run_id(config, model_sha256, precision_name(run.dtype)),
+        PRECISION_TAG: run.precision.name,
+        RUN_ID_TAG: run_id(config, model_sha256, run.precision.name),
     }
 

@@ -1,0 +1,74 @@
+"""``--precision`` for translate and evaluate: the dtype asked for, or, for ``auto`` on the CPU, the one that
+runs the run's own generator faster (measured on a few batches, then cached: see ``cpu_precision``)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from geo_sat2map.cpu_precision import choose_on_cpu
+from geo_sat2map.device import precision_name, resolve_precision
+from geo_sat2map.inference.runner import GeneratorRunner, StageClock
+from geo_sat2map.models import InferenceGenerator
+
+# Probe batches of at most 2 windows: batch 1 understates bf16's gain (1.2-1.5x where batch 8 gains 2x), and
+# larger batches would cost more than the ~1 s the probe may add to a first run (ngf 64: 2 windows take
+# 0.25 s at fp32, 0.15 s at bf16).
+PROBE_BATCH = 2
+PROBE_ROUNDS = 3  # timed rounds of fp32 then bf16, after one warm-up round; the fastest of each counts
+PROBE_BUDGET_S = 1.0  # no further round once the timed rounds took this long (large tiles)
+
+
+@dataclass(frozen=True)
+class Precision:
+    """The resolved compute dtype, why, and what deciding it cost (seconds of measurement, 0 when cached)."""
+
+    dtype: torch.dtype
+    reason: str
+    seconds: float = 0.0
+
+    @property
+    def name(self) -> str:
+        return precision_name(self.dtype)
+
+
+def inference_precision(
+    spec: str, device: torch.device, model: InferenceGenerator, tile: int, batch_size: int, arch: str, width: int,
+    norm_mode: str,
+) -> Precision:
+    """The dtype for ``--precision spec`` running ``model`` (``arch`` of ``width``) on batches of ``tile``-px
+    windows."""
+    dtype = resolve_precision(spec, device)
+    if spec != "auto":
+        return Precision(dtype, f"--precision {spec}")
+    if device.type != "cpu":
+        return Precision(dtype, f"auto on {device.type}: " + (
+            "bf16, which this GPU supports" if dtype == torch.bfloat16 else "fp32 (no bf16 here)"))
+    batch = min(batch_size, PROBE_BATCH)
+    shape = {"arch": arch, "width": width, "norm": norm_mode, "tile": tile, "batch": batch}
+    choice = choose_on_cpu("generator", shape, lambda: time_generator(model, tile, batch), "window")
+    return Precision(choice.dtype, f"auto: {choice.reason}", choice.seconds)
+
+
+def time_generator(model: InferenceGenerator, tile: int, batch: int) -> tuple[float, float]:
+    """Seconds per window of ``model`` on the CPU at fp32 and at bf16, run as the engine runs it
+    (``GeneratorRunner``, denormals flushed) on random input; rounds alternate the two, so a busy spell on a
+    shared machine slows both, and the fastest round of each counts."""
+    cpu = torch.device("cpu")
+    runners = [GeneratorRunner(model, cpu, dtype, StageClock(cpu)) for dtype in (torch.float32, torch.bfloat16)]
+    windows = torch.rand(batch, 3, tile, tile, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    best = [float("inf")] * len(runners)
+    with runners[0].active():
+        for runner in runners:  # warm-up: oneDNN builds its kernels for this shape and dtype
+            runner(windows)
+        started = time.perf_counter()
+        for _ in range(PROBE_ROUNDS):
+            for index, runner in enumerate(runners):
+                begun = time.perf_counter()
+                runner(windows)
+                best[index] = min(best[index], (time.perf_counter() - begun) / batch)
+            if time.perf_counter() - started > PROBE_BUDGET_S:
+                break
+    return best[0], best[1]
