@@ -7,7 +7,7 @@ import logging
 
 import torch
 
-from geo_sat2map.cpu_precision import native_bf16
+from geo_sat2map import cpu_precision
 from geo_sat2map.errors import UserError
 
 log = logging.getLogger("geo_sat2map")
@@ -53,7 +53,7 @@ def resolve_precision(spec: str, device: torch.device) -> torch.dtype:
     dtype = _DTYPES[spec]
     if dtype == torch.float16 and device.type == "cpu":
         raise UserError("--precision fp16: half precision is only supported on a GPU; use bf16 or fp32 on CPU")
-    if dtype == torch.bfloat16 and device.type == "cpu" and native_bf16() is None:
+    if dtype == torch.bfloat16 and device.type == "cpu" and cpu_precision.native_bf16() is None:
         _warn_emulated_bf16()
     return dtype
 
