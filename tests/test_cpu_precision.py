@@ -185,3 +185,21 @@ def test_evaluate_auto_on_the_cpu_measures_the_tiles_shape(tmp_path, weights, ca
     assert result.exit_code == 0, result.output
     assert calls == [(256, 1)] and "precision: bf16 (auto: measured bf16 faster" in result.output
     assert json.loads((tmp_path / "r.json").read_text())["inputs"]["precision"] == "bf16"
+
+
+@pytest.mark.slow
+def test_compile_on_a_cpu_without_a_compiler_falls_back_to_eager_with_one_line(
+        tmp_path, weights, scene, monkeypatch):
+    """inductor's C++ backend needs the system compiler; without one translate --compile says so once and runs
+    eager (~15 s of tracing first). A real compile is too slow for the suite (100 s at ngf 8 on 2 busy cores):
+    benchmarks/translate_bench.py --device cpu --compile times it."""
+    import torch._inductor.config as inductor
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # no kernel compiled earlier
+    monkeypatch.setattr(inductor.cpp, "cxx", (str(tmp_path / "no-such-c++"),))
+    monkeypatch.setattr(inductor, "fx_graph_cache", False)
+    result = ok(translate(scene, tmp_path / "compiled.tif", weights, "--precision", "bf16", "--compile"))
+    warnings = [line for line in result.output.splitlines() if "--compile" in line]
+    assert len(warnings) == 1 and "torch.compile failed" in warnings[0] and "running eager" in warnings[0]
+    ok(translate(scene, tmp_path / "eager.tif", weights, "--precision", "bf16"))
+    assert np.array_equal(read(tmp_path / "compiled.tif")[0], read(tmp_path / "eager.tif")[0])
