@@ -65,7 +65,7 @@ def choose_precision(
     if device.type == "cpu":
         return _choose_on_cpu(config, device, ctx, stored)
     if device.type != "cuda":
-        return PrecisionChoice(torch.float32, f"{device.type}: reduced precision is for CUDA GPUs and CPUs",
+        return PrecisionChoice(torch.float32, f"{device.type}: auto is fp32 here (it measures on CUDA and CPUs)",
                                cuda=False)
     gpu = torch.cuda.get_device_name(device)
     if stored and stored.get("gpu") == gpu and stored.get("batch_size") == config.batch_size:
