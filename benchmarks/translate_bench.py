@@ -263,13 +263,13 @@ def probe_cost(weights: Path) -> None:
     loaded = load_generator(weights)
     network = loaded.for_inference()
     os.environ[CACHE_ENV] = tempfile.mkdtemp(prefix="precision-cache-")
-    print("\nauto's probe (network of the run above, batch 8): seconds added per call")
+    print("\nauto's probe (the network of the run above): seconds added per call")
     print("| call | seconds | chose | why |")
     print("|---|---:|---|---|")
     for call in ("first", "later"):
         started = time.perf_counter()
-        chosen = inference_precision("auto", torch.device("cpu"), network, 256, 8, loaded.meta.arch,
-                                     loaded.meta.width, loaded.meta.norm_mode)
+        chosen = inference_precision("auto", torch.device("cpu"), network, 256, loaded.meta.arch, loaded.meta.width,
+                                     loaded.meta.norm_mode)
         print(f"| {call} | {time.perf_counter() - started:.3f} | {chosen.name} | {chosen.reason} |", flush=True)
 
 

@@ -325,8 +325,8 @@ def evaluate_dataset(
     def flush(batch: list[tuple[np.ndarray, np.ndarray]]) -> None:
         inputs = torch.from_numpy(np.stack([scaling.to_unit(a) for a, _ in batch])).to(torch_device)
         if not chosen:
-            chosen.append(inference_precision(precision, torch_device, net, inputs.shape[-1], batch_size,
-                                              loaded.meta.arch, loaded.meta.width, norm_mode or loaded.meta.norm_mode))
+            chosen.append(inference_precision(precision, torch_device, net, inputs.shape[-1], loaded.meta.arch,
+                                              loaded.meta.width, norm_mode or loaded.meta.norm_mode))
             log.info("precision: %s (%s)", chosen[0].name, chosen[0].reason)
         dtype = chosen[0].dtype
         with torch.inference_mode(), torch.autocast(torch_device.type, dtype=dtype, enabled=dtype != torch.float32):

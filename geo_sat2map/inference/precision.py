@@ -13,9 +13,10 @@ from geo_sat2map.device import precision_name, resolve_precision
 from geo_sat2map.inference.runner import GeneratorRunner, StageClock
 from geo_sat2map.models import InferenceGenerator
 
-# Probe batches of at most 2 windows: batch 1 understates bf16's gain (1.2-1.5x where batch 8 gains 2x), and
-# larger batches would cost more than the ~1 s the probe may add to a first run (ngf 64: 2 windows take
-# 0.25 s at fp32, 0.15 s at bf16).
+# Probe batches of 2 windows, whatever the run's batch size (which must never change the result, so it must not
+# change the choice either): batch 1 understates bf16's gain (1.2-1.5x where batch 8 gains 2x), and larger
+# batches would cost more than the ~1 s the probe may add to a first run (ngf 64: 2 windows take 0.25 s at
+# fp32, 0.15 s at bf16).
 PROBE_BATCH = 2
 PROBE_ROUNDS = 3  # timed rounds of fp32 then bf16, after one warm-up round; the fastest of each counts
 PROBE_BUDGET_S = 1.0  # no further round once the timed rounds took this long (large tiles)
@@ -35,20 +36,17 @@ class Precision:
 
 
 def inference_precision(
-    spec: str, device: torch.device, model: InferenceGenerator, tile: int, batch_size: int, arch: str, width: int,
-    norm_mode: str,
+    spec: str, device: torch.device, model: InferenceGenerator, tile: int, arch: str, width: int, norm_mode: str
 ) -> Precision:
-    """The dtype for ``--precision spec`` running ``model`` (``arch`` of ``width``) on batches of ``tile``-px
-    windows."""
+    """The dtype for ``--precision spec`` running ``model`` (``arch`` of ``width``) on ``tile``-px windows."""
     dtype = resolve_precision(spec, device)
     if spec != "auto":
         return Precision(dtype, f"--precision {spec}")
     if device.type != "cpu":
         return Precision(dtype, f"auto on {device.type}: " + (
             "bf16, which this GPU supports" if dtype == torch.bfloat16 else "fp32 (no bf16 here)"))
-    batch = min(batch_size, PROBE_BATCH)
-    shape = {"arch": arch, "width": width, "norm": norm_mode, "tile": tile, "batch": batch}
-    choice = choose_on_cpu("generator", shape, lambda: time_generator(model, tile, batch), "window")
+    shape = {"arch": arch, "width": width, "norm": norm_mode, "tile": tile}
+    choice = choose_on_cpu("generator", shape, lambda: time_generator(model, tile, PROBE_BATCH), "window")
     return Precision(choice.dtype, f"auto: {choice.reason}", choice.seconds)
 
 

@@ -263,11 +263,8 @@ def run_precision(
     under torchrun (``ctx``) rank 0's choice, so that every process computes alike."""
 
     def choose() -> Precision:
-        return inference_precision(
-            config.precision, device, network, config.tile_size or _checkpoint_tile(meta),
-            config.batch_size or DEFAULT_BATCH.get(device.type, 4), meta.arch, meta.width,
-            config.norm_stats or meta.norm_mode,
-        )
+        return inference_precision(config.precision, device, network, config.tile_size or _checkpoint_tile(meta),
+                                   meta.arch, meta.width, config.norm_stats or meta.norm_mode)
 
     if ctx is None or not ctx.enabled:
         return choose()
