@@ -132,11 +132,20 @@ def _write_cache(path: Path, key: str, entry: dict[str, Any]) -> None:
         log.debug("could not write the precision cache %s: %s", path, exc)
 
 
+def measure_clock() -> float:
+    """What the probes time with: the CPU time of the calling thread, torch running on that one thread. On a
+    machine shared with other jobs, wall time measures the other jobs as much as the network (a 0.1 s call can
+    take 2 s, and which precision that hits is chance); a thread's own CPU time does not count the time it
+    waits, and one thread has no other thread to wait for. bf16's gain is per core, so one core tells it."""
+    return time.thread_time()
+
+
 def choose_on_cpu(
     kind: str, shape: Mapping[str, Any], measure: Callable[[], tuple[float, float]], unit: str
 ) -> CpuChoice:
     """``auto`` on the CPU for a network of ``shape``: fp32 without native bf16; otherwise the cached choice,
-    or a new measurement (``measure()``: seconds per ``unit`` of the run's work at fp32 and at bf16)."""
+    or a new measurement (``measure()``: seconds per ``unit`` of the run's work at fp32 and at bf16, timed with
+    ``measure_clock`` while torch runs on one thread)."""
     instructions = native_bf16()
     if instructions is None:
         return CpuChoice("fp32", "this CPU has no native bf16 (avx512_bf16 or AMX), so bf16 would be slower")
@@ -146,7 +155,12 @@ def choose_on_cpu(
     if isinstance(entry, dict) and entry.get("precision") in ("fp32", "bf16") and isinstance(entry.get("reason"), str):
         return CpuChoice(entry["precision"], f"{entry['reason']}; cached in {path}")
     started = time.perf_counter()
-    fp32, bf16 = measure()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # see measure_clock
+    try:
+        fp32, bf16 = measure()
+    finally:
+        torch.set_num_threads(threads)
     fast = fp32 > BF16_MARGIN * bf16
     reason = (
         f"measured {'bf16' if fast else 'fp32'} faster on this CPU ({instructions}): {bf16 * 1000:.0f} ms per {unit} at "

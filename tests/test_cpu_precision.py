@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import torch
 import pytest
 from click.testing import CliRunner
 
@@ -203,3 +204,21 @@ def test_compile_on_a_cpu_without_a_compiler_falls_back_to_eager_with_one_line(
     assert len(warnings) == 1 and "torch.compile failed" in warnings[0] and "running eager" in warnings[0]
     ok(translate(scene, tmp_path / "eager.tif", weights, "--precision", "bf16"))
     assert np.array_equal(read(tmp_path / "compiled.tif")[0], read(tmp_path / "eager.tif")[0])
+
+
+def test_the_probe_runs_on_one_thread_and_restores_the_thread_count(cache, native):
+    """CPU time of one thread is what the probe compares (robust on a shared machine); the run's threads return."""
+    seen = []
+
+    def measure():
+        seen.append(torch.get_num_threads())
+        return 0.2, 0.1
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        choice = cpu_precision.choose_on_cpu("test", {"width": 1}, measure, "unit")
+        assert seen == [1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert choice.precision == "bf16" and choice.seconds > 0 and "200 ms at fp32" in choice.reason

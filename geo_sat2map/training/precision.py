@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from geo_sat2map.cpu_precision import choose_on_cpu, cpu_model
+from geo_sat2map.cpu_precision import choose_on_cpu, cpu_model, measure_clock
 from geo_sat2map.device import precision_name, resolve_precision
 from geo_sat2map.training import distributed
 from geo_sat2map.training.config import TrainConfig
@@ -127,6 +127,7 @@ def measure_steps_per_s(
     """Training steps/s of throwaway networks of ``config``'s size on random tiles, stepped eagerly or as a CUDA
     graph (as the run will step). Leaves the random streams as it found them."""
     cuda = device.type == "cuda"
+    clock = time.perf_counter if cuda else measure_clock  # on the CPU: one thread's CPU time (choose_on_cpu)
     with torch.random.fork_rng(devices=[device] if cuda else []):
         model = Pix2Pix(config, device, dtype, DistContext(), graphed=graphed)
         shape = (config.batch_size, 3, config.crop_size, config.crop_size)
@@ -137,11 +138,11 @@ def measure_steps_per_s(
         for _ in range(warmup):  # cuDNN's (oneDNN's) kernel choice, and the capture
             run(raw)
         _sync(device)
-        started = time.perf_counter()
+        started = clock()
         for _ in range(steps):
             run(raw)
         _sync(device)
-        elapsed = time.perf_counter() - started
+        elapsed = clock() - started
     del model, run
     if cuda:
         torch.cuda.empty_cache()
