@@ -224,7 +224,7 @@ def test_auto_precision_on_cpu_is_measured_stored_and_kept_on_resume(data, tmp_p
                         steps_per_s[dtype])
     base = {"ngf": 8, "ndf": 8, "epochs": 1, "epochs_decay": 0, "load_size": 256, "workers": 0, "device": "cpu"}
     first = train(data, tmp_path / "run", overrides=base, progress=False)
-    assert first.setup["precision"] == "bf16" and first.setup["precision_reason"].startswith("measured bf16 faster")
+    assert first.setup["precision"] == "bf16" and first.setup["precision_reason"].startswith("measured on this CPU")
     record = _checkpoint(tmp_path / "run")["auto_precision"]
     assert record["precision"] == "bf16" and record["cpu"] == cpu_precision.cpu_model() and record["batch_size"] == 1
     # Resumed where the probe would now pick fp32 (and nothing is cached): the run keeps bf16, so it continues exactly.
@@ -235,7 +235,7 @@ def test_auto_precision_on_cpu_is_measured_stored_and_kept_on_resume(data, tmp_p
     assert resumed.setup["precision_reason"].startswith("kept from the start of this run")
     # A new run of the same shape measures again (the cache is gone) and now keeps fp32.
     fresh = train(data, tmp_path / "fresh", overrides=base, progress=False)
-    assert fresh.setup["precision"] == "fp32" and "bf16 is kept only when over" in fresh.setup["precision_reason"]
+    assert fresh.setup["precision"] == "fp32" and ", 0.50x; bf16 is kept when over" in fresh.setup["precision_reason"]
 
 
 def test_resume_refuses_another_width_and_leaves_the_run_alone(straight_run, data):
