@@ -177,7 +177,7 @@ def _print_table(rows: list[dict[str, object]]) -> None:
         peak = row.get("gpu_peak_bytes")
         memory = f"{peak / 1024**3:.1f}" if isinstance(peak, int) else "-"
         print(f"| {row['batch']} | {row['variant']} | {row['step']} | {row['data']} | {row['precision']} "
-              f"| {row['steps_per_s']:.1f} | {row['tiles_per_s']:.0f} | {seconds(row, 'precision_seconds')} "
+              f"| {row['steps_per_s']:.2f} | {row['tiles_per_s']:.0f} | {seconds(row, 'precision_seconds')} "
               f"| {seconds(row, 'upload_seconds')} | {seconds(row, 'capture_seconds')} | {memory} |")
     print()
     for row in rows:
