@@ -14,10 +14,12 @@ excluded). "plain" is the loop below. Each is run `--repeats` times, alternating
 memory, the step as one CUDA graph, precision "auto" measured) at each `--batches` size, ngf/ndf 64, the
 recipe's augmentation; with `--baseline` also the eager step fed by DataLoader workers (the path before the
 GPU work; fp32 at batch 1, bf16 above, as measured then), with `--nchw` the default path with
-`channels_last = false`. Rates are epoch 2's (`--epochs`); one-time costs
+`channels_last = false`, with `--fp32` the default path at `precision = "fp32"` (what "auto" gains). Rates are epoch 2's (`--epochs`); one-time costs
 (precision measurement, tile upload, graph capture) and the peak GPU memory are listed beside them.
 `--device cpu --table` runs the same table on the CPU (tiles kept in memory, eager step), e.g. with
-`--tiles 4 --ngf 8` as a quick check that the script works.
+`--tiles 4 --ngf 8` as a quick check that the script works; `--device cpu --table --fp32 --batches 1 --tiles 24
+--epochs 2 --workers 0` times a CPU epoch at the default precision (auto: bf16 where the CPU has it natively)
+against fp32.
 """
 
 from __future__ import annotations
@@ -146,6 +148,8 @@ def acceptance_table(args: argparse.Namespace) -> list[dict[str, object]]:
         for batch in args.batches:
             ours = {"device_data": "auto" if cuda else "on"}
             variants = [("ours", ours)] + ([("ours, NCHW", {**ours, "channels_last": False})] if args.nchw else [])
+            if args.fp32:
+                variants.append(("ours, fp32", {**ours, "precision": "fp32"}))
             if args.baseline:
                 before = "bf16" if cuda and batch > 1 else "fp32"
                 variants.append(("before", {"cuda_graph": False, "device_data": "off", "precision": before}))
@@ -174,7 +178,7 @@ def _print_table(rows: list[dict[str, object]]) -> None:
         peak = row.get("gpu_peak_bytes")
         memory = f"{peak / 1024**3:.1f}" if isinstance(peak, int) else "-"
         print(f"| {row['batch']} | {row['variant']} | {row['step']} | {row['data']} | {row['precision']} "
-              f"| {row['steps_per_s']:.1f} | {row['tiles_per_s']:.0f} | {seconds(row, 'precision_seconds')} "
+              f"| {row['steps_per_s']:.2f} | {row['tiles_per_s']:.0f} | {seconds(row, 'precision_seconds')} "
               f"| {seconds(row, 'upload_seconds')} | {seconds(row, 'capture_seconds')} | {memory} |")
     print()
     for row in rows:
@@ -196,6 +200,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--baseline", action="store_true", help="table: add the eager + DataLoader-workers rows")
     parser.add_argument("--nchw", action="store_true", help="table: add rows with channels_last = false")
     parser.add_argument("--json", type=Path, help="table: write its rows to this JSON file")
+    parser.add_argument("--fp32", action="store_true", help="table: add rows with precision = fp32")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: PyTorch's choice); 1 gives "
                         "stable numbers on a machine shared with other jobs")
     args = parser.parse_args(argv)

@@ -14,8 +14,11 @@ unet256 with the compute of a trained one, default options unless the row says o
   download, encode, assemble), compile time, peak GPU memory;
 - the CLI wall time of ``python -m geo_sat2map translate`` including interpreter start-up, with its peak RSS;
 - bf16 against fp32 output difference (max / mean DN) on a crop.
-CPU: whole CLI call at ``--overlap 0 --batch-size 8`` on ``--cpu-ratio-size``² against the bare generator
-(windows/s), and peak RSS at default settings for ``--rss-sizes`` (one subprocess each).
+CPU: whole CLI call at ``--overlap 0 --batch-size 8`` and the default precision (``auto``: measured on a first
+call, with an empty precision cache) on ``--cpu-ratio-size``² against the bare fp32 generator (windows/s; bf16's
+bare rate beside it), what ``auto``'s probe costs on a first and a later call, and peak RSS at default settings
+for ``--rss-sizes`` (one subprocess each); ``--compile`` adds the compiled bare generator at fp32 and bf16 with
+its compile time.
 ``--suite check``: the GPU check's short table (benchmarks/gpu_check.sh): the bare generator at the default
 precision, the default run and the ``--compile`` run; ``--json`` writes its figures for the summary.
 Ratios are measured within one run: machines are noisy.
@@ -36,6 +39,7 @@ import numpy as np
 import torch
 
 from geo_sat2map.checkpoint import GeneratorMeta, load_generator, save_generator
+from geo_sat2map.cpu_precision import CACHE_ENV, native_bf16
 from geo_sat2map.device import resolve_device, resolve_precision
 from geo_sat2map.inference import TranslateConfig, TranslateReport, translate
 from geo_sat2map.inference.runner import GeneratorRunner, StageClock
@@ -249,18 +253,36 @@ def cpu_suite(args: argparse.Namespace, tmp: Path, weights: Path) -> None:
     scene = make_scene(tmp / "ratio.tif", side, side)
     windows = (side // 256) ** 2  # --overlap 0 on a multiple of 256: exactly this many windows
     inputs = scene_windows(scene, 8)
-    print(f"\nCPU: whole CLI call at --overlap 0 --batch-size 8 on {side}² ({windows} windows) vs the bare "
-          "generator (bare measured before and after; torch threads "
-          f"{torch.get_num_threads()})")
+    os.environ[CACHE_ENV] = str(tmp / "cache")  # the CLI call below is a first call: it pays auto's probe
+    print(f"\nCPU: whole CLI call at --overlap 0 --batch-size 8, default precision, on {side}² ({windows} windows) "
+          "vs the bare fp32 generator (bare measured before and after; torch threads "
+          f"{torch.get_num_threads()}; native bf16: {native_bf16() or 'none'})")
     before = bare_windows_per_second(weights, inputs, "cpu", "fp32", args.seconds)
     wall, rss = cli_call(["translate", str(scene), "-o", str(tmp / "ratio-map.tif"), "-w", str(weights),
                           "--overlap", "0", "--batch-size", "8", "--device", "cpu", "--overwrite"])
     after = bare_windows_per_second(weights, inputs, "cpu", "fp32", args.seconds)
+    bf16 = bare_windows_per_second(weights, inputs, "cpu", "bf16", args.seconds) if native_bf16() else float("nan")
     bare = (before + after) / 2
-    print("| bare generator win/s | CLI call s | CLI win/s | ratio | peak RSS (MB) |")
-    print("|---:|---:|---:|---:|---:|")
-    print(f"| {bare:.2f} | {wall:.1f} | {windows / wall:.2f} | {windows / wall / bare:.2f} | {rss:.0f} |", flush=True)
+    import rasterio
+
+    with rasterio.open(tmp / "ratio-map.tif") as ds:
+        precision = ds.tags().get("PRECISION", "?")
+    print("| bare fp32 win/s | bare bf16 win/s | CLI precision | CLI call s | CLI win/s | ratio to bare fp32 "
+          "| peak RSS (MB) |")
+    print("|---:|---:|---|---:|---:|---:|---:|")
+    print(f"| {bare:.2f} | {bf16:.2f} | {precision} | {wall:.1f} | {windows / wall:.2f} | {windows / wall / bare:.2f} "
+          f"| {rss:.0f} |", flush=True)
     check_layout(tmp / "ratio-map.tif")
+    probe_cost(weights)
+    if args.compile:
+        print("\nCompiled bare generator (batch 8): compile s (first call), windows/s after")
+        print("| precision | compile s | windows/s |")
+        print("|---|---:|---:|")
+        for name in ("fp32", "bf16"):
+            started = time.perf_counter()
+            rate = bare_windows_per_second(weights, inputs, "cpu", name, args.seconds, compile=True)
+            print(f"| {name} | {time.perf_counter() - started - args.seconds:.0f} (incl. warm-up) | {rate:.2f} |",
+                  flush=True)
 
     print("\nPeak RSS at default settings (overlap 64, feather, batch 4), one CLI process per scene")
     print("| scene | wall s | peak RSS (MB) |")
@@ -271,6 +293,23 @@ def cpu_suite(args: argparse.Namespace, tmp: Path, weights: Path) -> None:
                               "--device", "cpu", "--overwrite"])
         print(f"| {size} x {size} | {wall:.1f} | {rss:.0f} |", flush=True)
         scene.unlink()
+
+
+def probe_cost(weights: Path) -> None:
+    """What ``auto`` adds to a translate call on the CPU: the probe on a first call, the cache on later ones."""
+    from geo_sat2map.inference.precision import inference_precision
+
+    loaded = load_generator(weights)
+    network = loaded.for_inference()
+    os.environ[CACHE_ENV] = tempfile.mkdtemp(prefix="precision-cache-")
+    print("\nauto's probe (the network of the run above): seconds added per call")
+    print("| call | seconds | chose | why |")
+    print("|---|---:|---|---|")
+    for call in ("first", "later"):
+        started = time.perf_counter()
+        chosen = inference_precision("auto", torch.device("cpu"), network, 256, loaded.meta.arch, loaded.meta.width,
+                                     loaded.meta.norm_mode)
+        print(f"| {call} | {time.perf_counter() - started:.3f} | {chosen.name} | {chosen.reason} |", flush=True)
 
 
 def main() -> None:
@@ -284,6 +323,7 @@ def main() -> None:
     parser.add_argument("--suite", choices=("auto", "gpu", "cpu", "check"), default="auto",
                         help="auto: the GPU table on CUDA, the CPU checks elsewhere; check: gpu_check.sh's part")
     parser.add_argument("--json", type=Path, help="--suite check: write its figures to this JSON file")
+    parser.add_argument("--compile", action="store_true", help="CPU: add the compiled bare generator rows")
     parser.add_argument("--tmp", default=None, help="folder for the scenes (default: a temporary folder)")
     args = parser.parse_args()
     print(f"device {args.device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "

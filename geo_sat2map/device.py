@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+import logging
+
 import torch
 
+from geo_sat2map import cpu_precision
 from geo_sat2map.errors import UserError
+
+log = logging.getLogger("geo_sat2map")
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -35,7 +41,9 @@ def resolve_device(spec: str = "auto") -> torch.device:
 
 
 def resolve_precision(spec: str, device: torch.device) -> torch.dtype:
-    """The compute dtype: reduced precision only on GPUs; 'auto' = bf16 on CUDA when supported, else fp32."""
+    """The compute dtype asked for. 'auto' here is the choice that needs no measurement: bf16 on CUDA when
+    supported, else fp32 (on the CPU, ``cpu_precision.choose_on_cpu`` measures). bf16 works on the CPU (with a
+    warning where it is emulated); fp16 only on GPUs."""
     if spec == "auto":
         if device.type == "cuda" and torch.cuda.is_bf16_supported():
             return torch.bfloat16
@@ -43,9 +51,18 @@ def resolve_precision(spec: str, device: torch.device) -> torch.dtype:
     if spec not in _DTYPES:
         raise UserError(f"--precision {spec!r}: expected auto, fp32, bf16 or fp16")
     dtype = _DTYPES[spec]
-    if dtype != torch.float32 and device.type == "cpu":
-        raise UserError(f"--precision {spec}: reduced precision is only supported on a GPU; use fp32 on CPU")
+    if dtype == torch.float16 and device.type == "cpu":
+        raise UserError("--precision fp16: half precision is only supported on a GPU; use bf16 or fp32 on CPU")
+    if dtype == torch.bfloat16 and device.type == "cpu" and cpu_precision.native_bf16() is None:
+        _warn_emulated_bf16()
     return dtype
+
+
+@functools.lru_cache(maxsize=1)
+def _warn_emulated_bf16() -> None:
+    """Once per process: bf16 gives the bf16 result, but without native support it costs time, not saves it."""
+    log.warning("--precision bf16: this CPU has no native bf16 (avx512_bf16 or AMX); bf16 is emulated and "
+                "typically slower than fp32. Use --precision auto or fp32 for speed")
 
 
 def precision_name(dtype: torch.dtype) -> str:

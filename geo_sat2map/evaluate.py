@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,7 @@ from geo_sat2map.checkpoint import load_generator
 from geo_sat2map.device import resolve_device, resolve_precision
 from geo_sat2map.errors import UserError
 from geo_sat2map.image_io import read_rgb, read_tile_valid, split_pair, tile_mask_path
+from geo_sat2map.inference.precision import Precision, inference_precision
 from geo_sat2map.metrics import ClassAccumulator, MetricAccumulator, to_uint8
 from geo_sat2map.palette import Palette, load_palette
 from geo_sat2map.progress import progress_bar
@@ -46,6 +48,8 @@ from geo_sat2map.raster_io.compare import (
     with_halo,
 )
 from geo_sat2map.scaling import InputScaling
+
+log = logging.getLogger("geo_sat2map")
 
 SSIM_HALO = 5  # radius of the 11x11 SSIM window: a window read with this halo scores its interior exactly
 TILE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -268,14 +272,20 @@ def evaluate_dataset(
     tiles = list_tiles(data_dir, split)
     loaded = load_generator(weights)
     torch_device = resolve_device(device)
-    dtype = resolve_precision(precision, torch_device)
+    resolve_precision(precision, torch_device)  # a bad --precision fails before any tile is read
     net = loaded.for_inference(norm_mode).to(torch_device)
     scaling = InputScaling.uint8(3)  # tiles are stored as 8-bit, already scaled by make-tiles
     images = MetricAccumulator()
     classes = palette.accumulator() if palette else None
+    chosen: list[Precision] = []  # decided on the first batch, whose tile size auto's measurement needs
 
     def flush(batch: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
         inputs = torch.from_numpy(np.stack([scaling.to_unit(a) for a, _, _ in batch])).to(torch_device)
+        if not chosen:
+            chosen.append(inference_precision(precision, torch_device, net, inputs.shape[-1], loaded.meta.arch,
+                                              loaded.meta.width, norm_mode or loaded.meta.norm_mode))
+            log.info("precision: %s (%s)", chosen[0].name, chosen[0].reason)
+        dtype = chosen[0].dtype
         with torch.inference_mode(), torch.autocast(torch_device.type, dtype=dtype, enabled=dtype != torch.float32):
             outputs = to_uint8(net(inputs))
         for pred, (_, target, valid) in zip(outputs, batch):
@@ -318,6 +328,7 @@ def evaluate_dataset(
             "split": split,
             "tiles": len(tiles),
             "norm_mode": norm_mode or loaded.meta.norm_mode,
+            "precision": chosen[0].name,
             "palette": palette.source if palette else None,
         },
         metrics=images.result(per_image=True),

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
+from geo_sat2map.cpu_precision import CACHE_ENV
 from geo_sat2map.models import build_generator
 
 
@@ -31,6 +34,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def precision_cache(tmp_path_factory: pytest.TempPathFactory):
+    """precision = auto on the CPU caches what it measured: in a folder of this session, never the user's."""
+    folder = tmp_path_factory.mktemp("cache")
+    saved = os.environ.get(CACHE_ENV)
+    os.environ[CACHE_ENV] = str(folder)
+    yield folder
+    if saved is None:
+        os.environ.pop(CACHE_ENV, None)
+    else:
+        os.environ[CACHE_ENV] = saved
 
 
 @pytest.fixture

@@ -329,7 +329,8 @@ def test_dataset_mode_per_tile_psnr_and_pooled_accuracy(tmp_path, generator_file
     write_png(val / "0002.png", np.concatenate([a2, b2], axis=2))
 
     out = tmp_path / "r.json"
-    result = run("--weights", generator_file, tmp_path / "tiles", "--json", out, "--batch-size", 1, "--device", "cpu")
+    result = run("--weights", generator_file, tmp_path / "tiles", "--json", out, "--batch-size", 1, "--device", "cpu",
+                 "--precision", "fp32")  # what `generated` computes
     assert result.exit_code == 0, result.output
     m = json.loads(out.read_text())["metrics"]
     assert m["l1"] == pytest.approx(5.0)  # pooled: half the pixels off by 10
@@ -338,7 +339,7 @@ def test_dataset_mode_per_tile_psnr_and_pooled_accuracy(tmp_path, generator_file
 
     out_batched = tmp_path / "r2.json"
     assert run("--weights", generator_file, tmp_path / "tiles", "--json", out_batched, "--batch-size", 2,
-               "--device", "cpu").exit_code == 0
+               "--device", "cpu", "--precision", "fp32").exit_code == 0
     assert json.loads(out_batched.read_text())["metrics"] == pytest.approx(m)  # batch size never changes results
 
     missing = run("--weights", generator_file, tmp_path / "tiles", "--split", "test")

@@ -62,8 +62,13 @@ def test_translate_on_cuda_agrees_with_the_cpu(tmp_path, extra):
     assert info_a["crs"] == info_b["crs"] and info_a["transform"] == info_b["transform"]
     assert np.array_equal(a[3], b[3])  # the footprint is exact on any device and precision
     diff = np.abs(a[:3].astype(int) - b[:3].astype(int))
-    limit = 12 if "bf16" in extra else 1  # bf16 keeps 8 bits of mantissa
-    assert diff.max() <= limit and diff.mean() < (1.0 if "bf16" in extra else 0.01)
+    # bf16 keeps 8 significant bits. Measured on the CPU (bf16 autocast against fp32, AMD EPYC with avx512_bf16):
+    # this test's generator and scene max 2 DN, mean 0.13 DN; the demo-trained generator on the demo's held-out
+    # scene max 2, mean 0.14 (benchmarks/precision_diff.py); the trained quick-cpu generator
+    # max 1, mean 0.14 (tests/test_train_learning.py). The limits are twice that: cuDNN's bf16 kernels round as
+    # many bits, in another order.
+    max_dn, mean_dn = (4, 0.3) if "bf16" in extra else (1, 0.01)
+    assert diff.max() <= max_dn and diff.mean() < mean_dn
     assert info_b["overviews"] == info_a["overviews"]
 
 

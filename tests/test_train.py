@@ -14,6 +14,7 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
+from geo_sat2map import cpu_precision
 from geo_sat2map.atomic import file_sha256
 from geo_sat2map.checkpoint import load_generator
 from geo_sat2map.cli import cli
@@ -25,6 +26,8 @@ from geo_sat2map.scaling import InputScaling
 from geo_sat2map.training.config import config_from_mapping
 from geo_sat2map.training.data import dataset_hash, scan_dataset
 from geo_sat2map.training.distributed import DistContext
+from geo_sat2map.training import precision as training_precision
+from geo_sat2map.training import train
 from geo_sat2map.training.loop import Pix2Pix
 
 from .train_fixtures import PALETTE, make_tiles_folder, one_torch_thread  # noqa: F401 (autouse fixture)
@@ -43,6 +46,7 @@ load_size = 272
 workers = 0
 val_max_tiles = 2
 sample_tiles = 2
+precision = "fp32"
 """
 N_TRAIN = 4
 
@@ -235,6 +239,44 @@ def test_tiles_in_memory_train_bit_identically_and_resume_exactly(straight_run, 
     assert _checkpoint(run)["epoch_samples"] == 2
     ok(train_cli(data, "-o", run, "--resume"))
     _assert_same_training_state(straight_run, run)
+
+
+def test_bf16_cpu_run_interrupted_and_resumed_is_bit_identical(straight_run, data, config_file, tmp_path,
+                                                               monkeypatch):
+    """bf16 autocast on the CPU: Ctrl-C in epoch 2 and --resume end where one uninterrupted bf16 run ends."""
+    config = tmp_path / "bf16.toml"
+    config.write_text(config_file.read_text().replace('precision = "fp32"', 'precision = "bf16"'))
+    straight = tmp_path / "straight"
+    ok(train_cli(data, "-o", straight, "--config", config))
+    run = tmp_path / "run"
+    _train_until_ctrl_c_in_epoch_2(data, config, run, monkeypatch)
+    assert _checkpoint(run)["epoch_samples"] == 2
+    ok(train_cli(data, "-o", run, "--resume"))
+    _assert_same_training_state(straight, run)
+    fp32_G, bf16_G = _checkpoint(straight_run)["model"]["G"], _checkpoint(run)["model"]["G"]
+    assert not all(torch.equal(fp32_G[key], bf16_G[key]) for key in fp32_G)  # it did train at bf16
+
+
+def test_auto_precision_on_cpu_is_measured_stored_and_kept_on_resume(data, tmp_path, monkeypatch):
+    monkeypatch.setattr(cpu_precision, "native_bf16", lambda: "avx512_bf16")  # whatever this CPU has
+    monkeypatch.setenv(cpu_precision.CACHE_ENV, str(tmp_path / "cache"))
+    steps_per_s = {torch.float32: 1.0, torch.bfloat16: 2.0}  # a probe where bf16 is twice as fast
+    monkeypatch.setattr(training_precision, "measure_steps_per_s", lambda config, device, dtype, *_, **__:
+                        steps_per_s[dtype])
+    base = {"ngf": 8, "ndf": 8, "epochs": 1, "epochs_decay": 0, "load_size": 256, "workers": 0, "device": "cpu"}
+    first = train(data, tmp_path / "run", overrides=base, progress=False)
+    assert first.setup["precision"] == "bf16" and first.setup["precision_reason"].startswith("measured on this CPU")
+    record = _checkpoint(tmp_path / "run")["auto_precision"]
+    assert record["precision"] == "bf16" and record["cpu"] == cpu_precision.cpu_model() and record["batch_size"] == 1
+    # Resumed where the probe would now pick fp32 (and nothing is cached): the run keeps bf16, so it continues exactly.
+    steps_per_s[torch.bfloat16] = 0.5
+    shutil.rmtree(tmp_path / "cache")
+    resumed = train(data, tmp_path / "run", overrides={"epochs_decay": 1}, resume=True, progress=False)
+    assert resumed.setup["precision"] == "bf16"
+    assert resumed.setup["precision_reason"].startswith("kept from the start of this run")
+    # A new run of the same shape measures again (the cache is gone) and now keeps fp32.
+    fresh = train(data, tmp_path / "fresh", overrides=base, progress=False)
+    assert fresh.setup["precision"] == "fp32" and ", 0.50x; bf16 is kept when over" in fresh.setup["precision_reason"]
 
 
 def test_resume_refuses_another_width_and_leaves_the_run_alone(straight_run, data):

@@ -16,6 +16,8 @@ from geo_sat2map.training.data import Augmentation, EpochKeyedSampler, PairDatas
 from geo_sat2map.training.device_data import GIB, DeviceFeed, DeviceTiles, DeviceValSet, WorkerFeed, plan_device_data
 from geo_sat2map.training.distributed import DistContext
 from geo_sat2map.training.loop import Pix2Pix
+from geo_sat2map import cpu_precision
+from geo_sat2map.training import precision as training_precision
 from geo_sat2map.training.precision import choose_precision, measure_steps_per_s
 from geo_sat2map.training.steps import EagerStep, _TrainingState, plan_graph
 
@@ -144,9 +146,13 @@ def test_capture_warm_up_is_undone_exactly():
             assert torch.equal(ours, reference)
 
 
-def test_auto_precision_on_cpu_and_measuring_leaves_the_random_streams_alone():
+def test_auto_precision_on_cpu_and_measuring_leaves_the_random_streams_alone(monkeypatch):
+    monkeypatch.setattr(cpu_precision, "native_bf16", lambda: None)  # a CPU without native bf16: fp32, unmeasured
+    monkeypatch.setattr(training_precision, "measure_steps_per_s", None)
     choice = choose_precision(TrainConfig(), CPU, DistContext())
-    assert choice.dtype == torch.float32 and choice.reason == "cpu: reduced precision is for GPUs" and choice.record is None
+    assert choice.dtype == torch.float32 and "no native bf16" in choice.reason
+    assert choice.record is not None and choice.record["precision"] == "fp32"  # kept on resume, like a measured one
+    monkeypatch.undo()
     assert choose_precision(TrainConfig(precision="fp32"), CPU, DistContext()).reason == "precision = fp32"
     torch.manual_seed(5)
     np.random.seed(5)

@@ -353,7 +353,8 @@ def test_cli_choices_match_the_library():
 
 
 class CliRunnerWithLog:
-    """Runs translate on the CPU without -q, so the log lines (scaling, warnings) are in the output."""
+    """Runs translate without -q, so the log lines (scaling, warnings) are in the output (on the CPU at fp32,
+    which the expectations are)."""
 
     def invoke(self, src, out, weights, *extra):
         from click.testing import CliRunner
@@ -361,4 +362,4 @@ class CliRunnerWithLog:
         from geo_sat2map.cli import cli
 
         return CliRunner().invoke(cli, ["translate", str(src), "-o", str(out), "-w", str(weights), "--device", "cpu",
-                                        *map(str, extra)])
+                                        "--precision", "fp32", *map(str, extra)])

@@ -39,21 +39,23 @@ def weights(tmp_path):
 
 
 def invoke(*args: object, quiet: bool = False):
-    """``geo-sat2map translate ARGS --device cpu`` in-process, with the log in ``result.output``."""
-    return CliRunner().invoke(cli, [*(["-q"] if quiet else []), "translate", *map(str, args), "--device", "cpu"])
+    """``geo-sat2map translate ARGS --device cpu --precision fp32`` in-process, with the log in ``result.output``."""
+    return CliRunner().invoke(cli, [*(["-q"] if quiet else []), "translate", *map(str, args), "--device", "cpu",
+                                    "--precision", "fp32"])
 
 
 def torchrun(tmp_path: Path, *args: object, processes: int = 2, env: dict[str, str] | None = None):
-    """``torchrun --nproc-per-node N -m geo_sat2map translate ARGS`` on the CPU, gloo, one thread a process."""
+    """``torchrun --nproc-per-node N -m geo_sat2map translate ARGS`` on the CPU at fp32, gloo, one thread a process."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes),
-               "-m", "geo_sat2map", "translate", *map(str, args), "--device", "cpu"]
+               "-m", "geo_sat2map", "translate", *map(str, args), "--device", "cpu", "--precision", "fp32"]
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.run(command, capture_output=True, text=True, timeout=300, env=full_env, cwd=tmp_path)
 
 
 def one_process(src: Path, out: Path, weights: Path) -> np.ndarray:
     """The reference: one process, the same full batches as the split run."""
-    translate(TranslateConfig(input=src, output=out, weights=weights, device="cpu", fixed_batch=True, progress=False))
+    translate(TranslateConfig(input=src, output=out, weights=weights, device="cpu", precision="fp32", fixed_batch=True,
+                              progress=False))
     return read(out)
 
 
@@ -189,7 +191,7 @@ def test_finished_parts_are_verified_before_reuse_and_leftovers_removed(tmp_path
 ])
 def test_a_vrt_map_keeps_any_grid_of_its_scene(tmp_path, weights, crs, transform):
     src = write_raster(tmp_path / "scene.tif", texture(300, 280, seed=22), crs=crs, transform=transform)
-    translate(TranslateConfig(input=src, output=tmp_path / "one.tif", weights=weights, device="cpu",
+    translate(TranslateConfig(input=src, output=tmp_path / "one.tif", weights=weights, device="cpu", precision="fp32",
                               fixed_batch=True, progress=False, allow_ungeoreferenced=True))
     result = invoke(src, "-o", tmp_path / "map.vrt", "-w", weights, "--allow-ungeoreferenced", quiet=True)
     assert result.exit_code == 0, result.output

@@ -75,10 +75,12 @@ def uint8_unit(data: np.ndarray) -> np.ndarray:
 
 
 def run_translate(*args: str | Path) -> Result:
-    """``geo-sat2map -q translate ARGS`` in-process, on the CPU unless ARGS name a device (the expectations of
-    these tests are fp32 CPU results; tests/test_inference_cuda.py covers the GPU)."""
-    device = [] if "--device" in map(str, args) else ["--device", "cpu"]
-    return CliRunner().invoke(cli, ["-q", "translate", *map(str, args), *device])
+    """``geo-sat2map -q translate ARGS`` in-process, on the CPU at fp32 unless ARGS name a device or precision
+    (the expectations of these tests are fp32 CPU results; tests/test_inference_cuda.py covers the GPU)."""
+    given = set(map(str, args))
+    device = [] if "--device" in given else ["--device", "cpu"]
+    precision = [] if "--precision" in given else ["--precision", "fp32"]
+    return CliRunner().invoke(cli, ["-q", "translate", *map(str, args), *device, *precision])
 
 
 def read(path: Path) -> tuple[np.ndarray, rasterio.profiles.Profile, dict]:

@@ -4,6 +4,7 @@
   against (``windows``, ``fill``, ``scaling``);
 - ``engine``: window rows in, finished RGBA rows and overview rows out, on one device;
 - ``runner``: the generator on device batches (precision, layout, ``torch.compile``) and device-side timing;
+- ``precision``: ``--precision``, with ``auto`` on a CPU measured on the run's generator (``cpu_precision``);
 - ``stages``: reader threads and the download/writer thread around the engine;
 - ``translate``: the orchestration (``translate(TranslateConfig) -> TranslateReport``);
 - ``parts``: one scene across torchrun processes, one band of rows each, assembled or listed in a VRT;

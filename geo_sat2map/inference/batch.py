@@ -17,12 +17,11 @@ from pathlib import Path
 
 from geo_sat2map.atomic import check_output_path
 from geo_sat2map.checkpoint import LoadedGenerator, load_generator
-from geo_sat2map.device import precision_name, resolve_precision
 from geo_sat2map.errors import UserError, first_line
 from geo_sat2map.inference.identity import RUN_ID_TAG, run_id
 from geo_sat2map.inference.ranks import from_main, largest_first, process_group
 from geo_sat2map.inference.config import TranslateConfig
-from geo_sat2map.inference.translate import translate
+from geo_sat2map.inference.translate import run_precision, translate
 from geo_sat2map.raster_io.mosaic import check_mosaic, raster_header, read_finished, write_vrt
 from geo_sat2map.raster_io.output import check_creation_options
 from geo_sat2map.training import distributed
@@ -140,8 +139,11 @@ def translate_many(config: BatchConfig) -> BatchReport:
     check_creation_options(settings.output_options)
     with process_group(settings.device) as (ctx, device):
         model = load_generator(settings.weights)
-        precision = precision_name(resolve_precision(settings.precision, device))
-        base = replace(settings, device=str(device), progress=settings.progress and ctx.is_main)
+        resolved = run_precision(settings, model.meta, model.for_inference(settings.norm_stats), device, ctx)
+        precision = resolved.name
+        log.info("precision: %s (%s)", precision, resolved.reason)
+        # Decided once for every scene (auto on a CPU measures): the scenes run at it as if asked for.
+        base = replace(settings, device=str(device), precision=precision, progress=settings.progress and ctx.is_main)
         plan, problem = from_main(ctx, _plan(jobs, ctx.world_size, config.vrt) if ctx.is_main else None)
         if problem:
             raise UserError(problem)

@@ -113,7 +113,7 @@ def translate_in_parts(config: TranslateConfig) -> PartsReport:
     work = work_folder(output)
     with process_group(config.device) as (ctx, device):
         config = replace(config, device=str(device), fixed_batch=True, progress=config.progress and ctx.is_main)
-        run = _prepare(config)
+        run = _prepare(config, ctx=ctx)
         if as_vrt and run.resample_back:
             raise UserError(f"{output}: a VRT map lists its parts on the processing grid; --output-grid input "
                             "needs a .tif output (or use --output-grid processing)")

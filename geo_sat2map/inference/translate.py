@@ -29,12 +29,14 @@ from affine import Affine
 from geo_sat2map import __version__
 from geo_sat2map.atomic import atomic_output, check_output_path, file_sha256
 from geo_sat2map.checkpoint import GeneratorMeta, LoadedGenerator, load_generator
-from geo_sat2map.device import precision_name, resolve_device, resolve_precision
+from geo_sat2map.device import resolve_device, resolve_precision
 from geo_sat2map.errors import UserError
 from geo_sat2map.inference.config import OUTPUT_GRIDS, RESOLUTION_MODES, TranslateConfig
 from geo_sat2map.inference.crop import Crop, CroppedRows, Footprint
 from geo_sat2map.inference.engine import LevelEmitter, StreamEngine, to_device
 from geo_sat2map.inference.identity import RUN_ID_TAG, run_id
+from geo_sat2map.inference.precision import Precision, inference_precision
+from geo_sat2map.inference.ranks import from_main
 from geo_sat2map.inference.runner import GeneratorRunner, StageClock, device_context
 from geo_sat2map.inference.snap import DEFAULT_MIN_REGION, SnapSpec, check_snap_options, resolve_snap
 from geo_sat2map.inference.stages import ChunkReader, RowWriter
@@ -68,6 +70,7 @@ from geo_sat2map.raster_io.strips import streaming_dtype
 from geo_sat2map.scaling import UINT8_KIND, InputScaling
 from geo_sat2map.tiling.footprints import densify, grid_outline, lonlat_bounds, read_aoi
 from geo_sat2map.tiling.footprints import reproject as reproject_geometry
+from geo_sat2map.training.distributed import DistContext
 from geo_sat2map.windows import BLEND_MODES, RowBand, WindowGrid
 
 log = logging.getLogger("geo_sat2map")
@@ -78,6 +81,7 @@ SCALING_MODES = ("auto", "scene")
 DEFAULT_BATCH = {"cpu": 4, "cuda": 16, "mps": 8}
 READ_THREADS = {"cpu": 1, "cuda": 4, "mps": 2}  # reading only has to keep up with the device
 AUTO_RESOLUTION_TOLERANCE = 0.10  # `--resolution auto` resamples when scene and model differ by more than this
+PRECISION_TAG = "PRECISION"  # the resolved compute precision (fp32, bf16 or fp16)
 
 
 @dataclass(frozen=True)
@@ -144,7 +148,7 @@ def translate(config: TranslateConfig, model: LoadedGenerator | None = None) -> 
     report = TranslateReport(
         output=run.output, width=out_info.width, height=out_info.height, tile_size=run.grid.tile,
         overlap=run.grid.overlap, blend=config.blend, batch_size=run.batch_size, device=str(run.device),
-        precision=precision_name(run.dtype), norm_mode=run.norm_mode, scaling=run.scaling, windows=len(run.grid),
+        precision=run.precision.name, norm_mode=run.norm_mode, scaling=run.scaling, windows=len(run.grid),
         windows_run=stream.windows_run, stream_seconds=stream.seconds, model_seconds=stages.get("generator", 0.0),
         seconds=time.perf_counter() - started, stages=stages, compile_seconds=stream.compile_seconds,
         peak_device_bytes=stream.peak_device_bytes,
@@ -258,7 +262,7 @@ class _Run:
     model_file: str
     sha256: Future[str]  # hashed on a thread while the model loads
     device: torch.device
-    dtype: torch.dtype
+    precision: Precision
     batch_size: int
     norm_mode: str
     snap: SnapSpec | None = None  # snap to a palette (--palette, --min-region, --format)
@@ -281,17 +285,24 @@ def with_class_band(config: TranslateConfig, run: _Run) -> TranslateConfig:
     band = ClassBand(run.snap.names, run.snap.colours, paletted=run.snap.output_format == "paletted")
     return replace(config, output_options=replace(config.output_options, class_band=band))
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.precision.dtype
 
-def _prepare(config: TranslateConfig, model: LoadedGenerator | None = None) -> _Run:
+
+def _prepare(
+    config: TranslateConfig, model: LoadedGenerator | None = None, ctx: DistContext | None = None
+) -> _Run:
     """Validate options, output path, input and weights (cheapest first); load the model (unless ``model`` is
-    the checkpoint already loaded); plan the grid.
+    the checkpoint already loaded); plan the grid; resolve the precision (under torchrun: rank 0's ``ctx``
+    choice, so every part is made alike).
 
     Slow start-up work overlaps: the device starts (CUDA context) and the checkpoint is hashed on threads while
     the checkpoint is unpickled and the network built."""
     _check_options(config)
     output = check_output_path(config.output, config.overwrite, "output")
     device = resolve_device(config.device)
-    dtype = resolve_precision(config.precision, device)
+    resolve_precision(config.precision, device)  # a bad --precision fails before the model loads
     if device.type == "cuda":
         threading.Thread(target=_start_device, args=(device,), name="cuda-init", daemon=True).start()
     with open_raster(config.input) as ds:
@@ -333,22 +344,41 @@ def _prepare(config: TranslateConfig, model: LoadedGenerator | None = None) -> _
         log.info("subset: %d x %d pixels of the %s grid (windows of the %d x %d px around them)", box[3] - box[2],
                  box[1] - box[0], "processing" if not processing.native else "scene's", grid.width, grid.height)
     info = window_info(full, region[0], region[1], region[2], region[3])
+    if snap is not None and snap.one_band and (resample_back or crop is not None):
+        raise UserError(f"--format {config.output_format}: not with --output-grid input on a resampled grid or with "
+                        "--bbox/--aoi yet; write --format rgba (snapped colours) there")
+    network = loaded.for_inference(norm_mode)
+    precision = run_precision(config, loaded.meta, network, device, ctx)
 
     log.info("input: %s (%d x %d, %s, bands %s)", config.input, info.width, info.height, info.dtype,
              ",".join(map(str, bands)))
     log.info("scaling: %s (%s)", scaling.describe(), scaling_source)
     log.info("model: %s %s width %d, norm stats %s, on %s %s, batch %d%s", loaded.path.name, loaded.meta.arch,
-             loaded.meta.width, norm_mode, device, precision_name(dtype), batch_size,
-             ", compiled" if config.compile else "")
+             loaded.meta.width, norm_mode, device, precision.name, batch_size, ", compiled" if config.compile else "")
+    log.info("precision: %s (%s%s)", precision.name, precision.reason,
+             f"; measuring took {precision.seconds:.1f} s" if precision.seconds else "")
     log.info("windows: %d (%d x %d) of %d px, overlap %d, blend %s", len(grid), *grid.shape, tile, overlap,
              config.blend)
     log.info("palette: %s; output %s", snap_reason, config.output_format)
-    if snap is not None and snap.one_band and (resample_back or crop is not None):
-        raise UserError(f"--format {config.output_format}: not with --output-grid input on a resampled grid or with "
-                        "--bbox/--aoi yet; write --format rgba (snapped colours) there")
     return _Run(output, info, processing, resample_back, region, crop, scene_out, bands, scaling, grid,
-                loaded.for_inference(norm_mode), loaded.path.name, sha256, device, dtype, batch_size, norm_mode,
+                network, loaded.path.name, sha256, device, precision, batch_size, norm_mode,
                 snap)
+
+
+def run_precision(
+    config: TranslateConfig, meta: GeneratorMeta, network: InferenceGenerator, device: torch.device,
+    ctx: DistContext | None = None,
+) -> Precision:
+    """The compute precision of a run of ``config`` with ``network`` (built from a checkpoint with ``meta``);
+    under torchrun (``ctx``) rank 0's choice, so that every process computes alike."""
+
+    def choose() -> Precision:
+        return inference_precision(config.precision, device, network, config.tile_size or _checkpoint_tile(meta),
+                                   meta.arch, meta.width, config.norm_stats or meta.norm_mode)
+
+    if ctx is None or not ctx.enabled:
+        return choose()
+    return from_main(ctx, choose() if ctx.is_main else None)  # type: ignore[return-value]
 
 
 def _done(value: str) -> Future[str]:
@@ -618,6 +648,7 @@ def _output_tags(config: TranslateConfig, run: _Run) -> dict[str, str]:
         "INPUT_BANDS": ",".join(map(str, run.bands)),
         "INPUT_SCALING": json.dumps(run.scaling.to_dict()),
         "SOURCE": Path(config.input).name,
+        PRECISION_TAG: run.precision.name,
         "PALETTE": json.dumps({"palette": config.palette, "min_region": config.min_region,
                                "format": config.output_format, "snapped": run.snap is not None}),
         "PROCESSING_RESOLUTION": (f"{run.processing.resolution_m:.6g}" if run.processing.resolution_m is not None
@@ -625,6 +656,6 @@ def _output_tags(config: TranslateConfig, run: _Run) -> dict[str, str]:
         "PROCESSING_GRID": "native" if run.processing.native else f"{run.info.width}x{run.info.height}",
         "RESAMPLING": run.processing.resampling or "none",
         "OUTPUT_GRID": "input" if run.resample_back or run.processing.native else "processing",
-        RUN_ID_TAG: run_id(config, model_sha256, precision_name(run.dtype), run.device.type),
+        RUN_ID_TAG: run_id(config, model_sha256, run.precision.name, run.device.type),
     }
 
