@@ -277,6 +277,10 @@ class _Run:
         (r0, r1), (c0, c1) = self.crop.rows, self.crop.cols
         return window_info(self.info, r0, c0, r1 - r0, c1 - c0)
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.precision.dtype
+
 
 def with_class_band(config: TranslateConfig, run: _Run) -> TranslateConfig:
     """``config`` whose output options describe the one-band class map ``run`` writes, if it does."""
@@ -284,10 +288,6 @@ def with_class_band(config: TranslateConfig, run: _Run) -> TranslateConfig:
         return config
     band = ClassBand(run.snap.names, run.snap.colours, paletted=run.snap.output_format == "paletted")
     return replace(config, output_options=replace(config.output_options, class_band=band))
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.precision.dtype
 
 
 def _prepare(
