@@ -46,7 +46,6 @@ load_size = 272
 workers = 0
 val_max_tiles = 2
 sample_tiles = 2
-precision = "fp32"
 """
 N_TRAIN = 4
 
