@@ -371,7 +371,8 @@ def test_dataset_mode_scores_only_the_valid_pixels_of_each_tiles_mask(tmp_path, 
     b[:, ~valid] = 0  # ... and black fill where not, which the generator does not predict
     write_png(tiles / "val" / "0001.png", np.concatenate([a, b], axis=2))
     out = tmp_path / "r.json"
-    args = ("--weights", generator_file, tiles, "--palette", "synthetic", "--device", "cpu", "--json", out)
+    args = ("--weights", generator_file, tiles, "--palette", "synthetic", "--device", "cpu", "--precision", "fp32",
+            "--json", out)
 
     unmasked = run(*args)
     assert unmasked.exit_code == 0, unmasked.output

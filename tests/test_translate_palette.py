@@ -147,8 +147,8 @@ def test_two_torchrun_processes_snap_and_filter_the_pixels_of_one(tmp_path):
     scene = write_raster(tmp_path / "scene.tif", data, nodata=0)
     weights = save_small_generator(tmp_path / "generator.pt", palette=EXACT)
     translate(TranslateConfig(input=scene, output=tmp_path / "one.tif", weights=weights, device="cpu",
-                              fixed_batch=True, progress=False, min_region=12))
-    proc = torchrun(tmp_path, scene, "-o", "map.tif", "-w", weights, "--min-region", 12)
+                              fixed_batch=True, progress=False, min_region=12, precision="fp32"))
+    proc = torchrun(tmp_path, scene, "-o", "map.tif", "-w", weights, "--min-region", 12, "--precision", "fp32")
     assert proc.returncode == 0, proc.stderr[-3000:]
     expected, got = read(tmp_path / "one.tif")[0], read(tmp_path / "map.tif")[0]
     assert set(map(tuple, got[:3].reshape(3, -1).T[got[3].ravel() > 0])) <= set(COLOURS)  # snapped
