@@ -48,6 +48,7 @@ from geo_sat2map.raster_io.grid import (
     GridRows,
     ProcessingGrid,
     check_grid_size,
+    north_up,
     pixel_box,
     resampled_grid,
     rgba_on_scene_grid,
@@ -556,7 +557,7 @@ def _subset(config: TranslateConfig, processing: ProcessingGrid) -> tuple[tuple[
     scene = processing.source
     if not scene.georeferenced or scene.crs is None:
         raise UserError(f"{what}: {scene.path} has no CRS, so no area can be placed on it")
-    if scene.transform.b or scene.transform.d or scene.transform.e > 0:
+    if not north_up(scene.transform):
         raise UserError(f"{what}: {scene.path} is not a north-up grid; warp it first (gdalwarp)")
     crs = scene.crs.to_wkt()
     if config.bbox_crs is not None:

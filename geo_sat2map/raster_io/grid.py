@@ -57,7 +57,8 @@ def crs_kind(crs: rasterio.crs.CRS | None) -> str | None:
     return None
 
 
-def _north_up(transform: Affine) -> bool:
+def north_up(transform: Affine) -> bool:
+    """Axis-aligned with rows running south (what pixel boxes and resampling assume)."""
     return transform.b == 0 and transform.d == 0 and transform.a > 0 and transform.e < 0
 
 
@@ -163,7 +164,7 @@ def resampled_grid(info: RasterInfo, target_m: float, resampling: str | None = N
     if resampling is not None and resampling not in RESAMPLING_METHODS:
         raise UserError(f"--resampling {resampling!r}: expected one of {', '.join(RESAMPLING_METHODS)}")
     t = info.transform
-    if info.georeferenced and not _north_up(t):
+    if info.georeferenced and not north_up(t):
         raise UserError(f"{info.path}: its geotransform is rotated, sheared or not north-up, which resampling "
                         "does not handle; warp it to a north-up grid first (gdalwarp) or use --resolution native")
     scene_m = ground_resolution(info.crs, t, info.width, info.height) if info.georeferenced else None
