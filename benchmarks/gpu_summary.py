@@ -67,6 +67,10 @@ def summary(out: Path) -> str:
         met = "-" if value is None else ("yes" if value >= lowest else "no")
         lines.append(f"| {name} | {cell} | {goal} | {met} |")
     translate = _load(out / "translate.json") or {}
+    share = translate.get("runs", {}).get("palette", {}).get("snap_share_of_device")
+    if share is not None:
+        lines.append(f"| palette snap + min-region, % of device time | {100 * share:.1f} | ≤ 5 | "
+                     f"{'yes' if share <= 0.05 else 'no'} |")
     if translate:
         lines.append(f"| translate scene, unet256 ngf {translate['width']} | {translate['size']}² | 16384², ngf 64 "
                      f"| {'yes' if (translate['size'], translate['width']) == (16384, 64) else 'no (dry run?)'} |")

@@ -45,7 +45,8 @@ from geo_sat2map.inference import TranslateConfig, TranslateReport, translate
 from geo_sat2map.inference.runner import GeneratorRunner, StageClock
 from geo_sat2map.models import build_generator
 
-STAGES = ("read", "upload", "device", "generator", "merge", "overviews", "download", "encode", "assemble")
+STAGES = ("prepare", "read", "upload", "device", "generator", "merge", "overviews", "download", "encode", "assemble",
+          "capture")
 
 
 def make_scene(path: Path, width: int, height: int, compress: str = "deflate") -> Path:
@@ -207,7 +208,10 @@ def check_suite(args: argparse.Namespace, tmp: Path, weights: Path) -> dict[str,
     print("| run | whole s | whole Mpx/s | stream Mpx/s | generator busy | " + " | ".join(STAGES)
           + " | compile s | GPU peak GB |")
     print("|---|---:|---:|---:|---:|" + "---:|" * len(STAGES) + "---:|---:|")
-    for label, options in (("default", {}), ("compile", {"compile": True})):
+    palette = write_palette(tmp / "palette.json")
+    runs = (("default", {}), ("compile", {"compile": True}), ("palette", {"palette": str(palette)}),
+            ("deterministic", {"fixed_batch": True}))  # the kernels split (torchrun) runs use
+    for label, options in runs:
         if options.get("compile") and not on_gpu:
             print("| --compile | skipped on a CPU (dry run) |")
             continue
@@ -217,12 +221,32 @@ def check_suite(args: argparse.Namespace, tmp: Path, weights: Path) -> dict[str,
             "generator_busy": report.generator_busy, "seconds": report.seconds,
             "compile_seconds": report.compile_seconds, "peak_gib": report.peak_device_bytes / 2**30,
             "precision": report.precision, "batch_size": report.batch_size, "stages": report.stages,
+            "snap_share_of_device": snap_share(report),
         }
         print(f"| {label} | {report.seconds:.2f} | {report.megapixels_per_second:.0f} | "
               f"{mpx / report.stream_seconds:.0f} | {100 * report.generator_busy:.0f} % | {stage_cells(report)} | "
               f"{report.compile_seconds:.1f} | {report.peak_device_bytes / 2**30:.1f} |", flush=True)
     check_layout(tmp / "map.tif")
     return figures
+
+
+# The stages that run on the device (timed there with CUDA events; wall time on a CPU).
+DEVICE_STAGES = ("upload", "device", "generator", "merge", "overviews", "snap", "download")
+
+
+def snap_share(report: TranslateReport) -> float:
+    """Palette snapping and min-region's share of the run's device time."""
+    device = sum(report.stages.get(stage, 0.0) for stage in DEVICE_STAGES)
+    return report.stages.get("snap", 0.0) / device if device > 0 else 0.0
+
+
+def write_palette(path: Path) -> Path:
+    """An 8-class palette JSON (the synthetic world's colours): what --palette FILE snaps to."""
+    from geo_sat2map.synthetic import PALETTE
+
+    classes = [{"name": name, "color": list(colour)} for name, colour in PALETTE.items()]
+    path.write_text(json.dumps({"classes": classes}))
+    return path
 
 
 def read_rgba(path: Path) -> np.ndarray:

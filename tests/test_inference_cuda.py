@@ -95,3 +95,26 @@ def test_split_runs_choose_convolutions_deterministically(tmp_path, monkeypatch,
                               fixed_batch=fixed_batch, progress=False))
     assert seen == {(not fixed_batch, fixed_batch)}
     assert (cudnn.benchmark, cudnn.deterministic) == before
+
+
+def test_the_generator_is_replayed_from_a_cuda_graph_equal_to_the_uncaptured_forward(model):
+    """On CUDA the forward pass is captured once and replayed. Every replay equals the uncaptured forward (same
+    kernels), an earlier result survives the next replay (it is copied out of the graph's output buffer), and a
+    batch of another shape runs uncaptured."""
+    from geo_sat2map.inference.runner import GeneratorRunner, StageClock
+
+    device = torch.device("cuda")
+    graphed = GeneratorRunner(model, device, torch.float32, StageClock(device), deterministic=True)
+    plain = GeneratorRunner(model, device, torch.float32, StageClock(device), deterministic=True, graph=False)
+    batches = [torch.rand(4, 3, 256, 256, generator=torch.Generator().manual_seed(s)).to(device) * 2 - 1
+               for s in range(3)]
+    with graphed.active():
+        outputs = [graphed(batch) for batch in batches]
+        assert graphed._graph is not None and graphed.capture_seconds > 0
+        expected = [plain(batch) for batch in batches]
+        odd = graphed(batches[0][:3])
+        odd_expected = plain(batches[0][:3])
+    for got, want in zip(outputs, expected):
+        assert torch.equal(got, want)
+    assert not torch.equal(outputs[0], outputs[1])
+    assert torch.equal(odd, odd_expected)

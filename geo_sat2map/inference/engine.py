@@ -419,10 +419,11 @@ class StreamEngine:
         if not len(columns):
             self._merger.start_row(row, columns, torch.empty(0))
             return
-        self._merger.start_row(row, columns, to_device(columns, self.device))
+        device_columns = to_device(columns, self.device)
+        self._merger.start_row(row, columns, device_columns)
         with self.clock("device"):
             strip = self._strip(row, self._raw[:, local], self._valid_dev[local], not valid_host.all())
-        self._queue_windows(row, columns, strip)
+        self._queue_windows(row, device_columns, strip)
 
     def _columns_to_run(self, valid_host: np.ndarray) -> np.ndarray:
         """Window columns with at least one valid pixel (the others stay transparent and are not run)."""
@@ -459,16 +460,16 @@ class StreamEngine:
             parts.append(rows.index_select(dim, self._right_index))
         return torch.cat(parts, dim=dim)
 
-    def _queue_windows(self, row: int, columns: np.ndarray, strip: torch.Tensor) -> None:
-        """Copy the row's windows to run from the strip into the batch buffer; run every full batch."""
-        tile = self.grid.tile
+    def _queue_windows(self, row: int, columns: torch.Tensor, strip: torch.Tensor) -> None:
+        """Gather the row's windows to run (``columns``, on the device) from the strip into the batch buffer, one
+        copy per batch they fall in (not one per window: on a GPU each copy is a launch); run every full batch."""
+        windows = strip.unfold(2, self.grid.tile, self.stride).permute(2, 0, 1, 3)  # (columns, 3, tile, tile) view
         position = 0
         while position < len(columns):
             take = min(self.batch_size - self._filled, len(columns) - position)
             with self.clock("device"):
-                for offset, column in enumerate(columns[position:position + take]):
-                    left = int(column) * self.stride
-                    self._batch[self._filled + offset].copy_(strip[:, :, left:left + tile])
+                torch.index_select(windows, 0, columns[position:position + take],
+                                   out=self._batch[self._filled:self._filled + take])
             self._segments.append((row, position, self._filled, take))
             self._filled += take
             position += take

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from geo_sat2map.errors import first_line
-from geo_sat2map.models import InferenceGenerator
+from geo_sat2map.models import InferenceGenerator, with_low_precision_convolutions
 
 log = logging.getLogger("geo_sat2map")
 
@@ -81,23 +81,31 @@ class StageClock:
         return totals
 
 
+GRAPH_WARMUP_CALLS = 2  # uncaptured calls before the capture: cuDNN picks (and times) its kernels, caches fill
 CHANNELS_LAST_DEVICES = ("cuda", "cpu")  # measured faster there (benchmarks/norm_layout_bench.py on CPU)
 
 
 class GeneratorRunner:
-    """The generator on ``device`` at ``dtype`` (autocast), channels_last on CUDA and CPU, optionally compiled.
+    """The generator on ``device`` at ``dtype``, channels_last on CUDA and CPU, optionally compiled.
 
     Called with a (n, 3, tile, tile) float32 device batch; returns float32 outputs on the device. With
     ``compile``, ``torch.compile`` traces the model once for the engine's fixed batch shape; if compiling fails
     the runner says so and stays eager. ``deterministic``: on CUDA, convolution algorithms are chosen
     deterministically instead of by timing (cuDNN's benchmark may pick different kernels in each process, and
     some sum in another order), for runs whose processes must agree to the bit (split runs).
+
+    ``graph`` (default: on CUDA): the forward pass (eager or compiled) is captured as one CUDA graph on the first
+    batch and replayed for every batch of that shape. A U-Net forward is a few hundred kernels; launched one by
+    one from Python at a few microseconds each, the host, not the GPU, set the pace at translate's batch sizes.
+    A batch of another shape runs uncaptured. If capturing fails the runner says so and stays uncaptured.
     """
 
     def __init__(
         self, model: InferenceGenerator, device: torch.device, dtype: torch.dtype, clock: StageClock,
-        compile: bool = False, deterministic: bool = False,
+        compile: bool = False, deterministic: bool = False, graph: bool | None = None,
     ) -> None:
+        if dtype != torch.float32:  # a copy with bf16/fp16 convolution weights: the fp32 model stays as it is
+            model = with_low_precision_convolutions(model, dtype)
         model = model.to(device)
         self.memory_format = (torch.channels_last if device.type in CHANNELS_LAST_DEVICES
                               else torch.contiguous_format)
@@ -108,6 +116,11 @@ class GeneratorRunner:
         self.compiled = compile
         self.compile_seconds = 0.0
         self._first_call = True
+        self.graphed = device.type == "cuda" if graph is None else graph
+        self.capture_seconds = 0.0
+        self._graph: torch.cuda.CUDAGraph | None = None
+        self._static_in: torch.Tensor | None = None
+        self._static_out: torch.Tensor | None = None
 
     @contextlib.contextmanager
     def active(self) -> Iterator[None]:
@@ -137,19 +150,65 @@ class GeneratorRunner:
             torch.set_flush_denormal(False)  # PyTorch's default; there is no getter to restore from
 
     def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
+        if self._graph is not None and inputs.shape == self._static_in.shape:  # type: ignore[union-attr]
+            return self._replay(inputs)
         inputs = inputs.contiguous(memory_format=self.memory_format)
         if self._first_call and self.compiled:
-            return self._first_compiled_call(inputs)
-        with self.clock("generator"):
-            return self._run(inputs)
+            outputs = self._first_compiled_call(inputs)
+        elif self.graphed and self._graph is None:
+            outputs = self._first_graphed_call(inputs)
+        else:
+            with self.clock("generator"):
+                return self._run(inputs)
+        return outputs
 
     def _run(self, inputs: torch.Tensor) -> torch.Tensor:
-        autocast = (
-            torch.autocast(self.device.type, dtype=self.dtype) if self.dtype != torch.float32
-            else contextlib.nullcontext()
-        )
-        with torch.inference_mode(), autocast:
-            return self._forward(inputs).float()
+        # bf16/fp16: the convolution weights were cast once (not by autocast at every call, which cost the CPU
+        # about 10 %); activations flow in that dtype and every norm takes float32 statistics (per_tile_norm).
+        with torch.inference_mode():
+            return self._forward(inputs.to(self.dtype)).float()
+
+    def _replay(self, inputs: torch.Tensor) -> torch.Tensor:
+        """One batch through the captured graph. The result is copied out of the graph's output buffer, which the
+        next replay overwrites while the merger (another thread, same stream) may not yet have queued its reads."""
+        assert self._graph is not None and self._static_in is not None and self._static_out is not None
+        with self.clock("generator"):
+            self._static_in.copy_(inputs)
+            self._graph.replay()
+            return self._static_out.clone()
+
+    def _first_graphed_call(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Warm up, capture the forward pass for this batch shape, and replay it for this batch; on any failure,
+        stay uncaptured (with one log line)."""
+        self.graphed = False  # one try
+        started = time.perf_counter()
+        device = self.device
+        static_in = torch.empty_like(inputs, memory_format=self.memory_format).copy_(inputs)
+        # Warm-up and capture on one side stream: cuDNN's algorithm choice (benchmark mode times candidates),
+        # its workspaces and per-stream handles must exist before the capture, which may not create them.
+        stream = torch.cuda.Stream(device)
+        stream.wait_stream(torch.cuda.current_stream(device))
+        try:
+            with torch.cuda.stream(stream):
+                for _ in range(GRAPH_WARMUP_CALLS):
+                    self._run(static_in)
+            graph = torch.cuda.CUDAGraph()
+            # thread_local: the reader and writer threads allocate pinned buffers while this thread captures.
+            with torch.cuda.graph(graph, stream=stream, capture_error_mode="thread_local"):
+                static_out = self._run(static_in)
+            torch.cuda.current_stream(device).wait_stream(stream)
+            torch.cuda.synchronize(device)
+        except Exception as exc:  # a capture fails on some ops or drivers: run uncaptured, as before
+            torch.cuda.current_stream(device).wait_stream(stream)
+            log.warning("CUDA graph capture of the generator failed (%s: %s); running it uncaptured",
+                        type(exc).__name__, first_line(exc))
+            with self.clock("generator"):
+                return self._run(inputs)
+        self._graph, self._static_in, self._static_out = graph, static_in, static_out
+        self.capture_seconds = time.perf_counter() - started
+        log.info("captured the generator as a CUDA graph for batches of %d in %.2f s", inputs.shape[0],
+                 self.capture_seconds)
+        return self._replay(inputs)
 
     def _first_compiled_call(self, inputs: torch.Tensor) -> torch.Tensor:
         """Compile on the first batch (timed on its own); fall back to eager if the compiler fails."""
@@ -167,4 +226,6 @@ class GeneratorRunner:
         self.compile_seconds = time.perf_counter() - started
         log.info("--compile: compiled the generator for batches of %d in %.1f s (one-time; it pays off once the "
                  "time saved per window times the windows exceeds that)", inputs.shape[0], self.compile_seconds)
+        if self.graphed:  # the compiled kernels are captured too: no Python (guards, launches) per batch
+            self._first_graphed_call(inputs)
         return outputs

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from torch import nn
 
-from geo_sat2map.models.inference import NORM_MODES, InferenceGenerator, prepare_for_inference
+from geo_sat2map.models.inference import (
+    NORM_MODES,
+    InferenceGenerator,
+    prepare_for_inference,
+    with_low_precision_convolutions,
+)
 from geo_sat2map.models.patchgan import PatchGAN
 from geo_sat2map.models.pix2pix_unet import Pix2PixUnet
 from geo_sat2map.models.seed_unet import SeedUnet
@@ -33,4 +38,5 @@ __all__ = [
     "SeedUnet",
     "build_generator",
     "prepare_for_inference",
+    "with_low_precision_convolutions",
 ]

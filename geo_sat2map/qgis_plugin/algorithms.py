@@ -202,7 +202,7 @@ class TranslateAlgorithm(_GeoSat2MapAlgorithm):
         ))
         self.add_advanced(QgsProcessingParameterEnum("BLEND", "Blend", options=list(BLEND_CHOICES), defaultValue=0))
         self.add_advanced(QgsProcessingParameterNumber(
-            "BATCH_SIZE", "Batch size (empty: 4 on CPU, 16 on CUDA; never changes results)", minValue=1, optional=True
+            "BATCH_SIZE", "Batch size (empty: 4 on CPU, 64 on CUDA or 16 under 12 GiB; never changes results)", minValue=1, optional=True
         ))
         self.add_advanced(QgsProcessingParameterString("DEVICE", "Device: auto, cpu, cuda, cuda:N or mps",
                                                        defaultValue="auto"))
