@@ -338,6 +338,11 @@ class BackgroundMerger:
     def abandon(self) -> None:
         self._worker.abandon()
 
+    @property
+    def blocked(self) -> float:
+        """The engine's time waiting for room in the merger's queue (merging is behind)."""
+        return self._worker.blocked
+
 
 class StreamEngine:
     """Window rows of raw scene strips -> finished RGBA rows, all on ``device`` (see the module docstring).
@@ -489,6 +494,11 @@ class StreamEngine:
         """Run the last partial batch and flush every remaining row and overview row."""
         self._run_batch()
         self._merger.finish()
+
+    @property
+    def merge_waited(self) -> float:
+        """Seconds this thread waited for a background merger that was behind (0 without one)."""
+        return self._merger.blocked if isinstance(self._merger, BackgroundMerger) else 0.0
 
     def abandon(self) -> None:
         """Stop a background merger after a failure (nothing more is emitted)."""

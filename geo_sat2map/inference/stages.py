@@ -61,6 +61,7 @@ class ChunkReader:
         self._bind = device_binder(device)
         self.workers, self.ahead = max(1, workers), max(1, ahead, workers)
         self.seconds = 0.0  # summed over threads
+        self.waited = 0.0  # the consumer's time waiting for the next chunk (reading is behind when it grows)
         self._lock = threading.Lock()
 
     def chunks(self) -> Iterator[RawChunk]:
@@ -70,11 +71,17 @@ class ChunkReader:
             for row in range(self.band.process_from, self.band.process_end):
                 futures.append(pool.submit(self._read, row))
                 if len(futures) >= self.ahead:
-                    yield futures.popleft().result()
+                    yield self._next(futures)
             while futures:
-                yield futures.popleft().result()
+                yield self._next(futures)
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+
+    def _next(self, futures: deque[Future[RawChunk]]) -> RawChunk:
+        started = time.perf_counter()
+        chunk = futures.popleft().result()
+        self.waited += time.perf_counter() - started
+        return chunk
 
     def _read(self, row: int) -> RawChunk:
         started = time.perf_counter()
@@ -109,22 +116,29 @@ class QueueWorker:
         self.handle = handle
         self._bind = device_binder(device)
         self.error: BaseException | None = None
+        self.blocked = 0.0  # the feeder's time waiting for room in the queue (the worker is behind)
         self._items: queue.Queue[Any] = queue.Queue(maxsize=max_queued)
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._work, name=name, daemon=True)
         self._thread.start()
 
     def put(self, item: Any) -> None:
+        started = None
         while True:
             if self.error is not None:
                 raise self.error
             if self._stopped.is_set():
                 raise RuntimeError("internal error: a pipeline thread was stopped")
             try:
-                self._items.put(item, timeout=POLL_SECONDS)
-                return
+                if started is None:
+                    self._items.put_nowait(item)
+                else:
+                    self._items.put(item, timeout=POLL_SECONDS)
+                break
             except queue.Full:
-                continue
+                started = started or time.perf_counter()
+        if started is not None:
+            self.blocked += time.perf_counter() - started
 
     def _work(self) -> None:
         try:
@@ -160,6 +174,7 @@ class RowWriter:
         self.sink, self.device, self.clock = sink, device, clock
         self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
         self.seconds = 0.0  # writer thread time in the sink (encoding, file writes)
+        self.download_waited = 0.0  # writer thread time waiting for downloads (the device is behind)
         self._worker = QueueWorker(self._write, "translate-write", max_queued, device)
 
     def submit(self, level: int, rows: torch.Tensor) -> None:
@@ -180,10 +195,17 @@ class RowWriter:
         rows.record_stream(self.stream)  # keep the device rows alive until the copy has run
         return host, done
 
+    @property
+    def blocked(self) -> float:
+        """The submitter's time waiting for room in the writer's queue (writing is behind)."""
+        return self._worker.blocked
+
     def _write(self, item: tuple[int, torch.Tensor, torch.cuda.Event | None]) -> None:
         level, host, done = item
+        started = time.perf_counter()
         if done is not None:
             done.synchronize()
+        self.download_waited += time.perf_counter() - started
         started = time.perf_counter()
         self.sink.write_rows(level, host.numpy())
         self.seconds += time.perf_counter() - started

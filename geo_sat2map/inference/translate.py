@@ -495,7 +495,11 @@ def _stream_on_device(config: TranslateConfig, run: _Run, sink: Any, band: RowBa
     finally:
         bar.close()
     seconds = time.perf_counter() - started
-    stages = {"read": reader.seconds - rows.resample_seconds, **clock.totals(), "encode": writer.seconds}
+    stages = {"read": reader.seconds - rows.resample_seconds, **clock.totals(), "encode": writer.seconds,
+              # Where the stream waited: the engine for reading or merging, the merger for writing, the writer for
+              # the device. The largest names the stage that set the pace.
+              "wait read": reader.waited, "wait merge": engine.merge_waited, "wait write": writer.blocked,
+              "wait device": writer.download_waited}
     if not run.processing.native:
         stages["resample"] = rows.resample_seconds
     if runner.capture_seconds:

@@ -1,0 +1,116 @@
+"""Where a translate call spends its time: the report's stages and waits, INFO log lines with timestamps, and
+optionally py-spy profiles of every thread (when the ``py-spy`` executable is on PATH).
+
+    python3 benchmarks/translate_profile.py --size 16384 --out prof            # on a GPU machine
+    python3 benchmarks/translate_profile.py --device cpu --size 1024 --width 8 --out prof   # a dry run
+
+Each run (``--runs``, default ``default,compile``) translates the same synthetic uint8 scene (ngf-64 generator with
+random weights) after one untimed warm-up call (cuDNN's kernel choice, pinned-memory pools). With py-spy, each
+timed run is sampled twice into ``OUT/NAME.threads.txt`` (every thread, idle included) and
+``OUT/NAME.gil.txt`` (only the thread holding the GIL), py-spy's "raw" collapsed-stack format; the summary
+``OUT/NAME.top.txt`` lists, per thread, the frames that took the most samples.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from translate_bench import make_scene, run_translate, save_random_generator, write_palette  # noqa: E402
+
+RUNS = {"default": {}, "compile": {"compile": True}, "palette": {"palette": None}, "fp32": {"precision": "fp32"}}
+
+
+def profiled(out: Path, name: str, mode: str, call):  # type: ignore[no-untyped-def]
+    """``call()`` while py-spy samples this process (``mode``: "threads" or "gil"); nothing without py-spy."""
+    spy = shutil.which("py-spy")
+    if spy is None:
+        return call()
+    flags = ["--threads", "--idle"] if mode == "threads" else ["--threads", "--gil"]
+    path = out / f"{name}.{mode}.txt"
+    recorder = subprocess.Popen([spy, "record", "--pid", str(os.getpid()), "--rate", "250", "--nonblocking",
+                                 "--format", "raw", "-o", str(path), *flags],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)  # py-spy attaches
+    try:
+        return call()
+    finally:
+        recorder.send_signal(signal.SIGINT)
+        recorder.wait(timeout=60)
+
+
+def top_frames(path: Path, limit: int = 12) -> str:
+    """Per thread: samples in all, then the innermost project/torch/rasterio frames that took the most."""
+    per_thread: dict[str, Counter[str]] = defaultdict(Counter)
+    totals: Counter[str] = Counter()
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return f"{path.name}: missing\n"
+    for line in lines:
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        frames = stack.split(";")
+        thread = frames[0]
+        totals[thread] += int(count)
+        inner = [f for f in frames[1:] if "geo_sat2map" in f or "rasterio" in f or "torch" in f]
+        key = " <- ".join(f.split(" (")[0] for f in (inner[-3:][::-1] if inner else frames[-1:]))
+        per_thread[thread][key] += int(count)
+    text = [f"== {path.name}"]
+    for thread, total in totals.most_common():
+        text.append(f"-- {thread}: {total} samples")
+        for key, count in per_thread[thread].most_common(limit):
+            text.append(f"   {100 * count / total:5.1f} %  {key}")
+    return "\n".join(text) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--size", type=int, default=16384)
+    parser.add_argument("--width", type=int, default=64)
+    parser.add_argument("--runs", default="default,compile")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    handler = logging.StreamHandler(sys.stdout)
+    started = time.perf_counter()
+    handler.setFormatter(logging.Formatter("%(relativeCreated)8.0f ms %(threadName)s: %(message)s"))
+    logging.getLogger("geo_sat2map").addHandler(handler)
+    logging.getLogger("geo_sat2map").setLevel(logging.INFO)
+    with tempfile.TemporaryDirectory(prefix="translate-profile-") as tmp_dir:
+        tmp = Path(tmp_dir)
+        weights = save_random_generator(tmp / "generator.pt", args.width)
+        scene = make_scene(tmp / "scene.tif", args.size, args.size)
+        print(f"scene {args.size}² made at {time.perf_counter() - started:.1f} s", flush=True)
+        run_translate(scene, weights, tmp / "warm.tif", args.device)  # warm-up, untimed
+        for name in args.runs.split(","):
+            options = dict(RUNS[name])
+            if "palette" in options:
+                options["palette"] = str(write_palette(tmp / "palette.json"))
+            for mode in ("threads", "gil") if name == "default" else ("threads",):
+                print(f"\n=== {name} ({mode} profile)", flush=True)
+                report = profiled(args.out, name, mode,
+                                  lambda: run_translate(scene, weights, tmp / f"{name}.tif", args.device, **options))
+                mpx = report.width * report.height / 1e6
+                print(f"whole {report.seconds:.2f} s ({report.megapixels_per_second:.0f} Mpx/s), stream "
+                      f"{report.stream_seconds:.2f} s ({mpx / report.stream_seconds:.0f} Mpx/s), generator busy "
+                      f"{100 * report.generator_busy:.0f} %, batch {report.batch_size}, {report.precision}")
+                print("stages: " + ", ".join(f"{k} {v:.2f}" for k, v in report.stages.items()), flush=True)
+                (args.out / f"{name}.top.txt").open("a").write(top_frames(args.out / f"{name}.{mode}.txt"))
+
+
+if __name__ == "__main__":
+    main()
