@@ -38,6 +38,8 @@ def profiled(out: Path, name: str, mode: str, call):  # type: ignore[no-untyped-
     if spy is None:
         return call()
     flags = ["--threads", "--idle"] if mode == "threads" else ["--threads", "--gil"]
+    if os.environ.get("PY_SPY_NATIVE"):  # C/C++ frames too (what a thread waits in: CUDA, GDAL, the GIL)
+        flags.append("--native")
     path = out / f"{name}.{mode}.txt"
     recorder = subprocess.Popen([spy, "record", "--pid", str(os.getpid()), "--rate", "250", "--nonblocking",
                                  "--format", "raw", "-o", str(path), *flags],
@@ -65,7 +67,8 @@ def top_frames(path: Path, limit: int = 12) -> str:
         frames = stack.split(";")
         thread = frames[0]
         totals[thread] += int(count)
-        inner = [f for f in frames[1:] if "geo_sat2map" in f or "rasterio" in f or "torch" in f]
+        inner = [f for f in frames[1:] if "geo_sat2map" in f or "rasterio" in f or "torch" in f
+                 or ("(" not in f and "<" not in f)]  # native frames have no file
         key = " <- ".join(f.split(" (")[0] for f in (inner[-3:][::-1] if inner else frames[-1:]))
         per_thread[thread][key] += int(count)
     text = [f"== {path.name}"]
