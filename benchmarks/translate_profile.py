@@ -52,6 +52,24 @@ def profiled(out: Path, name: str, mode: str, call):  # type: ignore[no-untyped-
         recorder.wait(timeout=60)
 
 
+def torch_profiled(out: Path, name: str, call):  # type: ignore[no-untyped-def]
+    """``call()`` under torch.profiler (CPU and CUDA activity, every thread's CUDA runtime calls through CUPTI):
+    the table of host and device time per op and runtime call goes to ``OUT/NAME.torchprof.txt``."""
+    import torch
+
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if torch.cuda.is_available():
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as prof:
+        result = call()
+    averages = prof.key_averages()
+    text = [averages.table(sort_by="self_cpu_time_total", row_limit=45)]
+    if torch.cuda.is_available():
+        text.append(averages.table(sort_by="self_cuda_time_total", row_limit=25))
+    (out / f"{name}.torchprof.txt").write_text("\n".join(text))
+    return result
+
+
 def top_frames(path: Path, limit: int = 12) -> str:
     """Per thread: samples in all, then the innermost project/torch/rasterio frames that took the most."""
     per_thread: dict[str, Counter[str]] = defaultdict(Counter)
@@ -86,6 +104,7 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--runs", default="default,compile")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--torch-profiler", action="store_true", help="torch.profiler tables instead of py-spy")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     handler = logging.StreamHandler(sys.stdout)
@@ -103,16 +122,20 @@ def main() -> None:
             options = dict(RUNS[name])
             if "palette" in options:
                 options["palette"] = str(write_palette(tmp / "palette.json"))
-            for mode in ("threads", "gil") if name == "default" else ("threads",):
+            modes = ("torch",) if args.torch_profiler else ("threads", "gil") if name == "default" else ("threads",)
+            for mode in modes:
                 print(f"\n=== {name} ({mode} profile)", flush=True)
-                report = profiled(args.out, name, mode,
-                                  lambda: run_translate(scene, weights, tmp / f"{name}.tif", args.device, **options))
+                def call() -> object:
+                    return run_translate(scene, weights, tmp / f"{name}.tif", args.device, **options)
+
+                report = torch_profiled(args.out, name, call) if mode == "torch" else profiled(args.out, name, mode, call)
                 mpx = report.width * report.height / 1e6
                 print(f"whole {report.seconds:.2f} s ({report.megapixels_per_second:.0f} Mpx/s), stream "
                       f"{report.stream_seconds:.2f} s ({mpx / report.stream_seconds:.0f} Mpx/s), generator busy "
                       f"{100 * report.generator_busy:.0f} %, batch {report.batch_size}, {report.precision}")
                 print("stages: " + ", ".join(f"{k} {v:.2f}" for k, v in report.stages.items()), flush=True)
-                (args.out / f"{name}.top.txt").open("a").write(top_frames(args.out / f"{name}.{mode}.txt"))
+                if mode != "torch":
+                    (args.out / f"{name}.top.txt").open("a").write(top_frames(args.out / f"{name}.{mode}.txt"))
 
 
 if __name__ == "__main__":
