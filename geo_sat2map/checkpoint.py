@@ -161,7 +161,7 @@ def load_generator(path: str | os.PathLike[str], hash_file: bool = True) -> Load
             f"{path}: holds a {type(obj).__name__}, not a generator state_dict; expected a geo-sat2map "
             "generator.pt, a pix2pix *_net_G.pth state_dict or a seed gen.pth.tar"
         )
-    net = build_generator(meta.arch, meta.width)
+    net = _uninitialised_generator(meta.arch, meta.width)
     _load_state(path, net, state, meta.arch)
     return LoadedGenerator(net=net, meta=meta, path=path, sha256=file_sha256(path) if hash_file else "")
 
@@ -259,6 +259,14 @@ def _infer_width(state: dict[str, torch.Tensor], arch: str) -> int:
     return int(state[_FIRST_WEIGHT[arch]].shape[0])
 
 
+def _uninitialised_generator(arch: str, width: int) -> nn.Module:
+    """The generator with uninitialised weights, to be loaded: built on the meta device and given empty CPU
+    storage, skipping the random initialisation that every weight would overwrite (0.4 s for ngf 64)."""
+    with torch.device("meta"):
+        net = build_generator(arch, width)
+    return net.to_empty(device="cpu")
+
+
 def _load_state(path: Path, net: nn.Module, state: dict[str, torch.Tensor], arch: str) -> None:
     expected = net.state_dict()
     # Old pix2pix files predate BatchNorm's num_batches_tracked: it carries no weights, keep ours.
@@ -279,6 +287,9 @@ def _load_state(path: Path, net: nn.Module, state: dict[str, torch.Tensor], arch
             f"{path}: does not match the {arch} generator of width {_infer_width(state, arch)}: " + "; ".join(parts)
         )
     net.load_state_dict(state, strict=False)
+    for name, buffer in net.named_buffers():
+        if name not in state:  # num_batches_tracked of old files: BatchNorm's initial value
+            buffer.zero_()
 
 
 def _summarise(items: list[str], limit: int = 3) -> str:

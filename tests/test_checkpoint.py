@@ -50,6 +50,10 @@ def test_public_pix2pix_state_dicts_load_exactly(form, small_unet, tmp_path):
     assert loaded.meta.source_format == "pix2pix"
     assert loaded.meta.scaling is None
     _assert_same_outputs(loaded, small_unet, "instance")
+    # weights are loaded into uninitialised storage: what the file lacks gets BatchNorm's initial value
+    counters = [b for n, b in loaded.net.named_buffers() if n.endswith("num_batches_tracked")]
+    assert counters and all(int(c) == (0 if form == "legacy-no-num-batches" else int(c)) for c in counters)
+    assert all(torch.isfinite(t).all() for t in loaded.net.state_dict().values() if t.is_floating_point())
 
 
 def test_seed_gen_pth_tar_loads_with_running_stats(small_seed, tmp_path):
