@@ -33,7 +33,6 @@ from geo_sat2map.inference.ops import (
     reflect_index,
 )
 from geo_sat2map.inference.snap import SnapSpec, SnapStage
-from geo_sat2map.palette import NODATA_INDEX
 from geo_sat2map.scaling import InputScaling
 from geo_sat2map.windows import RowBand, RowBuffer, WindowGrid, axis_weights
 
@@ -215,7 +214,7 @@ def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
 
 def class_downsample(spec: SnapSpec) -> Downsample:
     """Overviews of one-band class rows: 2x2 modes, never averages."""
-    return lambda rows, last: downsample_classes(rows, len(spec.colours), NODATA_INDEX, last)
+    return lambda rows, last: downsample_classes(rows, len(spec.colours), spec.nodata, last)
 
 
 class RowMerger:

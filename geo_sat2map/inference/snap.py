@@ -8,7 +8,8 @@ the scene (``windows.RowBand`` with that halo) computes ``halo`` rows of context
 owns: every output row is the one a single pass over the whole scene gives, whatever the split.
 
 Outputs (``--format``): ``rgba`` (the palette colours, alpha from the mask), ``paletted`` and ``classes`` (one
-uint8 band of class indices, ``NODATA_INDEX`` for the mask; the writer adds the colour table or categories).
+uint8 band of class indices, the palette's ``nodata_index`` for the mask; the writer adds the colour table or
+categories).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch
 
 from geo_sat2map.errors import UserError
 from geo_sat2map.inference.ops import majority_filter, snap_classes
-from geo_sat2map.palette import NODATA_INDEX, Palette, load_palette
+from geo_sat2map.palette import Palette, load_palette, nodata_index
 
 OUTPUT_FORMATS = ("rgba", "paletted", "classes")
 DEFAULT_MIN_REGION = 8  # pixels: a 5x5 majority window (see majority_radius)
@@ -59,6 +60,11 @@ class SnapSpec:
     @property
     def one_band(self) -> bool:
         return self.output_format != "rgba"
+
+    @property
+    def nodata(self) -> int:
+        """The mask's value in one-band output."""
+        return nodata_index(len(self.colours))
 
 
 class MajorityRows:
@@ -121,9 +127,9 @@ class SnapStage:
         return None if step is None else (step[0], self.render(step[1], step[2]))
 
     def render(self, classes: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """Class rows -> (n, W, 4) RGBA palette colours, or (n, W, 1) uint8 indices with ``NODATA_INDEX``."""
+        """Class rows -> (n, W, 4) RGBA palette colours, or (n, W, 1) uint8 indices with the nodata index."""
         if self.spec.one_band:
-            return torch.where(valid, classes, NODATA_INDEX).to(torch.uint8)[..., None]
+            return torch.where(valid, classes, self.spec.nodata).to(torch.uint8)[..., None]
         rgba = torch.zeros((*classes.shape, 4), dtype=torch.uint8, device=classes.device)
         rgba[..., :3] = self.lut[classes] * valid[..., None]
         rgba[..., 3] = valid.to(torch.uint8) * 255
