@@ -273,6 +273,19 @@ def category_sidecar(class_band: ClassBand) -> str:
             "  </PAMRasterBand>\n</PAMDataset>\n")
 
 
+def read_category_names(path: str | os.PathLike[str]) -> tuple[str, ...]:
+    """Band 1's category names from the ``.aux.xml`` beside ``path`` (as ``category_sidecar`` writes it); none
+    when there is no sidecar or it has none."""
+    try:
+        root = ElementTree.parse(f"{os.fspath(path)}.aux.xml").getroot()
+    except (OSError, ElementTree.ParseError):
+        return ()
+    for band in root.iter("PAMRasterBand"):
+        if band.get("band", "1") == "1":
+            return tuple(category.text or "" for category in band.iter("Category"))
+    return ()
+
+
 def write_category_sidecar(output: str | os.PathLike[str], class_band: ClassBand) -> None:
     """``OUTPUT.aux.xml`` beside a finished class map (replaced: it belongs to the map just written)."""
     from geo_sat2map.atomic import atomic_output
@@ -360,9 +373,12 @@ def scratch_path(output: str | os.PathLike[str], suffix: str) -> Iterator[Path]:
             os.unlink(name)
 
 
-def open_scratch_sink(path: str | os.PathLike[str], info: RasterInfo) -> GDALMapSink:
-    """A sink for an intermediate map that is read back once: fast compression, no overviews."""
-    return GDALMapSink(path, info, {}, OutputOptions(compress=INTERMEDIATE_COMPRESSION, cog=False), overviews=False)
+def open_scratch_sink(path: str | os.PathLike[str], info: RasterInfo, class_band: ClassBand | None = None
+                      ) -> GDALMapSink:
+    """A sink for an intermediate map (RGBA, or one band of ``class_band``'s classes) that is read back once:
+    fast compression, no overviews."""
+    options = OutputOptions(compress=INTERMEDIATE_COMPRESSION, cog=False, class_band=class_band)
+    return GDALMapSink(path, info, {}, options, overviews=False)
 
 
 # GDAL creation options the streaming COG writer honours itself; any other sends the run through GDAL.
