@@ -3,6 +3,8 @@
     python benchmarks/palette_bench.py                       # ~5 min on 2 CPU cores
     python benchmarks/palette_bench.py --pictures examples   # also the README's raw | snapped | paletted panels
     python benchmarks/palette_bench.py --cost-only           # only the cost of snapping (~2 min)
+    python benchmarks/palette_bench.py --sizes-of demo/run/generator.pt demo/heldout_scene/satellite.tif
+                                                             # only step 3's file sizes, for a given model and scene
 
 1. A training scene and a held-out scene of the synthetic world (geo_sat2map.synthetic, as `make demo` makes them,
    smaller); ``make-tiles`` (learns the exact palette into dataset.json); ``train`` a small generator (quick-cpu
@@ -11,7 +13,8 @@
    and as ``--format paletted`` / ``classes``; ``evaluate --palette synthetic`` each against the reference map.
 3. The table: map-class accuracy (raw vs snapped), speckle (share of valid pixels whose class differs from the
    majority of their 3x3 neighbourhood, classes by nearest palette colour), file sizes (paletted vs the default
-   RGBA COG), whether the classes file equals the snapped map's classes.
+   RGBA COG, i.e. ``--format rgba --palette auto``: snapped colours), whether the classes file equals the
+   snapped map's classes.
 4. Cost: an ngf-64 generator (random weights, the compute of a trained one) with an exact palette on a
    ``--cost-size``² scene: the engine's "snap" stage seconds against the whole call, CPU.
 """
@@ -39,7 +42,7 @@ from geo_sat2map.inference import TranslateConfig, translate
 from geo_sat2map.inference.ops import majority_filter
 from geo_sat2map.metrics import nearest_colour
 from geo_sat2map.models import build_generator
-from geo_sat2map.palette import load_palette
+from geo_sat2map.palette import load_palette, nodata_index
 from geo_sat2map.synthetic import SceneSpec, write_scene
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,7 +97,7 @@ def acceptance(work: Path, train_size: int, heldout_size: int, epochs: int) -> t
     with rasterio.open(maps["classes"]) as ds:
         class_values = ds.read(1)
     palette_colours = np.array(learned.colours, np.uint8)
-    snapped_classes = np.where(valid, nearest_colour(snapped_rgb, palette_colours), 255)
+    snapped_classes = np.where(valid, nearest_colour(snapped_rgb, palette_colours), nodata_index(len(learned.colours)))
     results = {
         "learned palette": f"{len(learned.names)} classes, {learned.kind}",
         "train (make-tiles + train) s": round(train_seconds, 1),
@@ -108,6 +111,20 @@ def acceptance(work: Path, train_size: int, heldout_size: int, epochs: int) -> t
         "classes == snapped": bool((class_values == snapped_classes).all()),
     }
     return results, {"heldout": heldout, "maps": maps}
+
+
+def sizes(work: Path, weights: Path, scene: Path) -> dict[str, object]:
+    """File sizes of ``scene`` translated by ``weights`` as the default RGBA COG and as ``--format paletted``
+    (both with the defaults: --palette auto, --min-region 8, DEFLATE)."""
+    maps = {name: work / f"sizes_{name}.tif" for name in ("rgba", "paletted")}
+    common = ["-w", weights, "--device", "cpu", "--precision", "fp32"]
+    geo_sat2map("translate", scene, "-o", maps["rgba"], *common)
+    geo_sat2map("translate", scene, "-o", maps["paletted"], *common, "--format", "paletted")
+    rgba, paletted = maps["rgba"].stat().st_size, maps["paletted"].stat().st_size
+    with rasterio.open(maps["paletted"]) as ds:
+        bits = ds.tags(1, "IMAGE_STRUCTURE").get("NBITS", "8")
+    return {"scene": f"{scene} ({ds.width}x{ds.height})", "model": str(weights), "size rgba (bytes)": rgba,
+            f"size paletted (bytes, {bits}-bit)": paletted, "paletted / RGBA size": round(paletted / rgba, 4)}
 
 
 def cost(work: Path, size: int) -> dict[str, object]:
@@ -168,10 +185,16 @@ def main() -> None:
     parser.add_argument("--cost-size", type=int, default=1024)
     parser.add_argument("--pictures", type=Path, default=None, help="write the README pictures into this folder")
     parser.add_argument("--cost-only", action="store_true", help="only the cost of snapping (step 4)")
+    parser.add_argument("--sizes-of", nargs=2, type=Path, metavar=("WEIGHTS", "SCENE"),
+                        help="only the file sizes (step 3) of SCENE translated by WEIGHTS")
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     work = Path(tempfile.mkdtemp(prefix="palette-bench-"))
     try:
+        if args.sizes_of:
+            for key, value in sizes(work, *args.sizes_of).items():
+                print(f"| {key} | {value} |")
+            return
         if args.cost_only:
             for key, value in cost(work, args.cost_size).items():
                 print(f"| {key} | {value} |")

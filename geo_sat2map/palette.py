@@ -351,7 +351,20 @@ def learn_palette(maps: Iterable[tuple[np.ndarray, np.ndarray | None]], seed: in
 
 # --- exports --------------------------------------------------------------------------------------------------
 
-NODATA_INDEX = 255  # the mask's value in paletted and class outputs
+NODATA_INDEX = 255  # the mask's value in a class map of more than 15 classes (see nodata_index)
+PACKED_BITS = (1, 2, 4, 8)  # bits a pixel of a one-band class map can be stored in (TIFF BitsPerSample)
+
+
+def class_bits(count: int) -> int:
+    """Bits a pixel of a class map of ``count`` classes is stored in: the fewest of ``PACKED_BITS`` that hold
+    the classes and the nodata index (a 4-bit map is about half the size of an 8-bit one at fast DEFLATE levels)."""
+    return next(bits for bits in PACKED_BITS if count + 1 <= 1 << bits)
+
+
+def nodata_index(count: int) -> int:
+    """The mask's value in a class map of ``count`` classes: the last value its bits hold (15 for 4-15 classes,
+    255 beyond), so it never collides with a class and a packed map can store it."""
+    return (1 << class_bits(count)) - 1
 
 
 def _hex(colour: tuple[int, int, int]) -> str:

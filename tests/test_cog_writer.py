@@ -202,6 +202,47 @@ def test_plain_tiled_geotiff_without_cog(tmp_path):
     assert any("ghost area" in p for p in check_cog_layout(path))
 
 
+@pytest.mark.parametrize(("bits", "compress"), [(1, "deflate"), (2, "deflate"), (4, "deflate"), (4, "none"),
+                                               (8, "deflate")])
+def test_packed_class_maps_read_back_exact_with_their_colour_table_and_nodata(tmp_path, bits, compress):
+    """One band at 1, 2 or 4 bits a pixel (GDAL's NBITS): every level, the colour table sized for the bits, the
+    last index as a transparent nodata; odd widths end a tile row mid-byte."""
+    rng = np.random.default_rng(bits)
+    nodata = (1 << bits) - 1
+    image = rng.integers(0, nodata + 1, (150, 101, 1), dtype=np.uint8)
+    colours = [tuple(int(c) for c in rng.integers(0, 256, 3)) for _ in range(nodata)]
+    path = tmp_path / "classes.tif"
+    writer = write_map(path, image, blocksize=32, samples=1, colormap=colours, nodata=nodata, bits=bits,
+                       predictor=False, compress=compress)
+    with rasterio.open(path) as ds:
+        assert ds.tags(1, "IMAGE_STRUCTURE").get("NBITS") == (None if bits == 8 else str(bits))
+        assert ds.nodata == nodata and ds.colorinterp == (ColorInterp.palette,)
+        table = ds.colormap(1)
+        assert len(table) == 1 << bits and [table[i][:3] for i in range(nodata)] == colours
+        assert table[nodata][3] == 0
+    for level in range(len(writer.levels)):
+        np.testing.assert_array_equal(read_level(path, level), level_image(image, level))
+    assert check_cog_layout(path) == []
+    if bits < 8:
+        assert writer.stats.raw_bytes == writer.stats.tiles * 32 * 32 * bits // 8
+
+
+def test_packing_is_refused_where_it_cannot_hold_the_values(tmp_path):
+    with pytest.raises(ValueError, match="bits=4"):  # libtiff predicts 8-bit samples only
+        StreamingCOGWriter(tmp_path / "m.tif", 10, 10, None, Affine.identity(), {}, samples=1, bits=4)
+    with pytest.raises(ValueError, match="bits=4"):
+        StreamingCOGWriter(tmp_path / "m.tif", 10, 10, None, Affine.identity(), {}, bits=4, predictor=False)
+    with pytest.raises(ValueError, match="5 entries does not fit 2-bit"):
+        StreamingCOGWriter(tmp_path / "m.tif", 10, 10, None, Affine.identity(), {}, samples=1, bits=2,
+                           predictor=False, colormap=[(0, 0, 0)] * 5)
+    with StreamingCOGWriter(tmp_path / "m.tif", 10, 10, None, Affine.identity(), {}, samples=1, bits=2,
+                            predictor=False) as writer:
+        with pytest.raises(ValueError, match="value 4 does not fit 2-bit"):
+            writer.write_rows(0, np.full((10, 10, 1), 4, np.uint8))
+        writer.abort()
+    assert folder_listing(tmp_path) == []
+
+
 @pytest.mark.parametrize("bigtiff", [True, False, None])
 def test_bigtiff_on_request_or_only_when_needed(tmp_path, bigtiff):
     image = map_like(100, 90, seed=6)

@@ -158,7 +158,8 @@ def test_a_paletted_map_loads_with_the_palettes_colours_and_class_names(session)
                 for i, (name, colour) in enumerate(zip(PALETTE.names, PALETTE.colours))]
     assert observed["classes"] == expected  # only the named classes, not the colour table's 256 entries
     with rasterio.open(session["spec"]["paletted_output"]) as ds:
-        assert ds.count == 1 and ds.nodata == 255 and set(np.unique(ds.read(1))) <= set(range(len(expected)))
+        assert ds.count == 1 and ds.nodata == 15 and set(np.unique(ds.read(1))) <= set(range(len(expected)))
+        assert ds.tags(1, "IMAGE_STRUCTURE")["NBITS"] == "4"  # four classes and the mask: 4-bit pixels
 
 
 def test_bad_weights_give_the_clis_one_line_error(session):

@@ -11,7 +11,7 @@ from geo_sat2map.inference.ops import downsample_classes, majority_filter, snap_
 from geo_sat2map.inference.snap import SnapSpec, majority_radius
 from geo_sat2map.metrics import nearest_colour
 from geo_sat2map.models import build_generator, prepare_for_inference
-from geo_sat2map.palette import NODATA_INDEX
+from geo_sat2map.palette import NODATA_INDEX, class_bits, nodata_index
 from geo_sat2map.scaling import InputScaling
 from geo_sat2map.windows import RowBand, WindowGrid
 
@@ -58,6 +58,11 @@ def test_class_overviews_are_modes_of_valid_pixels_never_averages():
     assert got[0, 0] == NODATA_INDEX
 
 
+def test_the_nodata_index_is_the_last_value_of_the_fewest_bits_that_hold_the_classes():
+    assert [(class_bits(n), nodata_index(n)) for n in (2, 3, 4, 15, 16, 32, 255)] == [
+        (2, 3), (2, 3), (4, 15), (4, 15), (8, 255), (8, 255), (8, NODATA_INDEX)]
+
+
 def test_min_region_maps_to_the_stated_window():
     assert [majority_radius(n) for n in (0, 1, 4, 5, 8, 12, 13, 24, 25)] == [0, 1, 1, 2, 2, 2, 3, 3, 4]
 
@@ -74,10 +79,10 @@ def test_streamed_snapping_equals_the_oracle_on_the_whole_scene(model, output_fo
     snapped, _ = run_engine(*args, batch_size=4, fixed_batch=True, snap=spec, overview_levels=2)
     classes, mask = reference_snap(raw[0].transpose(2, 0, 1), np.array(COLOURS, np.uint8), spec.radius, spec.passes)
     if output_format == "classes":
-        expected = np.where(mask, classes, NODATA_INDEX).astype(np.uint8)
+        nodata = nodata_index(len(COLOURS))
+        expected = np.where(mask, classes, nodata).astype(np.uint8)
         np.testing.assert_array_equal(snapped[0][..., 0], expected)
-        np.testing.assert_array_equal(snapped[1][..., 0], reference_class_overview(expected, len(COLOURS),
-                                                                                   NODATA_INDEX))
+        np.testing.assert_array_equal(snapped[1][..., 0], reference_class_overview(expected, len(COLOURS), nodata))
     else:
         expected = np.array(COLOURS, np.uint8)[classes] * mask[..., None]
         np.testing.assert_array_equal(snapped[0][..., :3], expected)

@@ -145,9 +145,10 @@ def parse_creation_options(
                    "window is the smallest odd square of at least 2N pixels); 0 = off.")
 @click.option("--format", "output_format", type=click.Choice(FORMAT_CHOICES), default="rgba", show_default=True,
               help="rgba = colour + alpha; paletted = one band with a colour table and class names (QGIS shows the "
-                   "legend), nodata 255; classes = one band of class indices with category names, nodata 255.")
+                   "legend); classes = one band of class indices with category names. One-band maps are packed to "
+                   "the fewest bits (4 for up to 15 classes) and their nodata is the last value those hold (15).")
 @click.option("--compress", type=click.Choice(COMPRESS_CHOICES), default="deflate", show_default=True,
-              help="Output compression (with a horizontal predictor).")
+              help="Output compression (RGBA with a horizontal predictor; one-band maps without, at a higher level).")
 @click.option("--cog/--no-cog", default=True, show_default=True,
               help="Write a Cloud-Optimized GeoTIFF, or a plain tiled GeoTIFF with internal overviews.")
 @click.option("--co", "creation_options", multiple=True, metavar="NAME=VALUE", callback=parse_creation_options,

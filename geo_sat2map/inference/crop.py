@@ -1,5 +1,6 @@
 """A map smaller than the stream that makes it: ``--bbox`` / ``--aoi`` runs translate the windows a box needs
-(``WindowGrid.region``) and keep only the box, with pixels outside the AOI polygon transparent."""
+(``WindowGrid.region``) and keep only the box, with pixels outside the AOI polygon masked (transparent RGBA, or
+the nodata index of a one-band class map)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from geo_sat2map.inference.engine import LevelEmitter
+from geo_sat2map.inference.engine import LevelEmitter, RowStyle
 
 Footprint = Callable[[int, int], np.ndarray]  # (first map row, rows) -> (rows, width) bool: inside the AOI
 
@@ -25,15 +26,16 @@ class Crop:
 
 
 class CroppedRows:
-    """A map sink seen through a crop: takes the stream's full-width RGBA rows in order from its first row,
-    passes on the cropped rows (AOI outside transparent) and makes their overview rows itself, since the stream's
-    overviews would be of the wider stream."""
+    """A map sink seen through a crop: takes the stream's full-width rows (``style``: RGBA, or one-band classes)
+    in order from its first row, passes on the cropped rows (outside the AOI masked) and makes their overview rows
+    itself, since the stream's overviews would be of the wider stream."""
 
     overview_levels = 0  # the engine makes none; see above
 
-    def __init__(self, sink: Any, crop: Crop) -> None:
-        self.sink, self.crop = sink, crop
-        self.levels = LevelEmitter(lambda level, rows: sink.write_rows(level, rows.numpy()), sink.overview_levels)
+    def __init__(self, sink: Any, crop: Crop, style: RowStyle = RowStyle.of(None)) -> None:
+        self.sink, self.crop, self.style = sink, crop, style
+        self.levels = LevelEmitter(lambda level, rows: sink.write_rows(level, rows.numpy()), sink.overview_levels,
+                                   downsample=style.downsample)
         self._next = 0  # the stream row the next rows start at
 
     def write_rows(self, level: int, rows: np.ndarray) -> None:
@@ -47,7 +49,7 @@ class CroppedRows:
             return
         kept = np.ascontiguousarray(rows[first - start:last - start, c0:c1])
         if self.crop.footprint is not None:
-            kept[~self.crop.footprint(first - r0, last - first)] = 0
+            kept[~self.crop.footprint(first - r0, last - first)] = self.style.masked
         self.levels.rows(torch.from_numpy(kept))
 
     def finish(self) -> None:

@@ -33,7 +33,6 @@ from geo_sat2map.inference.ops import (
     reflect_index,
 )
 from geo_sat2map.inference.snap import SnapSpec, SnapStage
-from geo_sat2map.palette import NODATA_INDEX
 from geo_sat2map.scaling import InputScaling
 from geo_sat2map.windows import RowBand, RowBuffer, WindowGrid, axis_weights
 
@@ -215,7 +214,23 @@ def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
 
 def class_downsample(spec: SnapSpec) -> Downsample:
     """Overviews of one-band class rows: 2x2 modes, never averages."""
-    return lambda rows, last: downsample_classes(rows, len(spec.colours), NODATA_INDEX, last)
+    return lambda rows, last: downsample_classes(rows, len(spec.colours), spec.nodata, last)
+
+
+@dataclass(frozen=True)
+class RowStyle:
+    """What the stream's output rows are, for whoever crops, resamples or re-reads them: the value of a masked
+    pixel (in every band) and how their overview rows are made."""
+
+    masked: int
+    downsample: Downsample
+
+    @classmethod
+    def of(cls, snap: SnapSpec | None) -> RowStyle:
+        """RGBA rows (masked pixels 0, alpha-weighted averages) or one-band class rows (the nodata index, modes)."""
+        if snap is not None and snap.one_band:
+            return cls(snap.nodata, class_downsample(snap))
+        return cls(0, downsample_rgba)
 
 
 class RowMerger:
@@ -233,9 +248,8 @@ class RowMerger:
         self.grid, self.device, self.band, self.clock = grid, device, band, clock
         first_row = grid.rows_in_scene(band.process_from)[0]
         self.assembler = DeviceRowAssembler(grid, blend, device, first_row, keep_colour)
-        self.snap = SnapStage(snap, device, first_row, grid.height) if snap else None
-        downsample = class_downsample(snap) if snap is not None and snap.one_band else downsample_rgba
-        self.levels = LevelEmitter(emit, overview_levels, clock, downsample)
+        self.snap = SnapStage(snap, device, first_row, grid.height, keep_colour) if snap else None
+        self.levels = LevelEmitter(emit, overview_levels, clock, RowStyle.of(snap).downsample)
         self._pending: deque[_PendingRow] = deque()
         self._rows: dict[int, _PendingRow] = {}
 

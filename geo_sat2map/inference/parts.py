@@ -11,6 +11,9 @@ the output, each renamed only when complete and tagged with the run's identity a
 - ``-o map.vrt``: the work folder becomes ``map.parts/`` and ``map.vrt`` lists the parts (no serial
   re-encode: for mosaics too large for one host to encode).
 
+One-band formats (``--format paletted|classes``) work alike: each part is a class map with its colour table,
+nodata index and category sidecar, and the VRT repeats them (``raster_io.mosaic``).
+
 After a crash or a torchrun restart, a part whose tags and layout match this run is reused; anything else in
 the work folder (half-written files, parts of another split) is removed first.
 """
@@ -30,15 +33,24 @@ import torch
 from geo_sat2map.atomic import check_output_path, remove_leftovers, temp_prefix
 from geo_sat2map.errors import UserError
 from geo_sat2map.inference.crop import Crop, CroppedRows
-from geo_sat2map.inference.engine import LevelEmitter
+from geo_sat2map.inference.engine import LevelEmitter, RowStyle
 from geo_sat2map.inference.identity import RUN_ID_TAG, tags_match
 from geo_sat2map.inference.ranks import launched_by_torchrun, process_group
 from geo_sat2map.inference.stages import MapSink
 from geo_sat2map.progress import RESULT
 from geo_sat2map.inference.config import TranslateConfig
-from geo_sat2map.inference.translate import _output_tags, _prepare, _Run, _stream, _write_map, write_on_scene_grid
+from geo_sat2map.inference.translate import (
+    _output_tags,
+    _prepare,
+    _Run,
+    _stream,
+    _write_map,
+    with_class_band,
+    write_on_scene_grid,
+)
 from geo_sat2map.raster_io.mosaic import part_info, read_finished, write_parts_vrt
-from geo_sat2map.raster_io.strips import rgba_strips
+from geo_sat2map.raster_io.output import write_category_sidecar
+from geo_sat2map.raster_io.strips import map_strips
 from geo_sat2map.training import distributed
 from geo_sat2map.windows import RowBand
 
@@ -103,9 +115,6 @@ def translate_in_parts(config: TranslateConfig) -> PartsReport:
     started = time.perf_counter()
     output = Path(config.output)
     as_vrt = output.suffix.lower() == ".vrt"
-    if config.output_format != "rgba":
-        raise UserError(f"--format {config.output_format}: one-band maps are written by one process only (not under "
-                        "torchrun, nor as -o map.vrt); use --format rgba there (--palette still snaps)")
     check_output_path(output, config.overwrite, "output")
     if as_vrt and parts_folder(output).exists() and not config.overwrite:
         raise UserError(f"{parts_folder(output)} already exists (the parts of a VRT map); pass --overwrite to "
@@ -114,6 +123,7 @@ def translate_in_parts(config: TranslateConfig) -> PartsReport:
     with process_group(config.device) as (ctx, device):
         config = replace(config, device=str(device), fixed_batch=True, progress=config.progress and ctx.is_main)
         run = _prepare(config, ctx=ctx)
+        config = with_class_band(config, run)
         if as_vrt and run.resample_back:
             raise UserError(f"{output}: a VRT map lists its parts on the processing grid; --output-grid input "
                             "needs a .tif output (or use --output-grid processing)")
@@ -122,7 +132,8 @@ def translate_in_parts(config: TranslateConfig) -> PartsReport:
         bands = RowBand.split(run.grid, ctx.world_size)
         tags = _output_tags(config, run)
         if ctx.is_main:
-            _clear_work_folder(work, [part_name(band) for band in bands])
+            _clear_work_folder(work, [name for band in bands
+                                      for name in (part_name(band), f"{part_name(band)}.aux.xml")])  # + categories
             log.info("%d processes: %d parts of window rows in %s", ctx.world_size, len(bands), work)
         distributed.barrier(ctx)
         mine = _part(config, run, bands[ctx.rank], work, tags, ctx.rank) if ctx.rank < len(bands) else None
@@ -175,6 +186,8 @@ def _part(
     found = read_finished(path)
     if found is not None and tags_match(found.tags, identity) and (
             found.info.width, found.info.height) == (run.info.width, stop - start):
+        if config.output_options.class_band is not None:  # it may have been killed between the part and this
+            write_category_sidecar(path, config.output_options.class_band)
         return PartResult(rank, path.name, (start, stop), True, 0.0, 0)
     if found is not None:
         log.info("%s is not a part of this run (other model, settings or source); translating it again", path.name)
@@ -197,16 +210,19 @@ def _assemble(
     if run.resample_back:
         write_on_scene_grid(config, run, vrt, tags)
     else:
-        _write_map(config, output, run.output_info, tags, lambda sink: _copy_rows(vrt, sink, strip, run.crop),
+        style = RowStyle.of(run.snap)
+        _write_map(config, output, run.output_info, tags, lambda sink: _copy_rows(vrt, sink, strip, style, run.crop),
                    strip_rows=strip)
     shutil.rmtree(work)
 
 
-def _copy_rows(vrt: Path, sink: MapSink, strip_rows: int, crop: Crop | None = None) -> None:
-    """The parts' rows into the sink (through ``crop`` when the map is a subset of them)."""
-    target = sink if crop is None else CroppedRows(sink, crop)
-    levels = LevelEmitter(lambda level, rows: target.write_rows(level, rows.numpy()), target.overview_levels)
-    for rows in rgba_strips(vrt, strip_rows):
+def _copy_rows(vrt: Path, sink: MapSink, strip_rows: int, style: RowStyle, crop: Crop | None = None) -> None:
+    """The parts' rows (``style``: RGBA or one-band classes) into the sink (through ``crop`` when the map is a
+    subset of them)."""
+    target = sink if crop is None else CroppedRows(sink, crop, style)
+    levels = LevelEmitter(lambda level, rows: target.write_rows(level, rows.numpy()), target.overview_levels,
+                          downsample=style.downsample)
+    for rows in map_strips(vrt, strip_rows):
         levels.rows(torch.from_numpy(rows))
     levels.finish()
     if crop is not None:

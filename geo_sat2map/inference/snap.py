@@ -8,7 +8,8 @@ the scene (``windows.RowBand`` with that halo) computes ``halo`` rows of context
 owns: every output row is the one a single pass over the whole scene gives, whatever the split.
 
 Outputs (``--format``): ``rgba`` (the palette colours, alpha from the mask), ``paletted`` and ``classes`` (one
-uint8 band of class indices, ``NODATA_INDEX`` for the mask; the writer adds the colour table or categories).
+uint8 band of class indices, the palette's ``nodata_index`` for the mask; the writer adds the colour table or
+categories).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch
 
 from geo_sat2map.errors import UserError
 from geo_sat2map.inference.ops import majority_filter, snap_classes
-from geo_sat2map.palette import NODATA_INDEX, Palette, load_palette
+from geo_sat2map.palette import Palette, load_palette, nodata_index
 
 OUTPUT_FORMATS = ("rgba", "paletted", "classes")
 DEFAULT_MIN_REGION = 8  # pixels: a 5x5 majority window (see majority_radius)
@@ -59,6 +60,11 @@ class SnapSpec:
     @property
     def one_band(self) -> bool:
         return self.output_format != "rgba"
+
+    @property
+    def nodata(self) -> int:
+        """The mask's value in one-band output."""
+        return nodata_index(len(self.colours))
 
 
 class MajorityRows:
@@ -99,33 +105,60 @@ class MajorityRows:
 
 
 class SnapStage:
-    """Finished RGBA rows (in order, from ``first_row``) -> snapped, filtered output rows."""
+    """Finished RGBA rows (in order, from ``first_row``) -> snapped, filtered output rows.
 
-    def __init__(self, spec: SnapSpec, device: torch.device, first_row: int, height: int) -> None:
-        self.spec = spec
+    ``keep_masked`` (a map resampled onto the scene's grid afterwards, ``DeviceRowAssembler.keep_colour``): masked
+    pixels that windows covered keep the nearest class of their colour (RGBA: its palette colour under alpha 0;
+    one band: the class itself), so a scene pixel whose nearest processing pixel is masked still gets a class.
+    Pixels no window covered arrive as (0, 0, 0, 0) and stay masked."""
+
+    def __init__(self, spec: SnapSpec, device: torch.device, first_row: int, height: int,
+                 keep_masked: bool = False) -> None:
+        self.spec, self.keep_masked = spec, keep_masked
         self.colours = torch.tensor(spec.colours, dtype=torch.float32, device=device)
         self.lut = torch.tensor(spec.colours, dtype=torch.uint8, device=device)
         self.passes: list[MajorityRows] = []
         for _ in range(spec.passes if spec.radius else 0):  # a pass's input starts where the previous one's output does
             self.passes.append(MajorityRows(spec.radius, len(spec.colours), first_row, height))
             first_row = self.passes[-1].next
+        self._kept: torch.Tensor | None = None  # keep_masked: nearest classes (-1: no colour) of rows not yet out
+        self._kept_start = 0  # the scene row of _kept's first row
 
     def push(self, row_off: int, rgba: torch.Tensor) -> tuple[int, torch.Tensor] | None:
         """(row_off, (n, W, 4) RGBA) -> (first row, output rows) of the rows this finishes, if any."""
         valid = rgba[..., 3] > 0
-        step: tuple[int, torch.Tensor, torch.Tensor] | None = (row_off, snap_classes(rgba, self.colours), valid)
+        classes = snap_classes(rgba, self.colours)
+        if self.keep_masked:
+            kept = torch.where(valid | rgba[..., :3].ne(0).any(dim=-1), classes, -1)
+            if self._kept is None:
+                self._kept, self._kept_start = kept, row_off
+            else:
+                self._kept = torch.cat([self._kept, kept])
+        step: tuple[int, torch.Tensor, torch.Tensor] | None = (row_off, classes, valid)
         for filter_pass in self.passes:
             if step is None:
                 return None
             step = filter_pass.push(*step)
-        return None if step is None else (step[0], self.render(step[1], step[2]))
+        if step is None:
+            return None
+        start, classes, valid = step
+        if not self.keep_masked:
+            return start, self.render(classes, valid)
+        stop = start + classes.shape[0]
+        kept = self._kept[start - self._kept_start:stop - self._kept_start]
+        self._kept, self._kept_start = self._kept[stop - self._kept_start:], stop
+        classes = torch.where(valid, classes, kept)
+        return start, self.render(classes.clamp(min=0), valid, classes >= 0)
 
-    def render(self, classes: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """Class rows -> (n, W, 4) RGBA palette colours, or (n, W, 1) uint8 indices with ``NODATA_INDEX``."""
+    def render(self, classes: torch.Tensor, valid: torch.Tensor, coloured: torch.Tensor | None = None
+               ) -> torch.Tensor:
+        """Class rows -> (n, W, 4) RGBA palette colours with alpha from ``valid``, or (n, W, 1) uint8 indices;
+        pixels outside ``coloured`` (default: ``valid``) are 0 / the nodata index."""
+        coloured = valid if coloured is None else coloured
         if self.spec.one_band:
-            return torch.where(valid, classes, NODATA_INDEX).to(torch.uint8)[..., None]
+            return torch.where(coloured, classes, self.spec.nodata).to(torch.uint8)[..., None]
         rgba = torch.zeros((*classes.shape, 4), dtype=torch.uint8, device=classes.device)
-        rgba[..., :3] = self.lut[classes] * valid[..., None]
+        rgba[..., :3] = self.lut[classes] * coloured[..., None]
         rgba[..., 3] = valid.to(torch.uint8) * 255
         return rgba
 

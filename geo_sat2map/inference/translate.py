@@ -34,7 +34,7 @@ from geo_sat2map.device import resolve_device, resolve_precision
 from geo_sat2map.errors import UserError
 from geo_sat2map.inference.config import OUTPUT_GRIDS, RESOLUTION_MODES, TranslateConfig
 from geo_sat2map.inference.crop import Crop, CroppedRows, Footprint
-from geo_sat2map.inference.engine import LevelEmitter, StreamEngine
+from geo_sat2map.inference.engine import LevelEmitter, RowStyle, StreamEngine
 from geo_sat2map.inference.identity import RUN_ID_TAG, run_id
 from geo_sat2map.inference.precision import Precision, inference_precision
 from geo_sat2map.inference.ranks import from_main
@@ -52,7 +52,7 @@ from geo_sat2map.raster_io.grid import (
     north_up,
     pixel_box,
     resampled_grid,
-    rgba_on_scene_grid,
+    map_on_scene_grid,
     window_info,
 )
 from geo_sat2map.raster_io.output import (
@@ -223,7 +223,7 @@ def _stream_into(config: TranslateConfig, run: _Run, sink: Any) -> _StreamResult
     """The whole stream into the map's sink, through the crop when the map is a subset of the stream."""
     if run.crop is None:
         return _stream(config, run, sink)
-    view = CroppedRows(sink, run.crop)
+    view = CroppedRows(sink, run.crop, RowStyle.of(run.snap))
     result = _stream(config, run, view)
     view.finish()
     return result
@@ -233,11 +233,13 @@ def _translate_via_processing_grid(
     config: TranslateConfig, run: _Run, tags: dict[str, str]
 ) -> tuple[_StreamResult, dict[str, float]]:
     """``--output-grid input`` on a resampled grid: the map is made on the processing grid into a hidden scratch
-    file beside the output (colour kept under the mask), then resampled onto the scene's own grid."""
+    file beside the output (colour, or class, kept under the mask), then resampled onto the scene's own grid."""
     info = run.info
+    band = config.output_options.class_band
+    scratch_band = None if band is None else replace(band, paletted=False)
     with scratch_path(run.output, ".grid.tif") as scratch:
         with streaming_gdal_env(streaming_cache_bytes(info.width, run.grid.tile)):
-            stream = _fill_sink(open_scratch_sink(scratch, info), lambda sink: _stream(config, run, sink))
+            stream = _fill_sink(open_scratch_sink(scratch, info, scratch_band), lambda sink: _stream(config, run, sink))
         started = time.perf_counter()
         _, stages = write_on_scene_grid(config, run, scratch, tags)
     stages["resample_back"] = time.perf_counter() - started
@@ -248,16 +250,20 @@ def write_on_scene_grid(
     config: TranslateConfig, run: _Run, processing_map: Path, tags: dict[str, str]
 ) -> tuple[None, dict[str, float]]:
     """The map at ``run.output`` on the scene's own grid, from a map on the processing grid (a file or a VRT of
-    parts): nearest processing pixel for the colour, the scene's own mask for the alpha band."""
+    parts): nearest processing pixel for the colour or class, the scene's own mask for the alpha band or the
+    nodata index."""
     strip = config.output_options.blocksize
     scene, offset, footprint = run.scene_out
+    style = RowStyle.of(run.snap)
 
     def fill(sink: Any) -> None:
-        levels = LevelEmitter(lambda level, rows: sink.write_rows(level, rows.numpy()), sink.overview_levels)
+        levels = LevelEmitter(lambda level, rows: sink.write_rows(level, rows.numpy()), sink.overview_levels,
+                              downsample=style.downsample)
         done = 0
-        for rows in rgba_on_scene_grid(processing_map, scene, offset, run.bands, strip, config.alpha_threshold):
+        for rows in map_on_scene_grid(processing_map, scene, offset, run.bands, strip, config.alpha_threshold,
+                                      style.masked):
             if footprint is not None:
-                rows[~footprint(done, rows.shape[0])] = 0
+                rows[~footprint(done, rows.shape[0])] = style.masked
             done += rows.shape[0]
             levels.rows(torch.from_numpy(rows))
         levels.finish()
@@ -365,9 +371,6 @@ def _prepare(
         log.info("subset: %d x %d pixels of the %s grid (windows of the %d x %d px around them)", box[3] - box[2],
                  box[1] - box[0], "processing" if not processing.native else "scene's", grid.width, grid.height)
     info = window_info(full, region[0], region[1], region[2], region[3])
-    if snap is not None and snap.one_band and (resample_back or crop is not None):
-        raise UserError(f"--format {config.output_format}: not with --output-grid input on a resampled grid or with "
-                        "--bbox/--aoi yet; write --format rgba (snapped colours) there")
     network = loaded.for_inference(norm_mode)
     precision = run_precision(config, loaded.meta, network, device, ctx)
 

@@ -159,7 +159,9 @@ class StreamingCOGWriter:
     close otherwise) or call ``close()`` / ``abort()``. One producer thread.
 
     ``samples=1``: one band of class indices, with a ``colormap`` (PHOTOMETRIC=palette, the GDAL colour table) or
-    without (grey, min-is-black), and ``nodata`` (GDAL_NODATA) for the mask.
+    without (grey, min-is-black), and ``nodata`` (GDAL_NODATA) for the mask. ``bits`` 1, 2 or 4 packs that many
+    bits a pixel (TIFF BitsPerSample, GDAL's NBITS; rows must then hold values below ``2 ** bits``): a class map
+    of a few classes shrinks by about half. libtiff's predictor takes 8-bit samples or wider, so not with it.
     """
 
     def __init__(
@@ -181,6 +183,7 @@ class StreamingCOGWriter:
         samples: int = SAMPLES,
         colormap: list[tuple[int, int, int]] | None = None,
         nodata: int | None = None,
+        bits: int = 8,
     ) -> None:
         codec = _CODECS.get(compress.lower())
         if codec is None:
@@ -192,13 +195,17 @@ class StreamingCOGWriter:
             raise ValueError(f"blocksize {blocksize}: TIFF tiles must be a positive multiple of 16")
         if samples not in (1, SAMPLES) or (colormap is not None and samples != 1):
             raise ValueError(f"samples={samples}: RGBA (4) or one band (1, optionally with a colour map)")
+        if bits not in (1, 2, 4, 8) or (bits < 8 and (samples != 1 or (predictor and compress.lower() != "none"))):
+            raise ValueError(f"bits={bits}: 1, 2 or 4 (packed) for one band without a predictor, else 8")
+        if colormap is not None and len(colormap) > 1 << bits:
+            raise ValueError(f"a colour map of {len(colormap)} entries does not fit {bits}-bit pixels")
         if width < 1 or height < 1:
             raise ValueError(f"raster size {width}x{height} must be at least 1x1")
         threads = threads if threads is not None else available_cpus()
         if threads < 1:
             raise ValueError(f"threads={threads}: at least one encoding thread is needed")
         self.path = Path(path)
-        self.samples, self.colormap = samples, colormap
+        self.samples, self.colormap, self.bits = samples, colormap, bits
         self._photometric = 2 if samples == SAMPLES else 3 if colormap is not None else 1  # RGB, palette, grey
         self.blocksize, self.cog, self._bigtiff = blocksize, cog, bigtiff
         self.compression = compress.lower()
@@ -207,6 +214,7 @@ class StreamingCOGWriter:
         self._predictor = predictor and compress.lower() != "none"
         self.levels = level_sizes(width, height, blocksize)
         self.overview_levels = len(self.levels) - 1  # rows the caller supplies for levels 1..overview_levels
+        self._tile_bytes = blocksize * blocksize * samples * bits // 8
         self.stats = COGWriterStats()
         self._geo_tags = georeferencing_tags(crs, transform, tags, nodata)
         self._streams: list[_LevelStream] = []
@@ -250,6 +258,8 @@ class StreamingCOGWriter:
         if stream.rows_received + rgba.shape[0] > stream.height:
             raise ValueError(f"level {level}: {stream.rows_received + rgba.shape[0]} rows written, "
                              f"but it has {stream.height}")
+        if self.bits < 8 and rgba.size and int(rgba.max()) >= 1 << self.bits:
+            raise ValueError(f"level {level}: value {int(rgba.max())} does not fit {self.bits}-bit pixels")
         self._raise_failure()
         started = time.perf_counter()
         done = 0
@@ -283,13 +293,15 @@ class StreamingCOGWriter:
             self._finished.put((stream, row, self._pool.submit(self._encode_tile, row.buffer, col)))
 
     def _encode_tile(self, block: np.ndarray, col: int) -> tuple[bytes, float]:
-        """Runs in the pool: horizontal predictor (TIFF predictor 2, per tile row) and compression."""
+        """Runs in the pool: horizontal predictor (TIFF predictor 2, per tile row) or bit packing, and compression."""
         start = time.thread_time()  # CPU time: what a tile costs a core, however busy the machine is
         tile = block[:, col * self.blocksize:(col + 1) * self.blocksize]
         if self._predictor:
             payload = np.empty_like(tile)
             payload[:, 0] = tile[:, 0]
             np.subtract(tile[:, 1:], tile[:, :-1], out=payload[:, 1:])  # uint8 wraps modulo 256, as TIFF wants
+        elif self.bits < 8:
+            payload = pack_bits(tile[..., 0], self.bits)
         else:
             payload = np.ascontiguousarray(tile)
         return self._compress(payload), time.thread_time() - start
@@ -304,7 +316,7 @@ class StreamingCOGWriter:
                     self._store(stream, data)
                     self.stats.encode_seconds += seconds
                     self.stats.tiles += 1
-                    self.stats.raw_bytes += self.blocksize * self.blocksize * self.samples
+                    self.stats.raw_bytes += self._tile_bytes
                     self.stats.compressed_bytes += len(data)
             except OSError as exc:
                 self._error = UserError(f"{self.path}: could not write the map ({exc.strerror or exc})")
@@ -455,7 +467,7 @@ class StreamingCOGWriter:
         tags = [
             tf.short_or_long(tf.IMAGE_WIDTH, width),
             tf.short_or_long(tf.IMAGE_LENGTH, height),
-            tf.Tag.of(tf.BITS_PER_SAMPLE, tf.SHORT, [8] * self.samples),
+            tf.Tag.of(tf.BITS_PER_SAMPLE, tf.SHORT, [self.bits] * self.samples),
             tf.Tag.of(tf.COMPRESSION, tf.SHORT, [self._codec.tiff_id]),
             tf.Tag.of(tf.PHOTOMETRIC, tf.SHORT, [self._photometric]),
             tf.Tag.of(tf.SAMPLES_PER_PIXEL, tf.SHORT, [self.samples]),
@@ -469,7 +481,7 @@ class StreamingCOGWriter:
         if self.samples == SAMPLES:
             tags.append(tf.Tag.of(tf.EXTRA_SAMPLES, tf.SHORT, [2]))  # unassociated alpha: GDAL's colorinterp alpha
         if self.colormap is not None:  # every IFD of a palette image needs its colour map
-            table = list(self.colormap) + [(0, 0, 0)] * (256 - len(self.colormap))
+            table = list(self.colormap) + [(0, 0, 0)] * ((1 << self.bits) - len(self.colormap))
             tags.append(tf.Tag.of(tf.COLORMAP, tf.SHORT, [257 * c[channel] for channel in range(3) for c in table]))
         if self._predictor:
             tags.append(tf.Tag.of(tf.PREDICTOR, tf.SHORT, [2]))
@@ -481,6 +493,18 @@ class StreamingCOGWriter:
 
 
 _TILE_INDEX_TAGS = (tf.TILE_OFFSETS, tf.TILE_BYTE_COUNTS)
+
+
+def pack_bits(values: np.ndarray, bits: int) -> np.ndarray:
+    """(rows, width) uint8 values below ``2 ** bits`` -> (rows, width * bits / 8) bytes, the first pixel in the
+    highest bits (TIFF FillOrder 1). ``width * bits`` must be a multiple of 8 (a tile's is)."""
+    per = 8 // bits
+    groups = values.reshape(values.shape[0], -1, per)
+    packed = groups[..., 0].copy()
+    for i in range(1, per):
+        packed <<= bits
+        packed |= groups[..., i]
+    return packed
 
 
 def available_cpus() -> int:

@@ -322,28 +322,36 @@ def _to_source_dtype(warped: np.ndarray, valid: np.ndarray, dtype: str) -> np.nd
 
 
 
-def rgba_on_scene_grid(
+def map_on_scene_grid(
     processing_map: str | os.PathLike[str], scene: RasterInfo, scene_window: tuple[int, int], bands: Sequence[int],
-    rows: int, alpha_threshold: float = DEFAULT_ALPHA_THRESHOLD,
+    rows: int, alpha_threshold: float = DEFAULT_ALPHA_THRESHOLD, masked: int = 0,
 ) -> Iterator[np.ndarray]:
-    """An RGBA map on a processing grid (a file or VRT) brought onto (a window of) the scene's own grid, as
-    (n, width, 4) strips of ``rows`` rows. ``scene``: the layout to produce (the whole scene, or a window of it
-    starting at ``scene_window`` = (row, col) in the scene file). Colour: the processing pixel under each pixel's
-    centre (a map's colours are classes: never blend them); alpha: the scene's own validity (as ``read_rows``
-    gives it); masked pixels 0 in every band."""
+    """A map on a processing grid (a file or VRT) brought onto (a window of) the scene's own grid, as (n, width,
+    bands) strips of ``rows`` rows. ``scene``: the layout to produce (the whole scene, or a window of it starting
+    at ``scene_window`` = (row, col) in the scene file); ``bands``: the scene's bands whose mask is read.
+
+    Each pixel takes the processing pixel under its centre (a map's colours and classes are classes: never blend
+    them). The scene's own validity (as ``read_rows`` gives it) is the mask: an RGBA map's alpha band, masked
+    pixels 0 in every band; a one-band class map's ``masked`` value (its nodata index) there."""
     row_base, col_base = scene_window
     with open_raster(processing_map) as map_ds, open_raster(scene.path) as scene_ds:
+        rgba = map_ds.count == 4
         row_index, col_index = nearest_index(scene.transform, map_ds.transform, scene.width, scene.height,
                                              (map_ds.height, map_ds.width))
         for row_off in range(0, scene.height, rows):
             height = min(rows, scene.height - row_off)
             need = row_index[row_off:row_off + height]
             first, last = int(need.min()), int(need.max()) + 1
-            colour = map_ds.read((1, 2, 3), window=Window(0, first, map_ds.width, last - first))
+            values = map_ds.read((1, 2, 3) if rgba else 1, window=Window(0, first, map_ds.width, last - first))
             _, valid = read_rows(scene_ds, bands, row_base + row_off, height, None, alpha_threshold,
                                  (col_base, col_base + scene.width))
+            if not rgba:
+                strip = values[need - first][:, col_index]
+                strip[~valid] = masked
+                yield strip[..., None]
+                continue
             strip = np.zeros((height, scene.width, 4), np.uint8)
-            strip[..., :3] = colour[:, need - first][:, :, col_index].transpose(1, 2, 0)
+            strip[..., :3] = values[:, need - first][:, :, col_index].transpose(1, 2, 0)
             strip[~valid] = 0
             strip[..., 3] = valid * np.uint8(255)
             yield strip

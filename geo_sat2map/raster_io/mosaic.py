@@ -6,7 +6,8 @@
   through their alpha bands so transparent edges do not hide a neighbour); ``write_parts_vrt``: the parts of
   one scene stacked at their rows, on the scene's own grid. Both with overview
   levels made of the sources' own overviews (GDAL gives a VRT of several sources none by itself, so a large
-  mosaic would otherwise be read at full resolution to display it zoomed out);
+  mosaic would otherwise be read at full resolution to display it zoomed out). One-band class maps keep their
+  nodata index (also what uncovered areas of a mosaic read as), colour table and category names in the VRT;
 """
 
 from __future__ import annotations
@@ -21,11 +22,13 @@ from pathlib import Path
 import pyproj
 import rasterio
 from affine import Affine
+from rasterio.enums import ColorInterp
 from rasterio.errors import RasterioError
 
 from geo_sat2map.atomic import atomic_output
 from geo_sat2map.errors import UserError
 from geo_sat2map.raster_io.core import RasterInfo, open_raster, raster_info
+from geo_sat2map.raster_io.output import read_category_names
 
 # Offsets closer than this to a whole pixel are whole pixels (float noise of transforms derived by products).
 SNAP_PIXELS = 1e-6
@@ -47,6 +50,9 @@ class FinishedRaster:
     block: tuple[int, int]  # (x, y) block size of band 1
     colorinterp: tuple[str, ...]
     overview_sizes: tuple[tuple[int, int], ...]  # (width, height) of each internal overview level
+    nodata: float | None = None
+    colormap: tuple[tuple[int, int, int, int], ...] = ()  # band 1's colour table (a paletted map), else empty
+    categories: tuple[str, ...] = ()  # band 1's category names (a class map's ``.aux.xml``)
 
     @property
     def overview_count(self) -> int:
@@ -60,8 +66,10 @@ def read_finished(path: str | os.PathLike[str]) -> FinishedRaster | None:
         return None
     try:
         with rasterio.open(path) as ds:
+            colormap = ds.colormap(1) if ds.colorinterp[0] == ColorInterp.palette else {}
             finished = FinishedRaster(path, dict(ds.tags()), raster_info(ds), tuple(ds.block_shapes[0][::-1]),
-                                      tuple(c.name.capitalize() for c in ds.colorinterp), ())
+                                      tuple(c.name.capitalize() for c in ds.colorinterp), (), ds.nodata,
+                                      tuple(colormap[i] for i in sorted(colormap)), read_category_names(path))
             levels = len(ds.overviews(1))
         sizes = []
         for level in range(levels):
@@ -203,7 +211,17 @@ def _vrt_document(
     first = rasters[0]
     for band in range(1, first.info.count + 1):
         element = ET.SubElement(root, "VRTRasterBand", dataType=_gdal_type(first.info.dtype), band=str(band))
+        if first.nodata is not None:
+            ET.SubElement(element, "NoDataValue").text = _number(first.nodata)
         ET.SubElement(element, "ColorInterp").text = first.colorinterp[band - 1]
+        if band == 1 and first.colormap:
+            table = ET.SubElement(element, "ColorTable")
+            for entry in first.colormap:
+                ET.SubElement(table, "Entry", **{f"c{i + 1}": str(value) for i, value in enumerate(entry)})
+        if band == 1 and first.categories:
+            names = ET.SubElement(element, "CategoryNames")
+            for name in first.categories:
+                ET.SubElement(names, "Category").text = name
         for overview in overviews:
             listed = ET.SubElement(element, "Overview")
             ET.SubElement(listed, "SourceFilename", relativeToVRT="1").text = overview
@@ -241,6 +259,10 @@ def _add_source(
     ET.SubElement(source, "DstRect", **dict(zip(("xOff", "yOff", "xSize", "ySize"), map(_offset, dst))))
     if composite:
         ET.SubElement(source, "UseMaskBand").text = "true"
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
 def _pixels(value: float) -> int:

@@ -4,10 +4,12 @@ The footprint is an alpha band (RGBA, colour interpretation red/green/blue/alpha
 and COG tilers all treat it as transparency without configuration, and overviews built by GDAL carry it.
 Masked pixels are 0 in every band; there is never a nodata *value* on the RGB bands.
 
-Class maps (``OutputOptions.class_band``) have one uint8 band of class indices instead, with ``NODATA_INDEX``
-as the nodata value for the mask: ``paletted`` with a GDAL colour table (PHOTOMETRIC=palette; GDAL makes the
-nodata entry transparent), ``classes`` without. Both get the class names as GDAL category names in a
-``.aux.xml`` sidecar (GeoTIFF has no tag for them), which QGIS shows as the legend.
+Class maps (``OutputOptions.class_band``) have one uint8 band of class indices instead, with the palette's
+``nodata_index`` as the nodata value for the mask: ``paletted`` with a GDAL colour table (PHOTOMETRIC=palette;
+GDAL makes the nodata entry transparent), ``classes`` without. Both get the class names as GDAL category names
+in a ``.aux.xml`` sidecar (GeoTIFF has no tag for them), which QGIS shows as the legend. They are packed to
+``class_bits`` a pixel (GDAL's NBITS), without a predictor and at a higher compression level than RGBA
+(``CLASS_MAP_LEVELS``): runs of one class compress best that way, and a one-band tile is cheap to encode.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from rasterio.windows import Window
 
 from geo_sat2map.atomic import temp_prefix
 from geo_sat2map.errors import UserError
+from geo_sat2map.palette import class_bits, nodata_index
 from geo_sat2map.raster_io.cog import overview_factors
 from geo_sat2map.raster_io.core import RasterInfo
 
@@ -51,6 +54,9 @@ RGBA_INTERP = (ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp
 # streaming run would grow with the scene. It only needs the blocks of the current strips.
 MIN_CACHE_BYTES = 16 * 2**20
 INTERMEDIATE_COMPRESSION = "zstd"  # the streamed file GDAL turns into a COG: fast to write and to read back
+# Default level of a class map (module docstring). 4-bit class tiles, CPU per Mpx: DEFLATE 6/7/8/9 ~14/20/52/114 ms
+# (RGBA at ISA-L level 1: 3 ms) for 1.10/1.06/1.01/1 x the size of level 9; ZSTD 9: 11 ms, about DEFLATE 9's size.
+CLASS_MAP_LEVELS = {"deflate": 8, "zstd": 9}
 
 
 @dataclass(frozen=True)
@@ -60,7 +66,14 @@ class ClassBand:
     names: tuple[str, ...]
     colours: tuple[tuple[int, int, int], ...]
     paletted: bool
-    nodata: int = 255
+
+    @property
+    def nodata(self) -> int:
+        return nodata_index(len(self.names))
+
+    @property
+    def bits(self) -> int:
+        return class_bits(len(self.names))
 
     @property
     def colormap(self) -> list[tuple[int, int, int]] | None:
@@ -82,11 +95,54 @@ class OutputOptions:
     def samples(self) -> int:
         return 1 if self.class_band is not None else 4
 
-    def gdal_options(self) -> dict[str, str]:
+    @property
+    def extra(self) -> dict[str, str]:
+        """The creation options, names in upper case."""
+        return {k.upper(): str(v) for k, v in self.creation_options.items()}
+
+    @property
+    def predictor(self) -> bool | None:
+        """The horizontal predictor: on for RGBA, off for class maps (runs of a class compress better as they are)
+        unless ``PREDICTOR`` says otherwise; None for GDAL's floating-point predictor."""
+        value = self.extra.get("PREDICTOR")
+        if value is None:
+            return self.class_band is None and self.compress != "none"
+        return {"YES": True, "2": True, "STANDARD": True, "NO": False, "1": False, "NONE": False}.get(value.upper())
+
+    @property
+    def bits(self) -> int:
+        """Bits a pixel of each band: a class map's packed width (``NBITS`` may widen it), 8 with a predictor
+        (libtiff predicts 8-bit samples or wider)."""
+        if self.class_band is None:
+            return 8
+        if "NBITS" in self.extra:
+            return int(self.extra["NBITS"])
+        return 8 if self.predictor else self.class_band.bits
+
+    @property
+    def level(self) -> int | None:
+        """The compression level asked for (``LEVEL``, ``ZLEVEL``, ``ZSTD_LEVEL``), else a class map's default."""
+        extra = self.extra
+        value = extra.get("LEVEL", extra.get("ZLEVEL", extra.get("ZSTD_LEVEL")))
+        if value is not None:
+            return int(value)
+        return CLASS_MAP_LEVELS.get(self.compress) if self.class_band is not None else None
+
+    @property
+    def _level_given(self) -> bool:
+        return bool({"LEVEL", "ZLEVEL", "ZSTD_LEVEL"} & set(self.extra))
+
+    def gdal_options(self, driver: str = "COG") -> dict[str, str]:
+        """Creation options for GDAL's ``driver`` (COG or GTiff), the --co given winning."""
         options = {"COMPRESS": self.compress.upper(), "BIGTIFF": "IF_SAFER"}
-        if self.compress != "none":
+        if self.predictor:
             options["PREDICTOR"] = "2"
-        options.update({k.upper(): str(v) for k, v in self.creation_options.items()})
+        if self.bits < 8:
+            options["NBITS"] = str(self.bits)
+        if self.class_band is not None and self.compress in CLASS_MAP_LEVELS and not self._level_given:
+            name = "LEVEL" if driver == "COG" else {"deflate": "ZLEVEL", "zstd": "ZSTD_LEVEL"}[self.compress]
+            options[name] = str(CLASS_MAP_LEVELS[self.compress])
+        options.update(self.extra)
         return options
 
 
@@ -134,7 +190,7 @@ class RGBAStripWriter:
             options.update(PHOTOMETRIC="RGB", ALPHA="YES")
         elif class_band.paletted:
             options["PHOTOMETRIC"] = "PALETTE"
-        if compress != "none":
+        if compress != "none" and class_band is None:
             options["PREDICTOR"] = "2"
         options.update(extra_options or {})
         try:
@@ -217,6 +273,19 @@ def category_sidecar(class_band: ClassBand) -> str:
             "  </PAMRasterBand>\n</PAMDataset>\n")
 
 
+def read_category_names(path: str | os.PathLike[str]) -> tuple[str, ...]:
+    """Band 1's category names from the ``.aux.xml`` beside ``path`` (as ``category_sidecar`` writes it); none
+    when there is no sidecar or it has none."""
+    try:
+        root = ElementTree.parse(f"{os.fspath(path)}.aux.xml").getroot()
+    except (OSError, ElementTree.ParseError):
+        return ()
+    for band in root.iter("PAMRasterBand"):
+        if band.get("band", "1") == "1":
+            return tuple(category.text or "" for category in band.iter("Category"))
+    return ()
+
+
 def write_category_sidecar(output: str | os.PathLike[str], class_band: ClassBand) -> None:
     """``OUTPUT.aux.xml`` beside a finished class map (replaced: it belongs to the map just written)."""
     from geo_sat2map.atomic import atomic_output
@@ -253,7 +322,7 @@ class GDALMapSink:
             self._writer = RGBAStripWriter(
                 target, info.width, info.height, info.crs, info.transform, tags,
                 compress=INTERMEDIATE_COMPRESSION if options.cog else options.compress, blocksize=options.blocksize,
-                extra_options=None if options.cog else options.gdal_options(), class_band=options.class_band,
+                extra_options=None if options.cog else options.gdal_options("GTiff"), class_band=options.class_band,
             )
         except BaseException:
             self._remove_stream()
@@ -304,9 +373,12 @@ def scratch_path(output: str | os.PathLike[str], suffix: str) -> Iterator[Path]:
             os.unlink(name)
 
 
-def open_scratch_sink(path: str | os.PathLike[str], info: RasterInfo) -> GDALMapSink:
-    """A sink for an intermediate map that is read back once: fast compression, no overviews."""
-    return GDALMapSink(path, info, {}, OutputOptions(compress=INTERMEDIATE_COMPRESSION, cog=False), overviews=False)
+def open_scratch_sink(path: str | os.PathLike[str], info: RasterInfo, class_band: ClassBand | None = None
+                      ) -> GDALMapSink:
+    """A sink for an intermediate map (RGBA, or one band of ``class_band``'s classes) that is read back once:
+    fast compression, no overviews."""
+    options = OutputOptions(compress=INTERMEDIATE_COMPRESSION, cog=False, class_band=class_band)
+    return GDALMapSink(path, info, {}, options, overviews=False)
 
 
 # GDAL creation options the streaming COG writer honours itself; any other sends the run through GDAL.
@@ -328,6 +400,15 @@ def check_creation_options(options: OutputOptions) -> None:
             f"--co {', '.join(refused)}: not a creation option of geo-sat2map's COG writer or of GDAL's {driver} "
             f"driver; accepted: {', '.join(sorted(_STREAMING_OPTIONS | gdal))}"
         )
+
+
+def check_class_bits(options: OutputOptions) -> None:
+    """A ``--co NBITS`` a class map's values and nodata index fit in (GDAL would clip the others silently)."""
+    band, nbits = options.class_band, options.extra.get("NBITS")
+    if band is not None and nbits is not None and (nbits not in ("1", "2", "4", "8") or int(nbits) < band.bits):
+        fits = ", ".join(str(bits) for bits in (1, 2, 4, 8) if bits >= band.bits)
+        raise UserError(f"--co NBITS={nbits}: this class map takes {fits} bits a pixel ({len(band.names)} classes "
+                        f"and the nodata index {band.nodata})")
 
 
 def _gdal_driver(options: OutputOptions) -> str:
@@ -385,35 +466,30 @@ def open_map_sink(
     """
     from geo_sat2map.raster_io.cog import FAST_CODECS, StreamingCOGWriter
 
-    extra = {key.upper(): value for key, value in options.creation_options.items()}
-    gdal_only = sorted(set(extra) - _STREAMING_OPTIONS)
+    check_class_bits(options)
+    extra = options.extra
+    gdal_only = sorted(set(extra) - _STREAMING_OPTIONS - ({"NBITS"} if options.class_band else set()))
     if options.compress not in FAST_CODECS:
         log.info("output through GDAL (--compress %s is not one the streaming writer encodes): the map is encoded "
                  "twice", options.compress)
         return GDALMapSink(path, info, tags, options)
-    if gdal_only or _predictor(extra) is None:
+    if gdal_only or options.predictor is None:
         names = ", ".join(gdal_only) or f"PREDICTOR={extra['PREDICTOR']}"
         log.warning("--co %s: only GDAL's %s driver takes it, so the map takes the slower path (through GDAL, "
                     "encoded twice)", names, _gdal_driver(options))
         return GDALMapSink(path, info, tags, options)
-    level = extra.get("LEVEL", extra.get("ZLEVEL", extra.get("ZSTD_LEVEL")))
+    band = options.class_band
     try:
         return StreamingCOGWriter(
             path, info.width, info.height, info.crs, info.transform, tags, compress=options.compress,
-            level=int(level) if level is not None else None, predictor=bool(_predictor(extra)),
+            level=options.level, predictor=bool(options.predictor),
             blocksize=int(extra.get("BLOCKSIZE", options.blocksize)), threads=_threads(extra.get("NUM_THREADS")),
             cog=options.cog, bigtiff={"YES": True, "NO": False}.get(extra.get("BIGTIFF", "").upper()),
-            samples=options.samples, colormap=options.class_band.colormap if options.class_band else None,
-            nodata=options.class_band.nodata if options.class_band else None,
+            samples=options.samples, colormap=band.colormap if band else None, nodata=band.nodata if band else None,
+            bits=options.bits,
         )
     except ValueError as exc:
         raise UserError(f"--co {' '.join(f'{k}={v}' for k, v in extra.items())}: {exc}") from None
-
-
-def _predictor(extra: Mapping[str, str]) -> bool | None:
-    """PREDICTOR=YES/2 -> True, NO/1 -> False (default True); a floating-point predictor -> None (GDAL's)."""
-    value = extra.get("PREDICTOR", "YES").upper()
-    return {"YES": True, "2": True, "STANDARD": True, "NO": False, "1": False, "NONE": False}.get(value)
 
 
 def _threads(value: str | None) -> int | None:

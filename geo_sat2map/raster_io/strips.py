@@ -42,9 +42,9 @@ def streaming_dtype(source_dtype: str) -> np.dtype:
     return np.dtype(np.float32)
 
 
-def rgba_strips(path: str | os.PathLike[str], rows: int) -> Iterator[np.ndarray]:
-    """A 4-band uint8 raster (an RGBA map, e.g. a VRT of parts) as consecutive (n, width, 4) strips of ``rows``
-    rows, pixel-interleaved like the rows a map sink takes."""
+def map_strips(path: str | os.PathLike[str], rows: int) -> Iterator[np.ndarray]:
+    """A uint8 map (RGBA or one band of classes, e.g. a VRT of parts) as consecutive (n, width, bands) strips of
+    ``rows`` rows, pixel-interleaved like the rows a map sink takes."""
     with open_raster(path) as ds:
         for row_off in range(0, ds.height, rows):
             height = min(rows, ds.height - row_off)
