@@ -128,12 +128,11 @@ def test_per_tile_norm_equals_instance_norm_and_keeps_channels_last(family, requ
 
 def test_per_tile_norm_of_bf16_activations_matches_float32_instance_norm():
     """bf16 activations are normalised with float32 statistics: F.instance_norm of the same values up to the
-    rounding of the bf16 output. The GPU's path (``_per_tile_norm_low``, run here on the CPU) stays that exact
-    even where a channel's mean is 40 deviations from zero; the CPU's (group_norm) where it is a few."""
-    from geo_sat2map.models.inference import _per_tile_norm_low, per_tile_norm
+    rounding of the bf16 output, also where a channel's mean is 40 deviations from zero."""
+    from geo_sat2map.models.inference import per_tile_norm
 
     torch.manual_seed(7)
-    for spread, norm in ((20.0, _per_tile_norm_low), (2.0, per_tile_norm)):
+    for spread, norm in ((20.0, per_tile_norm), (2.0, per_tile_norm)):
         x = (torch.randn(2, 16, 32, 32) * 0.5 + torch.linspace(-spread, spread, 16)[None, :, None, None])
         x = x.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
         weight, bias = torch.rand(16) + 0.5, torch.randn(16)
@@ -142,3 +141,24 @@ def test_per_tile_norm_of_bf16_activations_matches_float32_instance_norm():
         assert got.dtype == torch.bfloat16 and got.is_contiguous(memory_format=torch.channels_last)
         # bf16 keeps 8 significant bits: the output's own rounding is at most 2^-8 of its magnitude
         assert torch.all((got.float() - expected).abs() <= expected.abs() * 2**-8 + 1e-3), norm.__name__
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_per_tile_norm_does_not_depend_on_the_batch_or_the_thread_count(dtype):
+    """A tile's normalised values are the same bits whatever shares its batch and however many threads run: batch
+    sizes, bbox subsets and torchrun splits (processes of one thread) must not change a map."""
+    from geo_sat2map.models.inference import per_tile_norm
+
+    torch.manual_seed(8)
+    x = (torch.randn(4, 64, 64, 64) * 3 + 1).to(dtype).contiguous(memory_format=torch.channels_last)
+    weight, bias = torch.rand(64) + 0.5, torch.randn(64)
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            results.append(per_tile_norm(x, weight, bias, 1e-5))
+        alone = torch.cat([per_tile_norm(x[i:i + 1], weight, bias, 1e-5) for i in range(4)])
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(results[0], results[1]) and torch.equal(results[1], alone)

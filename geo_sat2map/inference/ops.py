@@ -149,8 +149,12 @@ def majority_filter(classes: torch.Tensor, valid: torch.Tensor, count: int, radi
     """Each pixel's majority class among the valid pixels of its (2r+1)^2 neighbourhood, its own class winning
     ties (else the lowest index). ``classes`` (h, W) int64 and ``valid`` (h, W) are the rows with their context;
     ``pad_top``/``pad_bottom`` rows beyond the scene (no votes) are added, columns beyond it have none either.
-    Returns the (h + pad_top + pad_bottom - 2r, W) centre rows. Votes are small integers in float32: exact."""
+    Returns the (h + pad_top + pad_bottom - 2r, W) centre rows.
+
+    Votes are counted exactly: as uint8 box sums of shifted one-hot planes (separable, 2 (2r+1) adds a pixel)
+    while twice the largest count plus one fits, else in float32 by pooling."""
     kernel = 2 * radius + 1
+    box_sum = _box_sum_uint8 if 2 * kernel * kernel + 1 <= 255 else _box_sum_float
     out_rows = classes.shape[0] + pad_top + pad_bottom - 2 * radius
     out = torch.empty((out_rows, classes.shape[1]), dtype=torch.int64, device=classes.device)
     index = torch.arange(count, device=classes.device)[:, None, None]
@@ -159,12 +163,33 @@ def majority_filter(classes: torch.Tensor, valid: torch.Tensor, count: int, radi
         stop = min(start + step, out_rows)
         lo, hi = start - pad_top, stop + 2 * radius - pad_top  # input rows this chunk needs (may lie beyond)
         rows = slice(max(lo, 0), min(hi, classes.shape[0]))
-        onehot = ((classes[rows][None] == index) & valid[rows][None]).to(torch.float32)
-        onehot = F.pad(onehot, (0, 0, max(-lo, 0), max(hi - classes.shape[0], 0)))
-        votes = F.avg_pool2d(onehot[None], kernel, stride=1, padding=(0, radius), divisor_override=1)[0]
-        votes += 0.5 * onehot[:, radius:radius + stop - start]
+        onehot = (classes[rows][None] == index) & valid[rows][None]
+        onehot = F.pad(onehot.to(torch.uint8), (0, 0, max(-lo, 0), max(hi - classes.shape[0], 0)))
+        # twice the votes plus one for the pixel's own class: its class wins a tie
+        votes = box_sum(onehot, radius) * 2 + onehot[:, radius:radius + stop - start]
         out[start:stop] = first_argmax(votes)
     return out
+
+
+def _box_sum_uint8(onehot: torch.Tensor, radius: int) -> torch.Tensor:
+    """(K, h, W) uint8 0/1 planes -> (K, h - 2r, W) sums over each (2r+1)^2 window (zero columns beyond the
+    edges): rows then columns, as shifted adds (the caller guarantees no overflow)."""
+    kernel, rows, width = 2 * radius + 1, onehot.shape[1] - 2 * radius, onehot.shape[2]
+    column_sums = onehot[:, 0:rows].clone()
+    for shift in range(1, kernel):
+        column_sums += onehot[:, shift:shift + rows]
+    padded = F.pad(column_sums, (radius, radius))
+    sums = padded[:, :, 0:width].clone()
+    for shift in range(1, kernel):
+        sums += padded[:, :, shift:shift + width]
+    return sums
+
+
+def _box_sum_float(onehot: torch.Tensor, radius: int) -> torch.Tensor:
+    """``_box_sum_uint8`` for windows too large for uint8 counts: float32 pooling (small integers: exact)."""
+    kernel = 2 * radius + 1
+    return F.avg_pool2d(onehot.to(torch.float32)[None], kernel, stride=1, padding=(0, radius),
+                        divisor_override=1)[0]
 
 
 def first_argmax(values: torch.Tensor) -> torch.Tensor:

@@ -29,10 +29,8 @@ def per_tile_norm(
     kernels do); the result has ``x``'s dtype. The normalisation and the affine are one pass per channel,
     ``x * scale + shift``.
     """
-    if x.device.type == "cpu":
-        # group_norm with a group per channel is instance norm, and its CPU kernel keeps channels_last, takes
-        # bf16 with float32 statistics and affine, and is many times faster than the reductions below there.
-        return F.group_norm(x, x.shape[1], weight, bias, eps)
+    # Not F.group_norm (a group per channel), though its CPU kernel keeps channels_last and is much faster: its
+    # sums depend on the batch size and the thread count, and a tile's output must not (batches, splits, bbox).
     if x.dtype != torch.float32:
         return _per_tile_norm_low(x, weight, bias, eps)
     var, mean = torch.var_mean(x, dim=(2, 3), correction=0, keepdim=True)
