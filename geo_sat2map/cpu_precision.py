@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from geo_sat2map import __version__
 from geo_sat2map.atomic import atomic_output
 
 log = logging.getLogger("geo_sat2map")
@@ -99,10 +100,16 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "geo-sat2map"
 
 
+# Bumped when the code that runs what is measured changes speed at either precision (e.g. how bf16 weights and
+# norms run), so that choices measured on the old code are measured again.
+MEASURED_CODE_REVISION = 2
+
+
 def cache_key(kind: str, shape: Mapping[str, Any]) -> str:
     """What decides the speed ratio: the CPU, torch, the thread count and the network's shape."""
     described = ", ".join(f"{key} {value}" for key, value in sorted(shape.items()))
-    return f"{kind} | {cpu_model()} | torch {torch.__version__} | {torch.get_num_threads()} threads | {described}"
+    return (f"{kind} | {cpu_model()} | torch {torch.__version__} | geo-sat2map {__version__} r{MEASURED_CODE_REVISION} | "
+            f"{torch.get_num_threads()} threads | {described}")
 
 
 def _read_cache(path: Path) -> dict[str, Any]:

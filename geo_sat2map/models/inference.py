@@ -120,8 +120,9 @@ def with_low_precision_convolutions(model: InferenceGenerator, dtype: torch.dtyp
     """A copy of ``model`` whose convolution weights and biases are ``dtype`` (bf16/fp16), to be called with
     ``dtype`` input: what autocast computes, without casting every weight at every call. Norm parameters stay
     float32 (the norms compute in float32 and return ``dtype``)."""
-    low = copy.deepcopy(model)
-    for module in low.modules():
+    cast: dict[int, nn.Parameter] = {}  # deepcopy's memo: the copy takes these instead of fp32 copies (no transient)
+    for module in model.modules():
         if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
-            module.to(dtype)
-    return low
+            for param in module.parameters(recurse=False):
+                cast[id(param)] = nn.Parameter(param.detach().to(dtype), requires_grad=False)
+    return copy.deepcopy(model, cast)  # type: ignore[arg-type]
