@@ -19,13 +19,18 @@ log = logging.getLogger("geo_sat2map")
 
 
 def device_binder(device: torch.device) -> Callable[[], None]:
-    """A function that makes ``device`` the current CUDA device of the thread that calls it (a no-op elsewhere).
+    """A function that makes ``device`` the current CUDA device of the thread that calls it (on a CPU: one torch
+    thread for the calling worker; a no-op elsewhere).
 
     Every new thread starts on GPU 0: a worker thread of a run on another GPU (``--device cuda:1``, a torchrun
     rank) that allocates pinned memory, records an event or creates a stream there would open a context on
     GPU 0 (about 0.5 GiB each) or time the wrong GPU. Make the binder on the thread that owns the run (a
     ``cuda`` device without an index means that thread's current device); call it first in every worker.
     """
+    if device.type == "cpu":
+        # A worker's torch ops run on its own thread only: a second OpenMP team of as many threads as cores would
+        # compete with (and spin against) the generator's for the same cores (OpenMP's thread count is per thread).
+        return lambda: torch.set_num_threads(1)
     if device.type != "cuda":
         return lambda: None
     index = device.index if device.index is not None else torch.cuda.current_device()

@@ -57,12 +57,21 @@ def _per_tile_norm_low(
     offset = mean - centre.float()  # the centred values' mean
     root_sum_sq = torch.linalg.vector_norm(x - centre, 2, dim=(2, 3), keepdim=True, dtype=torch.float32)
     var = (root_sum_sq.square() / (x.shape[2] * x.shape[3]) - offset.square()).clamp_(min=0.0)
+    weight32, bias32 = (None if t is None else t.float() for t in (weight, bias))
+    if x.device.type == "cpu":
+        # The CPU's batch_norm kernel reads bf16, computes in float32 and writes bf16 in one pass; one sample at a
+        # time with that sample's statistics, so nothing depends on the batch.
+        out = torch.empty_like(x)
+        for i in range(x.shape[0]):
+            out[i:i + 1] = F.batch_norm(x[i:i + 1], mean[i].flatten(), var[i].flatten(), weight32, bias32,
+                                        False, 0.0, eps)
+        return out
     scale = torch.rsqrt(var + eps)
-    if weight is not None:
-        scale = scale * weight.float().reshape(1, -1, 1, 1)
+    if weight32 is not None:
+        scale = scale * weight32.reshape(1, -1, 1, 1)
     shift = -mean * scale
-    if bias is not None:
-        shift = shift + bias.float().reshape(1, -1, 1, 1)
+    if bias32 is not None:
+        shift = shift + bias32.reshape(1, -1, 1, 1)
     return torch.addcmul(shift, x, scale).to(x.dtype)
 
 
