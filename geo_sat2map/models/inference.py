@@ -34,13 +34,20 @@ def per_tile_norm(
     if x.dtype != torch.float32:
         return _per_tile_norm_low(x, weight, bias, eps)
     var, mean = torch.var_mean(x, dim=(2, 3), correction=0, keepdim=True)
+    return _normalise(x, mean, var, weight, bias, eps)
+
+
+def _normalise(x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, weight: torch.Tensor | None,
+               bias: torch.Tensor | None, eps: float) -> torch.Tensor:
+    """``(x - mean) / sqrt(var + eps) * weight + bias`` as one float32 pass ``x * scale + shift`` (float32 (N, C,
+    1, 1) statistics), in ``x``'s dtype."""
     scale = torch.rsqrt(var + eps)
     if weight is not None:
-        scale = scale * weight.reshape(1, -1, 1, 1)
+        scale = scale * weight.float().reshape(1, -1, 1, 1)
     shift = -mean * scale
     if bias is not None:
-        shift = shift + bias.reshape(1, -1, 1, 1)
-    return torch.addcmul(shift, x, scale)
+        shift = shift + bias.float().reshape(1, -1, 1, 1)
+    return torch.addcmul(shift, x, scale).to(x.dtype)
 
 
 def _per_tile_norm_low(
@@ -57,22 +64,15 @@ def _per_tile_norm_low(
     offset = mean - centre.float()  # the centred values' mean
     root_sum_sq = torch.linalg.vector_norm(x - centre, 2, dim=(2, 3), keepdim=True, dtype=torch.float32)
     var = (root_sum_sq.square() / (x.shape[2] * x.shape[3]) - offset.square()).clamp_(min=0.0)
+    if x.device.type != "cpu":
+        return _normalise(x, mean, var, weight, bias, eps)
+    # The CPU's batch_norm kernel reads bf16, computes in float32 and writes bf16 in one pass; one sample at a time
+    # with that sample's statistics, so nothing depends on the batch.
     weight32, bias32 = (None if t is None else t.float() for t in (weight, bias))
-    if x.device.type == "cpu":
-        # The CPU's batch_norm kernel reads bf16, computes in float32 and writes bf16 in one pass; one sample at a
-        # time with that sample's statistics, so nothing depends on the batch.
-        out = torch.empty_like(x)
-        for i in range(x.shape[0]):
-            out[i:i + 1] = F.batch_norm(x[i:i + 1], mean[i].flatten(), var[i].flatten(), weight32, bias32,
-                                        False, 0.0, eps)
-        return out
-    scale = torch.rsqrt(var + eps)
-    if weight32 is not None:
-        scale = scale * weight32.reshape(1, -1, 1, 1)
-    shift = -mean * scale
-    if bias32 is not None:
-        shift = shift + bias32.reshape(1, -1, 1, 1)
-    return torch.addcmul(shift, x, scale).to(x.dtype)
+    out = torch.empty_like(x)
+    for i in range(x.shape[0]):
+        out[i:i + 1] = F.batch_norm(x[i:i + 1], mean[i].flatten(), var[i].flatten(), weight32, bias32, False, 0.0, eps)
+    return out
 
 
 class _PerTileBatchNorm(nn.BatchNorm2d):
