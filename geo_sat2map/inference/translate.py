@@ -81,7 +81,7 @@ _Filled = TypeVar("_Filled")
 TILE_MULTIPLE = 256  # both generator families downsample 8 times
 SCALING_MODES = ("auto", "scene")
 DEFAULT_BATCH = {"cpu": 4, "cuda": 64, "mps": 8}
-SMALL_GPU_BATCH, SMALL_GPU_BYTES = 16, 12 * 2**30  # below 12 GiB a batch of 64 ngf-64 windows may not fit
+SMALL_GPU_BATCH, SMALL_GPU_BYTES = 16, 12 * 2**30  # see default_batch_size
 READ_THREADS = {"cpu": 1, "cuda": 4, "mps": 2}  # reading only has to keep up with the device
 MAX_GPU_READ_THREADS = 8  # a graphed H200 generator takes ~0.4 GB/s of decoded uint8 RGB: 4 threads fell behind
 AUTO_RESOLUTION_TOLERANCE = 0.10  # `--resolution auto` resamples when scene and model differ by more than this
@@ -131,8 +131,9 @@ class TranslateReport:
 
 
 def default_batch_size(device: torch.device) -> int:
-    """Windows per generator call when --batch-size is not given. On a GPU, 64: at 16 an H200 ran the (graphed)
-    generator at a fraction of its rate; a 64-window ngf-64 batch needs about 3 GiB in bf16."""
+    """Windows per generator call when --batch-size is not given. On a GPU, 64: at 16 the H200 ran the generator at
+    a fraction of its rate (launch-bound). A 16384² run at batch 64, ngf 64, bf16 peaked at 1.2 GiB there; fp32,
+    wider generators or larger tiles take several times that, hence 16 on GPUs under 12 GiB."""
     if device.type == "cuda" and torch.cuda.get_device_properties(device).total_memory < SMALL_GPU_BYTES:
         return SMALL_GPU_BATCH
     return DEFAULT_BATCH.get(device.type, 4)
