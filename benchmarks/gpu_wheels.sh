@@ -9,9 +9,10 @@ set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"
 mkdir -p .whl
 for spec in rasterio==1.4.4 shapely==2.2.0 pyproj==3.7.2 affine==3.0.1 cligj==0.7.2 click-plugins==1.1.1.2 \
-    isal==1.9.1 zstandard==0.25.0; do
+    isal==1.9.1 zstandard==0.25.0 py-spy==0.4.3; do  # py-spy: benchmarks/translate_profile.py's thread profiles
   python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_24_x86_64 \
-    --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl "$spec"
+    --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux_2_5_x86_64 \
+    --platform manylinux1_x86_64 -d .whl "$spec"
 done
 ls .whl
