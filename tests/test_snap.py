@@ -38,7 +38,7 @@ def test_snapping_equals_the_class_assignment_of_evaluate_ties_included():
     assert (got[:5] == 0).all()
 
 
-@pytest.mark.parametrize("radius", [1, 2, 3])
+@pytest.mark.parametrize("radius", [1, 2, 3, 5, 7])  # up to 5: uint8 vote counts; 7 (a 15 px window): float32
 def test_majority_filter_equals_the_oracle_with_masks_and_scene_edges(radius):
     rng = np.random.default_rng(radius)
     classes = rng.integers(0, 5, (37, 41))
