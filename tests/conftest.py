@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -47,6 +48,14 @@ def precision_cache(tmp_path_factory: pytest.TempPathFactory):
         os.environ.pop(CACHE_ENV, None)
     else:
         os.environ[CACHE_ENV] = saved
+
+
+@pytest.fixture
+def weights(tmp_path: Path) -> Path:
+    """A small unet256 generator checkpoint (``translate_fixtures.save_small_generator``) for command tests."""
+    from .translate_fixtures import save_small_generator  # that module imports this one
+
+    return save_small_generator(tmp_path / "generator.pt")
 
 
 @pytest.fixture

@@ -17,12 +17,7 @@ from geo_sat2map.inference import precision as inference_precision
 from geo_sat2map.inference.identity import RUN_ID_TAG
 
 from .train_fixtures import make_tiles_folder
-from .translate_fixtures import read, save_small_generator, texture, write_raster
-
-
-@pytest.fixture
-def weights(tmp_path):
-    return save_small_generator(tmp_path / "generator.pt")
+from .translate_fixtures import read, texture, write_raster
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from geo_sat2map.atomic import owner_tag, remove_leftovers
 from geo_sat2map.cli import cli
 
 from .train_fixtures import make_tiles_folder
-from .translate_fixtures import save_small_generator, texture, write_raster
+from .translate_fixtures import texture, write_raster
 
 # Loaded by every Python process started with PYTHONPATH=<hook folder>: progress update number STALL_AFTER (made in
 # the main thread by every command), counted from when the file STALL_ONCE exists if that is set, creates the file
@@ -86,11 +86,6 @@ def hidden(folder: Path) -> list[str]:
 
 def last_line(text: str) -> str:
     return text.strip().splitlines()[-1]
-
-
-@pytest.fixture
-def weights(tmp_path):
-    return save_small_generator(tmp_path / "generator.pt")
 
 
 @pytest.fixture

@@ -34,11 +34,6 @@ from .translate_fixtures import (
 RGBA = [ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha]
 
 
-@pytest.fixture
-def weights(tmp_path):
-    return save_small_generator(tmp_path / "generator.pt")
-
-
 def _footprint(height, width):
     """A rotated-scene-like footprint: a diamond with a hole, as a boolean mask."""
     yy, xx = np.mgrid[0:height, 0:width]

@@ -10,12 +10,7 @@ from affine import Affine
 from geo_sat2map.errors import UserError
 from geo_sat2map.inference.runner import GeneratorRunner
 
-from .translate_fixtures import read, run_translate, save_small_generator, texture, write_raster
-
-
-@pytest.fixture
-def weights(tmp_path):
-    return save_small_generator(tmp_path / "generator.pt")
+from .translate_fixtures import read, run_translate, texture, write_raster
 
 
 @pytest.fixture

@@ -28,14 +28,9 @@ from geo_sat2map.inference.parts import PART_ROWS_TAG, work_folder
 from geo_sat2map.inference.ranks import largest_first
 from geo_sat2map.raster_io.output import OutputOptions
 
-from .translate_fixtures import UTM, read, save_small_generator, texture, write_raster
+from .translate_fixtures import UTM, read, texture, write_raster
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def weights(tmp_path):
-    return save_small_generator(tmp_path / "generator.pt")
 
 
 def invoke(*args: object, quiet: bool = False):
