@@ -35,7 +35,7 @@ from geo_sat2map.device import resolve_device, resolve_precision
 from geo_sat2map.errors import UserError
 from geo_sat2map.image_io import read_rgb, read_tile_valid, split_pair, tile_mask_path
 from geo_sat2map.inference.precision import Precision, inference_precision
-from geo_sat2map.metrics import ClassAccumulator, MetricAccumulator, to_uint8
+from geo_sat2map.metrics import MetricAccumulator, to_uint8
 from geo_sat2map.palette import Palette, load_palette
 from geo_sat2map.progress import progress_bar
 from geo_sat2map.raster_io import open_raster, raster_info, warped_onto

@@ -1,6 +1,5 @@
 import os
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,10 +7,9 @@ import torch
 
 from geo_sat2map.checkpoint import GeneratorMeta, load_generator, save_generator
 from geo_sat2map.errors import CheckpointError
-from geo_sat2map.models import PatchGAN, build_generator
+from geo_sat2map.models import PatchGAN
 from geo_sat2map.scaling import InputScaling
 
-from .conftest import randomise
 
 X = torch.randn(2, 3, 256, 256, generator=torch.Generator().manual_seed(0))
 

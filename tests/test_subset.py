@@ -7,7 +7,6 @@ import json
 
 import numpy as np
 import pytest
-import rasterio
 from affine import Affine
 from click.testing import CliRunner
 from pyproj import Transformer

@@ -39,7 +39,7 @@ from geo_sat2map.inference.identity import RUN_ID_TAG, run_id
 from geo_sat2map.inference.precision import Precision, inference_precision
 from geo_sat2map.inference.ranks import from_main
 from geo_sat2map.inference.runner import GeneratorRunner, StageClock, device_context
-from geo_sat2map.inference.snap import DEFAULT_MIN_REGION, SnapSpec, check_snap_options, resolve_snap
+from geo_sat2map.inference.snap import SnapSpec, check_snap_options, resolve_snap
 from geo_sat2map.inference.stages import ChunkReader, RowWriter
 from geo_sat2map.models import NORM_MODES, InferenceGenerator
 from geo_sat2map.progress import RESULT, progress_bar
@@ -58,7 +58,6 @@ from geo_sat2map.raster_io.grid import (
 from geo_sat2map.raster_io.output import (
     COMPRESSIONS,
     ClassBand,
-    OutputOptions,
     check_creation_options,
     open_map_sink,
     open_scratch_sink,
