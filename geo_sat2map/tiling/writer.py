@@ -32,7 +32,7 @@ import numpy as np
 from geo_sat2map import __version__
 from geo_sat2map.atomic import pid_alive, swap_folder
 from geo_sat2map.errors import UserError
-from geo_sat2map.image_io import TILE_MASKS_DIR, tile_mask_path, write_png
+from geo_sat2map.image_io import tile_mask_path, write_png
 
 DATASET_FORMAT = "geo-sat2map-tiles"
 DATASET_FORMAT_VERSION = 1
@@ -107,20 +107,8 @@ def _claim_work_dir(dest: Path) -> Path:
     return work
 
 
-def _remove_empty_mask_dirs(work: Path) -> None:
-    """masks/ holds only the splits that have a tile with nodata; without any, there is no masks/ folder."""
-    masks = work / TILE_MASKS_DIR
-    if masks.is_dir():
-        for folder in masks.iterdir():
-            if folder.is_dir() and not any(folder.iterdir()):
-                folder.rmdir()
-        if not any(masks.iterdir()):
-            masks.rmdir()
-
-
 def _move_into_place(work: Path, dest: Path) -> None:
     shutil.rmtree(work / STAGING_DIR, ignore_errors=True)
-    _remove_empty_mask_dirs(work)
     (work / OWNER_FILE).unlink(missing_ok=True)
     swap_folder(work, dest, _sibling(dest, "old"))  # --overwrite: a failure in between puts the previous dataset back
 
