@@ -28,6 +28,7 @@ from rasterio.errors import RasterioError
 from geo_sat2map.atomic import atomic_output
 from geo_sat2map.errors import UserError
 from geo_sat2map.raster_io.core import RasterInfo, open_raster, raster_info
+from geo_sat2map.raster_io.grid import north_up
 from geo_sat2map.raster_io.output import read_category_names
 
 # Offsets closer than this to a whole pixel are whole pixels (float noise of transforms derived by products).
@@ -93,7 +94,7 @@ def check_mosaic(rasters: Sequence[tuple[str | os.PathLike[str], RasterInfo]]) -
         if not info.georeferenced:
             raise UserError(f"{path}: has no CRS or geotransform; it cannot be placed in a mosaic")
         t = info.transform
-        if t.b or t.d or t.a <= 0 or t.e >= 0:
+        if not north_up(t):
             raise UserError(f"{path}: is not north-up (geotransform {tuple(t)[:6]}); warp it first (gdalwarp)")
         if info.crs != first.crs:
             raise UserError(

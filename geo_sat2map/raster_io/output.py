@@ -26,7 +26,6 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 from xml.etree import ElementTree
 
 import numpy as np
@@ -37,14 +36,12 @@ from rasterio.enums import ColorInterp, Resampling
 from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
-from geo_sat2map.atomic import temp_prefix
+from geo_sat2map.atomic import atomic_output, temp_prefix
 from geo_sat2map.errors import UserError
 from geo_sat2map.palette import class_bits, nodata_index
-from geo_sat2map.raster_io.cog import overview_factors
+from geo_sat2map.raster_io.cog import FAST_CODECS, StreamingCOGWriter, overview_factors
 from geo_sat2map.raster_io.core import RasterInfo
 
-if TYPE_CHECKING:
-    from geo_sat2map.raster_io.cog import StreamingCOGWriter
 
 log = logging.getLogger("geo_sat2map")
 
@@ -288,8 +285,6 @@ def read_category_names(path: str | os.PathLike[str]) -> tuple[str, ...]:
 
 def write_category_sidecar(output: str | os.PathLike[str], class_band: ClassBand) -> None:
     """``OUTPUT.aux.xml`` beside a finished class map (replaced: it belongs to the map just written)."""
-    from geo_sat2map.atomic import atomic_output
-
     with atomic_output(f"{os.fspath(output)}.aux.xml", overwrite=True, what="category names") as tmp:
         tmp.write_text(category_sidecar(class_band), encoding="utf-8")
 
@@ -464,8 +459,6 @@ def open_map_sink(
     The streaming COG writer (one encode, overviews from the stream) whenever it can honour the codec and the
     creation options; otherwise GDAL (e.g. LZW, JPEG-style options), which encodes the full resolution twice.
     """
-    from geo_sat2map.raster_io.cog import FAST_CODECS, StreamingCOGWriter
-
     check_class_bits(options)
     extra = options.extra
     gdal_only = sorted(set(extra) - _STREAMING_OPTIONS - ({"NBITS"} if options.class_band else set()))

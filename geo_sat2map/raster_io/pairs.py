@@ -31,10 +31,9 @@ from geo_sat2map.raster_io.core import (
     scene_scaling,
     warped_onto,
 )
-from geo_sat2map.raster_io.grid import crs_kind, ground_resolution
+from geo_sat2map.raster_io.grid import RESAMPLING_METHODS, crs_kind, ground_resolution
 from geo_sat2map.scaling import InputScaling
 
-RESAMPLING_METHODS = ("nearest", "bilinear", "cubic", "cubic_spline", "lanczos", "average", "mode")
 
 
 @dataclass(frozen=True)
