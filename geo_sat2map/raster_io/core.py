@@ -214,10 +214,11 @@ def read_window(
     ds: rasterio.io.DatasetReader, bands: Sequence[int], window: Window, out: np.ndarray | None = None,
     alpha_threshold: float = DEFAULT_ALPHA_THRESHOLD,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Read ``bands`` (into ``out`` if given) and the dataset mask (True = valid, see ``dataset_validity``) in
-    ``window``; corrupt blocks name the window."""
+    """Read ``bands`` (into ``out`` if given; none: only the mask) and the dataset mask (True = valid, see
+    ``dataset_validity``) in ``window``; corrupt blocks name the window."""
     try:
-        data = ds.read(list(bands), window=window, out=out)
+        data = (ds.read(list(bands), window=window, out=out) if bands
+                else np.empty((0, int(window.height), int(window.width)), ds.dtypes[0]))
         valid = dataset_validity(ds, alpha_threshold, window=window)
     except RasterioIOError as exc:
         raise UserError(

@@ -35,7 +35,7 @@ from rasterio.windows import Window
 
 from geo_sat2map.errors import UserError
 from geo_sat2map.raster_io.core import DEFAULT_ALPHA_THRESHOLD, RasterInfo, open_raster
-from geo_sat2map.raster_io.strips import read_rows
+from geo_sat2map.raster_io.strips import read_rows, read_validity
 
 RESAMPLING_METHODS = ("average", "bilinear", "cubic", "cubic_spline", "lanczos", "nearest", "mode")
 # Source pixels a kernel reaches beyond the one under the sample point, at 1:1 (scaled up when shrinking).
@@ -343,8 +343,8 @@ def map_on_scene_grid(
             need = row_index[row_off:row_off + height]
             first, last = int(need.min()), int(need.max()) + 1
             values = map_ds.read((1, 2, 3) if rgba else 1, window=Window(0, first, map_ds.width, last - first))
-            _, valid = read_rows(scene_ds, bands, row_base + row_off, height, None, alpha_threshold,
-                                 (col_base, col_base + scene.width))
+            valid = read_validity(scene_ds, bands, row_base + row_off, height, alpha_threshold,
+                                  (col_base, col_base + scene.width))
             if not rgba:
                 strip = values[need - first][:, col_index]
                 strip[~valid] = masked

@@ -32,6 +32,18 @@ def read_rows(
     return data, valid
 
 
+def read_validity(
+    ds: rasterio.io.DatasetReader, bands: Sequence[int], row_off: int, height: int,
+    alpha_threshold: float = DEFAULT_ALPHA_THRESHOLD, columns: tuple[int, int] | None = None,
+) -> np.ndarray:
+    """``read_rows``' validity alone: only the dataset mask is read, unless the bands are floating point (their
+    NaN/inf pixels are invalid too, so their values are needed)."""
+    if any(np.issubdtype(np.dtype(ds.dtypes[band - 1]), np.floating) for band in bands):
+        return read_rows(ds, bands, row_off, height, None, alpha_threshold, columns)[1]
+    start, stop = columns or (0, ds.width)
+    return read_window(ds, (), Window(start, row_off, stop - start, height), alpha_threshold=alpha_threshold)[1]
+
+
 def streaming_dtype(source_dtype: str) -> np.dtype:
     """The dtype raw rows travel in: uint8 stays uint8 (4x less to move than floats); other integers that fit
     become int32 (exact, and every device can index and convert it); the rest float32 (what scaling computes in)."""
