@@ -52,8 +52,7 @@ from geo_sat2map.tiling.writer import (
 
 log = logging.getLogger("geo_sat2map")
 
-SKIP_REASONS = ("outside_overlap", "outside_aoi", "image_nodata", "map_nodata", "split_buffer")
-# How each reason reads in messages, and the option that decides it.
+# Why a candidate tile is dropped: how each reason reads in messages, and the option that decides it.
 _REASON_TEXT = {
     "outside_overlap": ("outside the image/map overlap", "--min-valid"),
     "outside_aoi": ("outside the AOI", "--min-valid"),
@@ -61,6 +60,7 @@ _REASON_TEXT = {
     "map_nodata": ("map nodata", "--min-valid"),
     "split_buffer": ("split buffer", "--stride"),
 }
+SKIP_REASONS = tuple(_REASON_TEXT)
 _EDGE_EPS = 1e-6  # pixel-coordinate slack for outlines that went through a reprojection round trip
 
 
@@ -191,7 +191,7 @@ def _too_few(kept: int, skipped: dict[str, int], config: MakeTilesConfig) -> Use
     """Too few tiles to split, with why the others were dropped and which option would keep more."""
     dropped = sum(skipped.values())
     hints = []
-    if any(skipped.get(k) for k in ("outside_overlap", "outside_aoi", "image_nodata", "map_nodata")):
+    if any(skipped.get(k) for k, (_, option) in _REASON_TEXT.items() if option == "--min-valid"):
         hints.append(f"lower --min-valid (now {config.min_valid:g})")
     hints += ["use a smaller --stride or --tile-size", "lower --val-fraction/--test-fraction (0 disables a split)"]
     kept_text = f"{kept} of {dropped + kept} candidate tiles kept" if dropped else f"{kept} tile(s)"
@@ -471,7 +471,7 @@ def make_tiles(
         learner = PaletteLearner(config.seed)
         tiles, scalings = _stage_tiles(plans, config, work, skipped, progress, learner)
         if not tiles:
-            reasons = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in skipped.items() if v) or "none"
+            reasons = _reasons(skipped) or "none"
             raise UserError(
                 f"no tile has at least --min-valid {config.min_valid:g} valid pixels in both halves "
                 f"(skipped: {reasons}); check the masks/nodata of the inputs or lower --min-valid"
