@@ -36,6 +36,15 @@ _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 _FIRST_WEIGHT = {"unet256": "model.model.0.weight", "seed-unet": "initial_down.0.weight"}
 
 
+def band_roles_from(value: Any) -> tuple[str, ...] | None:
+    """``band_roles`` as stored (checkpoints, dataset.json): a list of colour names, or None (a ValueError else)."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"band_roles {value!r} is not a list of colour names")
+    return tuple(value)
+
+
 @dataclass(frozen=True)
 class GeneratorMeta:
     """Everything needed to rebuild a generator and feed it correctly."""
@@ -69,15 +78,12 @@ class GeneratorMeta:
     def from_dict(cls, data: dict[str, Any]) -> GeneratorMeta:
         scaling = data.get("scaling")
         bands = data.get("bands")
-        roles = data.get("band_roles")
-        if roles is not None and not (isinstance(roles, list) and all(isinstance(r, str) for r in roles)):
-            raise ValueError(f"band_roles {roles!r} is not a list of colour names")
         return cls(
             arch=str(data["arch"]),
             width=int(data["width"]),
             norm_mode=str(data["norm_mode"]),
             bands=tuple(int(b) for b in bands) if bands is not None else None,
-            band_roles=tuple(roles) if roles is not None else None,
+            band_roles=band_roles_from(data.get("band_roles")),
             scaling=InputScaling.from_dict(scaling) if scaling is not None else None,
             tile_size=int(data["tile_size"]) if data.get("tile_size") is not None else None,
             resolution=float(data["resolution"]) if data.get("resolution") is not None else None,

@@ -69,14 +69,17 @@ def read_tile_valid(tile: str | os.PathLike[str], size: int) -> np.ndarray:
         return np.ones((size, size), dtype=bool)
     try:
         with Image.open(path) as img:
-            if img.mode not in ("L", "1") or img.size != (size, size):
-                raise UserError(
-                    f"{path}: a tile mask must be a {size}x{size} 8-bit grey PNG like its tile {Path(tile).name}, "
-                    f"not {img.mode} {img.width}x{img.height}; re-run make-tiles"
-                )
+            check_tile_mask(path, img.mode, img.width, img.height, size)
             return np.asarray(img.convert("L"), dtype=np.uint8) > 0
     except _DAMAGED_IMAGE_ERRORS as exc:
         raise UserError(f"{path}: cannot read tile mask ({first_line(exc)})") from exc
+
+
+def check_tile_mask(path: str | os.PathLike[str], mode: str, width: int, height: int, size: int) -> None:
+    """A tile mask is a ``size``-px square 8-bit grey (or 1-bit) PNG, like the map half of its tile."""
+    if mode not in ("L", "1") or (width, height) != (size, size):
+        raise UserError(f"{path}: a tile mask must be a {size}x{size} 8-bit grey PNG like its tile, not {mode} "
+                        f"{width}x{height}; re-run make-tiles")
 
 
 def split_pair(pair: np.ndarray, path: str | os.PathLike[str] = "") -> tuple[np.ndarray, np.ndarray]:

@@ -21,8 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from geo_sat2map.checkpoint import band_roles_from
 from geo_sat2map.errors import UserError, stop_signals
-from geo_sat2map.image_io import probe_image, read_rgb, read_tile_valid, split_pair, tile_mask_path
+from geo_sat2map.image_io import check_tile_mask, probe_image, read_rgb, read_tile_valid, split_pair, tile_mask_path
 from geo_sat2map.palette import Palette, PaletteLearner
 from geo_sat2map.scaling import InputScaling
 
@@ -84,7 +85,7 @@ def scan_dataset(data_dir: str | os.PathLike[str]) -> DatasetInfo:
             tuple(val),
             size,
             bands=tuple(int(b) for b in bands) if bands is not None else None,
-            band_roles=_colour_names(roles),
+            band_roles=band_roles_from(roles),
             scaling=InputScaling.from_dict(scaling) if scaling is not None else None,
             resolution=float(resolution) if resolution is not None else None,
             crs=manifest.get("crs"),
@@ -97,14 +98,6 @@ def scan_dataset(data_dir: str | os.PathLike[str]) -> DatasetInfo:
         raise UserError(f"{root / MANIFEST}: malformed bands/band_roles/scaling/resolution ({exc}); re-run make-tiles") from None
 
 
-def _colour_names(value: Any) -> tuple[str, ...] | None:
-    if value is None:
-        return None
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise TypeError(f"band_roles {value!r} is not a list of colour names")
-    return tuple(value)
-
-
 PALETTE_TILES = 256  # tiles a folder without a learned palette is sampled from (evenly spaced)
 
 
@@ -112,11 +105,11 @@ def training_palette(info: DatasetInfo, seed: int = 0) -> Palette | None:
     """dataset.json's palette, else one learned from the maps (B halves) of up to ``PALETTE_TILES`` train tiles."""
     if info.palette is not None:
         return info.palette
-    step = max(1, len(info.train) // PALETTE_TILES)
+    paths = evenly_spaced(info.train, PALETTE_TILES)
     learner = PaletteLearner(seed)
-    for path in info.train[::step][:PALETTE_TILES]:
+    for path in paths:
         learner.add(split_pair(read_rgb(path), path)[1])
-    return learner.result(source=f"{len(info.train[::step][:PALETTE_TILES])} train tiles")
+    return learner.result(source=f"{len(paths)} train tiles")
 
 
 def check_fits(info: DatasetInfo, crop_size: int) -> None:
@@ -152,10 +145,7 @@ def _check_tiles(paths: Sequence[Path]) -> int:
             )
         mask = tile_mask_path(path)
         if mask.is_file():
-            mode, mask_width, mask_height = probe_image(mask, verify=True)
-            if mode not in ("L", "1") or (mask_width, mask_height) != (height, height):
-                raise UserError(f"{mask}: a tile mask must be a {height}x{height} 8-bit grey PNG, not {mode} "
-                                f"{mask_width}x{mask_height}; re-run make-tiles")
+            check_tile_mask(mask, *probe_image(mask, verify=True), height)
     assert first is not None
     return first[2]
 
