@@ -4,7 +4,7 @@ x86 CPUs with ``avx512_bf16`` (AMD Zen 4 on, Intel Cooper Lake) or AMX (Intel Sa
 convolutions about twice as fast as fp32; elsewhere bf16 is emulated and slower than fp32. Which one a given
 network runs faster still depends on its size and shape, so ``auto`` times a few batches of the run's own
 network at both precisions and keeps bf16 only when it is clearly faster (``BF16_MARGIN``). The choice is
-cached per CPU model, torch version, thread count and network shape in the user's cache folder, so only the
+cached per CPU model, torch version, code revision and network shape in the user's cache folder, so only the
 first run of a shape pays for the measurement. A CPU without native bf16 stays at fp32 without measuring.
 """
 
@@ -52,16 +52,22 @@ class CpuChoice:
         return torch.bfloat16 if self.precision == "bf16" else torch.float32
 
 
-def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags from /proc/cpuinfo (empty where there is none: macOS, Windows)."""
+@functools.lru_cache(maxsize=None)
+def _cpuinfo_field(name: str) -> str | None:
+    """The first ``name : value`` line's value in /proc/cpuinfo (None where there is no such file or line)."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as file:
             for line in file:
-                if line.startswith("flags"):
-                    return frozenset(line.partition(":")[2].split())
+                if line.startswith(name):
+                    return line.partition(":")[2].strip()
     except OSError:
         pass
-    return frozenset()
+    return None
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where there is none: macOS, Windows)."""
+    return frozenset((_cpuinfo_field("flags") or "").split())
 
 
 @functools.lru_cache(maxsize=1)
@@ -76,14 +82,7 @@ def native_bf16() -> str | None:
 
 def cpu_model() -> str:
     """The CPU's model name (part of the cache key: another CPU may choose otherwise)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as file:
-            for line in file:
-                if line.startswith("model name"):
-                    return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
+    return _cpuinfo_field("model name") or platform.processor() or platform.machine() or "unknown CPU"
 
 
 def cache_dir() -> Path:
@@ -106,10 +105,11 @@ MEASURED_CODE_REVISION = 2
 
 
 def cache_key(kind: str, shape: Mapping[str, Any]) -> str:
-    """What decides the speed ratio: the CPU, torch, the thread count and the network's shape."""
+    """What decides the speed ratio: the CPU, torch, the code measured and the network's shape (not the thread
+    count: the probe always runs on one thread, see ``measure_clock``)."""
     described = ", ".join(f"{key} {value}" for key, value in sorted(shape.items()))
     return (f"{kind} | {cpu_model()} | torch {torch.__version__} | geo-sat2map {__version__} r{MEASURED_CODE_REVISION} | "
-            f"{torch.get_num_threads()} threads | {described}")
+            f"{described}")
 
 
 def _read_cache(path: Path) -> dict[str, Any]:
