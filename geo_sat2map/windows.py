@@ -202,9 +202,11 @@ class RowBand:
 
     @property
     def process_from(self) -> int:
+        if not self.halo:
+            return max(self.first - 1, 0)
         start = self.output_rows[0] - self.halo
-        touching = [w for w, top in enumerate(self.grid.row_starts) if top + self.grid.tile > start]
-        return min(max(self.first - 1, 0), touching[0] if self.halo and touching else self.first)
+        touching = next((w for w, top in enumerate(self.grid.row_starts) if top + self.grid.tile > start), self.first)
+        return min(max(self.first - 1, 0), touching)
 
     @property
     def process_end(self) -> int:

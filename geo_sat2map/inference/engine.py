@@ -374,7 +374,7 @@ class StreamEngine:
         """``band``: only these window rows' output rows are emitted; default the whole scene (give it the
         ``snap.halo``). ``keep_colour``: see ``DeviceRowAssembler``. ``snap``: snap to a palette, filter and emit
         that output format (``inference.snap``)."""
-        self.grid, self.scaling, self.generator, self.device = grid, scaling, generator, device
+        self.grid, self.generator, self.device = grid, generator, device
         self._to_unit = UnitScaler(scaling, device)
         self.clock = clock or StageClock(device)
         self.batch_size, self.fixed_batch = batch_size, fixed_batch
