@@ -335,7 +335,7 @@ def probe_cost(weights: Path) -> None:
     print("|---|---:|---|---|")
     for call in ("first", "later"):
         started = time.perf_counter()
-        chosen = inference_precision("auto", torch.device("cpu"), network, 256, loaded.meta.arch, loaded.meta.width,
+        chosen = inference_precision("auto", torch.device("cpu"), lambda: network, 256, loaded.meta.arch, loaded.meta.width,
                                      loaded.meta.norm_mode)
         print(f"| {call} | {time.perf_counter() - started:.3f} | {chosen.name} | {chosen.reason} |", flush=True)
 

@@ -282,7 +282,7 @@ def evaluate_dataset(
     def flush(batch: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
         inputs = torch.from_numpy(np.stack([scaling.to_unit(a) for a, _, _ in batch])).to(torch_device)
         if not chosen:
-            chosen.append(inference_precision(precision, torch_device, net, inputs.shape[-1], loaded.meta.arch,
+            chosen.append(inference_precision(precision, torch_device, lambda: net, inputs.shape[-1], loaded.meta.arch,
                                               loaded.meta.width, norm_mode or loaded.meta.norm_mode))
             log.info("precision: %s (%s)", chosen[0].name, chosen[0].reason)
         dtype = chosen[0].dtype

@@ -139,7 +139,7 @@ def translate_many(config: BatchConfig) -> BatchReport:
     check_creation_options(settings.output_options)
     with process_group(settings.device) as (ctx, device):
         model = load_generator(settings.weights)
-        resolved = run_precision(settings, model.meta, model.for_inference(settings.norm_stats), device, ctx)
+        resolved = run_precision(settings, model.meta, lambda: model.for_inference(settings.norm_stats), device, ctx)
         precision = resolved.name
         log.info("precision: %s (%s)", precision, resolved.reason)
         # Decided once for every scene (auto on a CPU measures): the scenes run at it as if asked for.

@@ -4,6 +4,7 @@ runs the run's own generator faster (measured on a few batches, then cached: see
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -36,9 +37,11 @@ class Precision:
 
 
 def inference_precision(
-    spec: str, device: torch.device, model: InferenceGenerator, tile: int, arch: str, width: int, norm_mode: str
+    spec: str, device: torch.device, model: Callable[[], InferenceGenerator], tile: int, arch: str, width: int,
+    norm_mode: str,
 ) -> Precision:
-    """The dtype for ``--precision spec`` running ``model`` (``arch`` of ``width``) on ``tile``-px windows."""
+    """The dtype for ``--precision spec`` running the generator ``model()`` gives (``arch`` of ``width``) on
+    ``tile``-px windows; ``model`` is called only when the choice is measured."""
     dtype = resolve_precision(spec, device)
     if spec != "auto":
         return Precision(dtype, f"--precision {spec}")
@@ -46,7 +49,7 @@ def inference_precision(
         return Precision(dtype, f"auto on {device.type}: " + (
             "bf16, which this GPU supports" if dtype == torch.bfloat16 else "fp32 (no bf16 here)"))
     shape = {"arch": arch, "width": width, "norm": norm_mode, "tile": tile}
-    choice = choose_on_cpu("generator", shape, lambda: time_generator(model, tile, PROBE_BATCH), "window")
+    choice = choose_on_cpu("generator", shape, lambda: time_generator(model(), tile, PROBE_BATCH), "window")
     return Precision(choice.dtype, f"auto: {choice.reason}", choice.seconds)
 
 

@@ -372,7 +372,7 @@ def _prepare(
                  box[1] - box[0], "processing" if not processing.native else "scene's", grid.width, grid.height)
     info = window_info(full, region[0], region[1], region[2], region[3])
     network = loaded.for_inference(norm_mode)
-    precision = run_precision(config, loaded.meta, network, device, ctx)
+    precision = run_precision(config, loaded.meta, lambda: network, device, ctx)
 
     log.info("input: %s (%d x %d, %s, bands %s)", config.input, info.width, info.height, info.dtype,
              ",".join(map(str, bands)))
@@ -390,11 +390,12 @@ def _prepare(
 
 
 def run_precision(
-    config: TranslateConfig, meta: GeneratorMeta, network: InferenceGenerator, device: torch.device,
+    config: TranslateConfig, meta: GeneratorMeta, network: Callable[[], InferenceGenerator], device: torch.device,
     ctx: DistContext | None = None,
 ) -> Precision:
-    """The compute precision of a run of ``config`` with ``network`` (built from a checkpoint with ``meta``);
-    under torchrun (``ctx``) rank 0's choice, so that every process computes alike."""
+    """The compute precision of a run of ``config`` with the generator ``network()`` gives (built from a
+    checkpoint with ``meta``; only called when auto measures); under torchrun (``ctx``) rank 0's choice, so that
+    every process computes alike."""
 
     def choose() -> Precision:
         return inference_precision(config.precision, device, network, config.tile_size or _checkpoint_tile(meta),
