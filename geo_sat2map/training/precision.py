@@ -112,12 +112,14 @@ def _choose_on_cpu(
                       for dtype in (torch.float32, torch.bfloat16))
         return 1 / fp32, 1 / bf16
 
-    choice = choose_on_cpu("train step", shape, seconds_per_step, "step")
-    record = {"cpu": cpu, "batch_size": config.batch_size, "precision": choice.precision, "reason": choice.reason}
-    record = distributed.gather(ctx, record)[0]  # every process trains as rank 0 chose
-    return PrecisionChoice(
-        resolve_precision(record["precision"], device), record["reason"], record, choice.seconds, cuda=False
-    )
+    # Rank 0 alone measures (all ranks share the CPU's cores, and would time each other) and every process trains
+    # as it chose.
+    choice = choose_on_cpu("train step", shape, seconds_per_step, "step") if ctx.is_main else None
+    mine = None if choice is None else {"cpu": cpu, "batch_size": config.batch_size, "precision": choice.precision,
+                                        "reason": choice.reason}
+    record = distributed.gather(ctx, mine)[0]
+    return PrecisionChoice(resolve_precision(record["precision"], device), record["reason"], record,
+                           choice.seconds if choice else 0.0, cuda=False)
 
 
 def measure_steps_per_s(
