@@ -239,6 +239,31 @@ def test_blocks_do_not_depend_on_how_rows_are_asked_for(tmp_path):
     assert not whole[1].all() and whole[1].any()
 
 
+def test_reader_threads_asking_for_one_block_at_once_warp_it_once(tmp_path, monkeypatch):
+    """Neighbouring window rows share the block at their boundary: reader threads that ask for it together wait
+    for one warp of it, and every thread gets the same rows."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    src = write_raster(tmp_path / "s.tif", texture(150, 70, seed=9), transform=UTM3)
+    grid = resampled_grid(_info(src), 1.3, "cubic")
+    rows = GridRows(src, (1, 2, 3), grid)
+    warped, lock, real = [], threading.Lock(), GridRows._warp_block
+
+    def slow_warp(self, index):
+        with lock:
+            warped.append(index)
+        time.sleep(0.2)  # long enough for every thread to ask while the first one warps
+        return real(self, index)
+
+    monkeypatch.setattr(GridRows, "_warp_block", slow_warp)
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: rows.read(BLOCK_ROWS - 5, 10), range(4)))
+    assert sorted(warped) == [0, 1]
+    assert all(np.array_equal(r[0], results[0][0]) and np.array_equal(r[1], results[0][1]) for r in results)
+
+
 def test_run_identity_and_tags_follow_the_grid(tmp_path, one_metre, scene3):
     src, _ = scene3
     base = TranslateConfig(input=src, output=tmp_path / "m.tif", weights=one_metre)

@@ -22,6 +22,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
+from concurrent.futures import Future
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 
@@ -200,9 +201,10 @@ class GridRows:
     """Reads rows of a processing grid, with their validity, from any thread (each read opens its own handle).
 
     Native grids read the scene's rows directly. Resampled grids are warped in fixed blocks (module docstring);
-    the last few blocks are kept, since consecutive reads share a block at their boundary."""
+    the last few blocks are kept, since consecutive reads share a block at their boundary, and a block is warped
+    once however many reader threads ask for it at the same time (the others wait for it)."""
 
-    CACHED_BLOCKS = 4
+    CACHED_BLOCKS = 16  # enough for the blocks that 8 reader threads have in flight
 
     def __init__(
         self, path: str | os.PathLike[str], bands: Sequence[int], grid: ProcessingGrid,
@@ -212,7 +214,7 @@ class GridRows:
         self.path, self.bands, self.grid, self.alpha_threshold = path, tuple(bands), grid, alpha_threshold
         self.row_off, col_off, _, width = region or (0, 0, grid.height, grid.width)
         self.columns = (col_off, col_off + width)
-        self._blocks: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self._blocks: OrderedDict[int, Future[tuple[np.ndarray, np.ndarray]]] = OrderedDict()
         self._lock = threading.Lock()
         self.resample_seconds = 0.0  # spent warping (summed over threads; part of the readers' time)
 
@@ -236,15 +238,23 @@ class GridRows:
 
     def _block(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         with self._lock:
-            if index in self._blocks:
+            block = self._blocks.get(index)
+            warp = block is None
+            if warp:
+                block = self._blocks[index] = Future()
+                while len(self._blocks) > self.CACHED_BLOCKS:
+                    self._blocks.popitem(last=False)  # a waiter still holds an evicted block in flight
+            else:
                 self._blocks.move_to_end(index)
-                return self._blocks[index]
-        block = self._warp_block(index)
-        with self._lock:
-            self._blocks[index] = block
-            while len(self._blocks) > self.CACHED_BLOCKS:
-                self._blocks.popitem(last=False)
-        return block
+        if warp:
+            try:
+                block.set_result(self._warp_block(index))
+            except BaseException as exc:
+                block.set_exception(exc)
+                with self._lock:
+                    if self._blocks.get(index) is block:
+                        del self._blocks[index]  # a later read tries again
+        return block.result()
 
     def _warp_block(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Grid rows of block ``index``: warped from the source rows under them plus a halo, the source padded
