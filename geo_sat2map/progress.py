@@ -233,8 +233,9 @@ def _short(value: Any) -> str:
 
 
 def main_rank() -> bool:
-    """Rank 0 of a torchrun launch (RANK), or a process on its own: the one that speaks for the run."""
-    return os.environ.get("RANK", "0") in ("", "0")
+    """Rank 0 of a torchrun launch, or a process on its own: the one that speaks for the run. Read from RANK and
+    WORLD_SIZE as ``training.distributed.context_from_env`` reads them, without importing torch (fast --help)."""
+    return int(os.environ.get("WORLD_SIZE") or 1) <= 1 or os.environ.get("RANK", "0") in ("", "0")
 
 
 class ConsoleFilter(logging.Filter):

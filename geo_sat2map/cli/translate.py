@@ -180,7 +180,6 @@ def command(ctx: click.Context, inputs: tuple[Path, ...], output: str, input_lis
     """
     from geo_sat2map.inference import BatchConfig, TranslateConfig, read_input_list, translate
     from geo_sat2map.inference.parts import runs_in_parts, translate_in_parts
-    from geo_sat2map.inference.ranks import is_main_process
     from geo_sat2map.raster_io.output import OutputOptions
 
     scenes = list(inputs) + (read_input_list(input_list) if input_list is not None else [])
@@ -211,20 +210,19 @@ def command(ctx: click.Context, inputs: tuple[Path, ...], output: str, input_lis
         _translate_folder(ctx, BatchConfig(tuple(scenes), Path(output), config, vrt))
         return
     report = translate_in_parts(config) if runs_in_parts(config.output) else translate(config)
-    if is_main_process():
+    if progress.main_rank():
         progress.emit("result", command="translate", result=report)
 
 
 def _translate_folder(ctx: click.Context, config: BatchConfig) -> None:
     """Many scenes: the summary table from rank 0; exit 1 if any scene failed (each was reported as it failed)."""
     from geo_sat2map.inference import translate_many
-    from geo_sat2map.inference.ranks import is_main_process
 
     try:
         report = translate_many(config)
     except KeyboardInterrupt as exc:
         exit_interrupted(ctx, exc, "finished maps are kept (a rerun skips them); the scene in progress left nothing.")
-    if is_main_process():
+    if progress.main_rank():
         progress.emit("result", command="translate", result=report)
         click.echo(report.table())  # the result: also with -q
     if report.failed:

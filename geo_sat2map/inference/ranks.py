@@ -26,11 +26,6 @@ def launched_by_torchrun() -> bool:
     return distributed.context_from_env().enabled
 
 
-def is_main_process() -> bool:
-    """Rank 0 of a torchrun launch, or a process on its own: the one that reports."""
-    return distributed.context_from_env().is_main
-
-
 @contextlib.contextmanager
 def process_group(device_spec: str) -> Iterator[tuple[DistContext, torch.device]]:
     """This process's place in the launch and its device (``cuda:LOCAL_RANK`` for a CUDA device); only rank 0
