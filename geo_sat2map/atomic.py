@@ -45,11 +45,7 @@ def atomic_output(
     """
     dest = check_output_path(path, overwrite, what)
     remove_leftovers(dest)
-    fd, tmp_name = tempfile.mkstemp(
-        prefix=temp_prefix(dest), suffix=(suffix if suffix is not None else dest.suffix) + ".part", dir=dest.parent
-    )
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = temp_file_beside(dest, suffix if suffix is not None else dest.suffix)
     try:
         yield tmp
         if tmp.is_file():  # mkstemp makes it owner-only; give it the mode a plain open() would
@@ -59,6 +55,14 @@ def atomic_output(
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
+
+
+def temp_file_beside(dest: Path, suffix: str) -> Path:
+    """A new empty temporary file in ``dest``'s folder, named with the owner tag (``temp_prefix``) and ending in
+    ``suffix + ".part"``: what a killed run leaves there is recognised and removed by the next one."""
+    fd, name = tempfile.mkstemp(prefix=temp_prefix(dest), suffix=f"{suffix}.part", dir=dest.parent)
+    os.close(fd)
+    return Path(name)
 
 
 def owner_tag() -> str:

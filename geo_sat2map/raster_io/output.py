@@ -36,7 +36,7 @@ from rasterio.enums import ColorInterp, Resampling
 from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
-from geo_sat2map.atomic import atomic_output, temp_prefix
+from geo_sat2map.atomic import atomic_output, temp_file_beside
 from geo_sat2map.errors import UserError
 from geo_sat2map.palette import class_bits, nodata_index
 from geo_sat2map.raster_io.cog import FAST_CODECS, StreamingCOGWriter, overview_factors
@@ -357,15 +357,12 @@ class GDALMapSink:
 def scratch_path(output: str | os.PathLike[str], suffix: str) -> Iterator[Path]:
     """A hidden temporary file beside ``output`` for an intermediate product, removed when the block ends (named
     with the owner tag, so a rerun removes it if this run is killed)."""
-    folder = os.path.dirname(os.fspath(output)) or "."
-    fd, name = tempfile.mkstemp(prefix=temp_prefix(Path(output)), suffix=f"{suffix}.part",
-                                dir=folder)
-    os.close(fd)
+    path = temp_file_beside(Path(output).absolute(), suffix)
     try:
-        yield Path(name)
+        yield path
     finally:
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(name)
+            path.unlink()
 
 
 def open_scratch_sink(path: str | os.PathLike[str], info: RasterInfo, class_band: ClassBand | None = None
