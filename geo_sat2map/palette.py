@@ -284,7 +284,8 @@ def cluster_colours(sample: np.ndarray, seed: int = 0) -> np.ndarray:
             break
         centres, labels = _lloyd(lab, centres)
     rgb = lab_to_rgb(centres)
-    return np.unique(rgb, axis=0) if len(np.unique(rgb, axis=0)) < len(rgb) else rgb
+    distinct = np.unique(rgb, axis=0)
+    return distinct if len(distinct) < len(rgb) else rgb
 
 
 def _kmeans_pp(points: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:

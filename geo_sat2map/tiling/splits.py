@@ -241,8 +241,9 @@ def plan_splits(
         deviation = _deviation(_counts(plan.splits), fractions)
         if deviation > BALANCE_TOLERANCE:  # the buffer shifted the shares: aim the fill at the shares it missed
             retry = _plan_with_blocks(windows, tile_size, fractions, seed, block, _corrected(plan, fractions))
-            if retry is not None and _deviation(_counts(retry.splits), fractions) < deviation:
-                plan, deviation = retry, _deviation(_counts(retry.splits), fractions)
+            retry_deviation = None if retry is None else _deviation(_counts(retry.splits), fractions)
+            if retry_deviation is not None and retry_deviation < deviation:
+                plan, deviation = retry, retry_deviation
         if deviation <= BALANCE_TOLERANCE:
             if sum(plan.blocks.values()) >= wanted_blocks:
                 return plan
