@@ -28,11 +28,12 @@ class Crop:
 class CroppedRows:
     """A map sink seen through a crop: takes the stream's full-width rows (``style``: RGBA, or one-band classes)
     in order from its first row, passes on the cropped rows (outside the AOI masked) and makes their overview rows
-    itself, since the stream's overviews would be of the wider stream."""
+    itself, since the stream's overviews would be of the wider stream. ``crop`` None: every row, whole (a sink
+    fed rows that come without overviews, e.g. re-read from parts)."""
 
     overview_levels = 0  # the engine makes none; see above
 
-    def __init__(self, sink: Any, crop: Crop, style: RowStyle = RowStyle.of(None)) -> None:
+    def __init__(self, sink: Any, crop: Crop | None, style: RowStyle = RowStyle.of(None)) -> None:
         self.sink, self.crop, self.style = sink, crop, style
         self.levels = LevelEmitter(lambda level, rows: sink.write_rows(level, rows.numpy()), sink.overview_levels,
                                    downsample=style.downsample)
@@ -41,6 +42,9 @@ class CroppedRows:
     def write_rows(self, level: int, rows: np.ndarray) -> None:
         if level != 0:
             raise ValueError("CroppedRows takes full-resolution rows only")
+        if self.crop is None:
+            self.levels.rows(torch.from_numpy(rows))
+            return
         start = self._next
         self._next += rows.shape[0]
         (r0, r1), (c0, c1) = self.crop.rows, self.crop.cols

@@ -28,12 +28,11 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import torch
 
 from geo_sat2map.atomic import check_output_path, remove_leftovers, temp_prefix
 from geo_sat2map.errors import UserError
 from geo_sat2map.inference.crop import Crop, CroppedRows
-from geo_sat2map.inference.engine import LevelEmitter, RowStyle
+from geo_sat2map.inference.engine import RowStyle
 from geo_sat2map.inference.identity import RUN_ID_TAG, tags_match
 from geo_sat2map.inference.ranks import launched_by_torchrun, process_group
 from geo_sat2map.inference.stages import MapSink
@@ -219,14 +218,10 @@ def _assemble(
 def _copy_rows(vrt: Path, sink: MapSink, strip_rows: int, style: RowStyle, crop: Crop | None = None) -> None:
     """The parts' rows (``style``: RGBA or one-band classes) into the sink (through ``crop`` when the map is a
     subset of them)."""
-    target = sink if crop is None else CroppedRows(sink, crop, style)
-    levels = LevelEmitter(lambda level, rows: target.write_rows(level, rows.numpy()), target.overview_levels,
-                          downsample=style.downsample)
+    view = CroppedRows(sink, crop, style)
     for rows in map_strips(vrt, strip_rows):
-        levels.rows(torch.from_numpy(rows))
-    levels.finish()
-    if crop is not None:
-        target.finish()
+        view.write_rows(0, rows)
+    view.finish()
 
 
 def _publish_vrt(

@@ -34,7 +34,7 @@ from geo_sat2map.device import resolve_device, resolve_precision
 from geo_sat2map.errors import UserError
 from geo_sat2map.inference.config import OUTPUT_GRIDS, RESOLUTION_MODES, TranslateConfig
 from geo_sat2map.inference.crop import Crop, CroppedRows, Footprint
-from geo_sat2map.inference.engine import LevelEmitter, RowStyle, StreamEngine
+from geo_sat2map.inference.engine import RowStyle, StreamEngine
 from geo_sat2map.inference.identity import RUN_ID_TAG, run_id
 from geo_sat2map.inference.precision import Precision, inference_precision
 from geo_sat2map.inference.ranks import from_main
@@ -257,16 +257,11 @@ def write_on_scene_grid(
     style = RowStyle.of(run.snap)
 
     def fill(sink: Any) -> None:
-        levels = LevelEmitter(lambda level, rows: sink.write_rows(level, rows.numpy()), sink.overview_levels,
-                              downsample=style.downsample)
-        done = 0
+        view = CroppedRows(sink, Crop((0, scene.height), (0, scene.width), footprint), style)
         for rows in map_on_scene_grid(processing_map, scene, offset, run.bands, strip, config.alpha_threshold,
                                       style.masked):
-            if footprint is not None:
-                rows[~footprint(done, rows.shape[0])] = style.masked
-            done += rows.shape[0]
-            levels.rows(torch.from_numpy(rows))
-        levels.finish()
+            view.write_rows(0, rows)
+        view.finish()
 
     return _write_map(config, run.output, scene, tags, fill, strip_rows=strip)
 
