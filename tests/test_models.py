@@ -141,6 +141,11 @@ def test_per_tile_norm_of_bf16_activations_matches_float32_instance_norm():
         assert got.dtype == torch.bfloat16 and got.is_contiguous(memory_format=torch.channels_last)
         # bf16 keeps 8 significant bits: the output's own rounding is at most 2^-8 of its magnitude
         assert torch.all((got.float() - expected).abs() <= expected.abs() * 2**-8 + 1e-3), norm.__name__
+    # one-pixel planes (the CPU's fast statistics need two): the plane is its mean, so the output is the bias
+    x = torch.randn(2, 16, 1, 1).to(torch.bfloat16)
+    bias = torch.randn(16)
+    got = per_tile_norm(x, torch.rand(16) + 0.5, bias, 1e-5).float().reshape(2, 16)
+    assert torch.all((got - bias).abs() <= bias.abs() * 2**-8 + 1e-3)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -155,10 +160,10 @@ def test_per_tile_norm_does_not_depend_on_the_batch_or_the_thread_count(dtype):
     threads = torch.get_num_threads()
     try:
         results = []
-        for count in (1, 2):
+        for count in (1, 2, 3):  # 3: planes that do not split evenly
             torch.set_num_threads(count)
             results.append(per_tile_norm(x, weight, bias, 1e-5))
         alone = torch.cat([per_tile_norm(x[i:i + 1], weight, bias, 1e-5) for i in range(4)])
     finally:
         torch.set_num_threads(threads)
-    assert torch.equal(results[0], results[1]) and torch.equal(results[1], alone)
+    assert all(torch.equal(results[0], other) for other in (*results[1:], alone))

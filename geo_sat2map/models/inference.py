@@ -54,25 +54,46 @@ def _per_tile_norm_low(
     x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float
 ) -> torch.Tensor:
     """``per_tile_norm`` of bf16/fp16 ``x`` without copying it to float32 (that copy and the float32 passes over
-    it cost bf16 on the CPU about 15 % of the generator's time).
-
-    The variance is the float32 mean square of ``x`` centred on its mean rounded to ``x``'s dtype, so
-    E[x^2] - E[x]^2 has no cancellation where the mean is many deviations from zero (the centring rounds too, but
-    only relative to the deviations). The affine reads ``x`` itself, in float32, rounded once at the end."""
-    mean = torch.mean(x, dim=(2, 3), keepdim=True, dtype=torch.float32)
-    centre = mean.to(x.dtype)
-    offset = mean - centre.float()  # the centred values' mean
-    root_sum_sq = torch.linalg.vector_norm(x - centre, 2, dim=(2, 3), keepdim=True, dtype=torch.float32)
-    var = (root_sum_sq.square() / (x.shape[2] * x.shape[3]) - offset.square()).clamp_(min=0.0)
+    it cost bf16 on the CPU about 15 % of the generator's time). Statistics are float32; the affine reads ``x``
+    itself, in float32, rounded once at the end."""
+    n, c, h, w = x.shape
     if x.device.type != "cpu":
+        mean, var = _centred_statistics(x)
         return _normalise(x, mean, var, weight, bias, eps)
+    mean, var = (_plane_statistics_cpu(x) if x.dtype == torch.bfloat16 and h * w > 1
+                 else (t.view(n, c) for t in _centred_statistics(x)))
     # The CPU's batch_norm kernel reads bf16, computes in float32 and writes bf16 in one pass; one sample at a time
     # with that sample's statistics, so nothing depends on the batch.
     weight32, bias32 = (None if t is None else t.float() for t in (weight, bias))
     out = torch.empty_like(x)
-    for i in range(x.shape[0]):
-        out[i:i + 1] = F.batch_norm(x[i:i + 1], mean[i].flatten(), var[i].flatten(), weight32, bias32, False, 0.0, eps)
+    for i in range(n):
+        out[i:i + 1] = F.batch_norm(x[i:i + 1], mean[i], var[i], weight32, bias32, False, 0.0, eps)
     return out
+
+
+def _centred_statistics(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """float32 (N, C, 1, 1) mean and variance of low-precision ``x``. The variance is the float32 mean square of
+    ``x`` centred on its mean rounded to ``x``'s dtype, so E[x^2] - E[x]^2 has no cancellation where the mean is
+    many deviations from zero (the centring rounds too, but only relative to the deviations)."""
+    mean = torch.mean(x, dim=(2, 3), keepdim=True, dtype=torch.float32)
+    centre = mean.to(x.dtype)
+    offset = mean - centre.float()  # the centred values' mean
+    root_sum_sq = torch.linalg.vector_norm(x - centre, 2, dim=(2, 3), keepdim=True, dtype=torch.float32)
+    return mean, (root_sum_sq.square() / (x.shape[2] * x.shape[3]) - offset.square()).clamp_(min=0.0)
+
+
+def _plane_statistics_cpu(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """float32 (N, C) mean and variance of each plane of bf16 ``x`` (H * W > 1), three times faster than
+    ``_centred_statistics`` on a CPU: reductions over H, W of channels_last bf16 crawl there.
+
+    Each (n, c) plane becomes a channel of a contiguous (1, N * C, H, W) view, whose batch-norm statistics the CPU
+    computes per channel in float32 (mean, then the squares centred on it), each plane in one fixed order: the
+    same bits whatever the batch or the thread count. (The channels_last kernel would split a plane across
+    threads.) Running buffers of momentum 1 receive them; the variance comes back unbiased."""
+    n, c, h, w = x.shape
+    mean, unbiased = torch.zeros(n * c), torch.ones(n * c)
+    torch.batch_norm_update_stats(x.contiguous().view(1, n * c, h, w), mean, unbiased, 1.0)
+    return mean.view(n, c), (unbiased * ((h * w - 1) / (h * w))).view(n, c)
 
 
 class _PerTileBatchNorm(nn.BatchNorm2d):
