@@ -230,6 +230,24 @@ def test_downsample_handles_odd_last_rows_and_columns():
         downsample_rgba(rows)
 
 
+@pytest.mark.parametrize("width", [8, 9])
+def test_downsample_of_opaque_rows_is_the_rounded_block_mean_as_with_a_hole(width):
+    """Opaque rows take an integer shortcut: it gives the 2x2 (2x1 in an odd last column) means rounded half up,
+    the same bytes as the alpha-weighted path gives the blocks of rows that have one transparent pixel."""
+    rng = np.random.default_rng(3)
+    rows = rng.integers(0, 256, (6, width, 4), dtype=np.uint8)
+    rows[..., 3] = 255
+    # an odd last column repeated: its 2x2 sum is twice its two pixels, so /4 is their mean
+    padded = np.pad(rows[..., :3].astype(np.float64), ((0, 0), (0, width % 2), (0, 0)), mode="edge")
+    expected = np.floor(padded.reshape(3, 2, -1, 2, 3).sum(axis=(1, 3)) / 4 + 0.5)
+    opaque = downsample_rgba(torch.from_numpy(rows)).numpy()
+    assert np.array_equal(opaque[..., :3], expected) and np.all(opaque[..., 3] == 255)
+    holed = rows.copy()
+    holed[0, 0, 3] = 0  # the general path; every block but the first keeps four opaque pixels
+    general = downsample_rgba(torch.from_numpy(holed)).numpy()
+    assert np.array_equal(general.reshape(-1, 4)[1:], opaque.reshape(-1, 4)[1:])
+
+
 @pytest.mark.parametrize("parts", [2, 3, 5])
 def test_bands_of_window_rows_tile_the_output_exactly(model, parts):
     data, valid = scene(900, 300, seed=8), holes(900, 300, seed=8)
