@@ -167,3 +167,25 @@ def test_per_tile_norm_does_not_depend_on_the_batch_or_the_thread_count(dtype):
     finally:
         torch.set_num_threads(threads)
     assert all(torch.equal(results[0], other) for other in (*results[1:], alone))
+
+
+@pytest.mark.parametrize("family", ["small_unet", "small_seed"])
+def test_packed_cpu_convolutions_give_the_same_bf16_generator_bit_for_bit(family, request):
+    """oneDNN weights reordered once (translate's CPU low-precision runner) change speed, not one output bit: every
+    zero-padded convolution and transposed convolution is packed (the seed-unet's reflect-padded ones are not)."""
+    from torch import nn
+
+    from geo_sat2map.models import pack_convolutions_for_cpu, with_low_precision_convolutions
+
+    plain = with_low_precision_convolutions(prepare_for_inference(request.getfixturevalue(family), "instance"),
+                                            torch.bfloat16).to(memory_format=torch.channels_last)
+    packed = with_low_precision_convolutions(plain, torch.bfloat16)
+    convolutions = [m for m in plain.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+    zero_padded = sum(m.padding_mode == "zeros" for m in convolutions)
+    assert pack_convolutions_for_cpu(packed) == zero_padded > 0
+    assert [m.padding_mode for m in packed.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))] == [
+        "reflect"] * (len(convolutions) - zero_padded)
+    torch.manual_seed(2)
+    x = (torch.rand(3, 3, 256, 256) * 2 - 1).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        assert torch.equal(packed(x), plain(x))

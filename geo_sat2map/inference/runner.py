@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from geo_sat2map.errors import first_line
-from geo_sat2map.models import InferenceGenerator, with_low_precision_convolutions
+from geo_sat2map.models import InferenceGenerator, pack_convolutions_for_cpu, with_low_precision_convolutions
 
 log = logging.getLogger("geo_sat2map")
 
@@ -115,6 +115,8 @@ class GeneratorRunner:
         self.memory_format = (torch.channels_last if device.type in CHANNELS_LAST_DEVICES
                               else torch.contiguous_format)
         model = model.to(memory_format=self.memory_format)
+        if device.type == "cpu" and dtype != torch.float32 and not compile:  # compile packs its own (freezing)
+            pack_convolutions_for_cpu(model)  # the copy above is ours to change
         self.model, self.device, self.dtype, self.clock = model, device, dtype, clock
         self.deterministic = deterministic
         started = time.perf_counter()

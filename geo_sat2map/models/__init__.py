@@ -7,6 +7,7 @@ from torch import nn
 from geo_sat2map.models.inference import (
     NORM_MODES,
     InferenceGenerator,
+    pack_convolutions_for_cpu,
     prepare_for_inference,
     with_low_precision_convolutions,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "Pix2PixUnet",
     "SeedUnet",
     "build_generator",
+    "pack_convolutions_for_cpu",
     "prepare_for_inference",
     "with_low_precision_convolutions",
 ]
