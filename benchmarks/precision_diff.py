@@ -6,7 +6,9 @@ Translates the scene (default: the demo's held-out satellite scene, generated he
 on the CPU at ``--precision fp32`` and at the default (``auto``: bf16 where the CPU has it natively, chosen by
 measurement) or ``--precision`` given, and prints the difference over valid pixels: max and mean DN, the share of
 samples off by more than 1 DN, and the share of pixels whose nearest palette colour (the synthetic world's map
-classes, as ``evaluate --palette synthetic`` assigns them) changes. Also prints the time of each call.
+classes, as ``evaluate --palette synthetic`` assigns them) changes. Twice: the network's raw colours
+(``--palette none``) and the default output (``--palette auto``: snapped to the checkpoint's palette where it is
+exact, so a pixel whose class flips moves by a whole colour step). Also prints the time of each call.
 """
 
 from __future__ import annotations
@@ -44,30 +46,39 @@ def main() -> None:
     parser.add_argument("--scene", type=Path, help="satellite scene (default: the demo's held-out scene)")
     parser.add_argument("--precision", default="auto", help="the precision compared with fp32 (default: auto)")
     args = parser.parse_args()
+    rows = []
     with tempfile.TemporaryDirectory(prefix="precision-diff-") as tmp_dir:
         tmp = Path(tmp_dir)
         scene = args.scene or write_scene(tmp / "heldout", demo_heldout_scene()).satellite
-        maps, resolved = {}, {}
-        for name, precision in (("fp32", "fp32"), ("other", args.precision)):
-            started = time.perf_counter()
-            report = translate(TranslateConfig(input=scene, output=tmp / f"{name}.tif", weights=args.weights,
-                                               device="cpu", precision=precision, progress=False))
-            print(f"--precision {precision}: ran at {report.precision} in {time.perf_counter() - started:.1f} s")
-            with rasterio.open(tmp / f"{name}.tif") as ds:
-                maps[name] = ds.read()
-            resolved[name] = report.precision
-    fp32, other = maps["fp32"], maps["other"]
+        for palette in ("none", "auto"):  # the network's raw colours, then the default output (snapped if exact)
+            maps, resolved = {}, {}
+            for name, precision in (("fp32", "fp32"), ("other", args.precision)):
+                started = time.perf_counter()
+                report = translate(TranslateConfig(input=scene, output=tmp / f"{name}.tif", weights=args.weights,
+                                                   device="cpu", precision=precision, palette=palette,
+                                                   progress=False, overwrite=True))
+                print(f"--palette {palette} --precision {precision}: ran at {report.precision} in "
+                      f"{time.perf_counter() - started:.1f} s")
+                with rasterio.open(tmp / f"{name}.tif") as ds:
+                    maps[name] = ds.read()
+                resolved[name] = report.precision
+            rows.append((palette, *difference(maps["fp32"], maps["other"])))
+    print(f"\n{resolved['other']} vs fp32 over the valid pixels of {scene.name}:")
+    print("| --palette | max DN | mean DN | samples > 1 DN | pixels whose nearest palette colour changes |")
+    print("|---|---:|---:|---:|---:|")
+    for palette, largest, mean, off, changed in rows:
+        print(f"| {palette} | {largest} | {mean:.3f} | {off:.2f} % | {changed:.3f} % |")
+
+
+def difference(fp32: np.ndarray, other: np.ndarray) -> tuple[int, float, float, float]:
+    """Max and mean DN, % of samples off by more than 1 DN, % of pixels whose nearest map colour changes."""
     valid = fp32[3] > 0
     assert np.array_equal(valid, other[3] > 0), "the footprints differ"
     a, b = fp32[:3][:, valid].astype(int), other[:3][:, valid].astype(int)
     diff = np.abs(a - b)
     colours = np.array(list(PALETTE.values()))
     changed = nearest_colour(a, colours) != nearest_colour(b, colours)
-    print(f"\n{resolved['other']} vs fp32 over {valid.sum():,} valid pixels of {scene.name}:")
-    print("| max DN | mean DN | samples > 1 DN | pixels whose nearest palette colour changes |")
-    print("|---:|---:|---:|---:|")
-    print(f"| {diff.max()} | {diff.mean():.3f} | {100 * (diff > 1).mean():.2f} % | {100 * changed.mean():.3f} % |")
-
+    return int(diff.max()), float(diff.mean()), 100 * float((diff > 1).mean()), 100 * float(changed.mean())
 
 if __name__ == "__main__":
     main()
