@@ -182,7 +182,9 @@ def test_packed_cpu_convolutions_give_the_same_bf16_generator_bit_for_bit(family
     packed = with_low_precision_convolutions(plain, torch.bfloat16)
     convolutions = [m for m in plain.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
     zero_padded = sum(m.padding_mode == "zeros" for m in convolutions)
+    rng = torch.get_rng_state()
     assert pack_convolutions_for_cpu(packed) == zero_padded > 0
+    assert torch.equal(torch.get_rng_state(), rng)  # its self-check leaves the global stream (test-time dropout) alone
     assert [m.padding_mode for m in packed.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))] == [
         "reflect"] * (len(convolutions) - zero_padded)
     torch.manual_seed(2)
