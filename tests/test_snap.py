@@ -33,7 +33,7 @@ def test_snapping_equals_the_class_assignment_of_evaluate_ties_included():
     pixels = rng.integers(0, 256, (3, 40, 50), dtype=np.uint8)
     pixels[:, :5] = np.array([1, 0, 0], np.uint8)[:, None, None]  # equidistant from classes 0 and 1
     rgba = torch.from_numpy(np.concatenate([pixels, np.full((1, 40, 50), 255, np.uint8)]).transpose(1, 2, 0).copy())
-    got = snap_classes(rgba, torch.tensor(colours, dtype=torch.float32)).numpy()
+    got = snap_classes(rgba, colours.tolist()).numpy()
     np.testing.assert_array_equal(got, nearest_colour(pixels, colours))
     assert (got[:5] == 0).all()
 
@@ -116,8 +116,7 @@ def test_snapping_and_the_filter_on_cuda_equal_the_cpu_oracle():
     rgba = np.concatenate([rng.integers(0, 256, (3, 300, 410), dtype=np.uint8),
                            np.where(rng.random((1, 300, 410)) > 0.1, 255, 0).astype(np.uint8)])
     colours = np.array(COLOURS, np.uint8)
-    classes = snap_classes(torch.from_numpy(rgba.transpose(1, 2, 0).copy()).cuda(),
-                           torch.tensor(colours, dtype=torch.float32).cuda())
+    classes = snap_classes(torch.from_numpy(rgba.transpose(1, 2, 0).copy()).cuda(), colours.tolist())
     filtered = majority_filter(classes, torch.from_numpy(rgba[3] > 0).cuda(), len(colours), 2, 2, 2)
     expected, _ = reference_snap(rgba, colours, radius=2, passes=1)
     np.testing.assert_array_equal(filtered.cpu().numpy(), expected)

@@ -9,6 +9,8 @@ a CUDA stream never stalls on it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -144,19 +146,28 @@ def _row_chunk(width: int, classes: int) -> int:
     return max(1, _CHUNK_ELEMENTS // max(1, width * classes))
 
 
-def snap_classes(rgba: torch.Tensor, colours: torch.Tensor) -> torch.Tensor:
-    """(n, W, 4 or 3) uint8 pixels -> (n, W) int64 index of the nearest of (K, 3) float32 ``colours``.
+def snap_classes(rgba: torch.Tensor, colours: Sequence[Sequence[int]]) -> torch.Tensor:
+    """(n, W, 4 or 3) uint8 pixels -> (n, W) int64 index of the nearest of the K RGB integer ``colours``.
 
-    Squared Euclidean RGB distance, summed per channel in float32 (exact integers: no TF32 matmul), first
-    index on ties: the same class as ``metrics.nearest_colour``."""
+    Squared Euclidean RGB distance less the pixel's own |x|^2 (the same for every colour): |c|^2 - 2 x.c, built
+    plane by plane in float32 (integers below 2^24, so exact on any device) with a running minimum over the
+    colours, the first index winning ties: the same class as ``metrics.nearest_colour``. Three passes a colour
+    over (n, W) planes: twice as fast on one CPU thread as distances over (n, W, K) and an argmin over K."""
     out = torch.empty(rgba.shape[:2], dtype=torch.int64, device=rgba.device)
-    step = _row_chunk(rgba.shape[1], colours.shape[0])
+    step = _row_chunk(rgba.shape[1], 8)
     for start in range(0, rgba.shape[0], step):
-        rgb = rgba[start:start + step, :, :3].to(torch.float32)
-        distance = (rgb[..., 0, None] - colours[:, 0]).square_()
-        for channel in (1, 2):
-            distance += (rgb[..., channel, None] - colours[:, channel]).square_()
-        out[start:start + step] = distance.argmin(dim=-1)
+        red, green, blue = (rgba[start:start + step, :, channel].to(torch.float32) for channel in range(3))
+        index = out[start:start + step]
+        index.zero_()
+        best: torch.Tensor | None = None
+        for k, (r, g, b) in enumerate(colours):
+            score = (red * (-2.0 * r)).add_(float(r * r + g * g + b * b))
+            score.add_(green, alpha=-2.0 * g).add_(blue, alpha=-2.0 * b)
+            if best is None:
+                best = score
+            else:
+                index.masked_fill_(score < best, k)
+                torch.minimum(best, score, out=best)
     return out
 
 

@@ -115,7 +115,6 @@ class SnapStage:
     def __init__(self, spec: SnapSpec, device: torch.device, first_row: int, height: int,
                  keep_masked: bool = False) -> None:
         self.spec, self.keep_masked = spec, keep_masked
-        self.colours = torch.tensor(spec.colours, dtype=torch.float32, device=device)
         self.lut = torch.tensor(spec.colours, dtype=torch.uint8, device=device)
         self.passes: list[MajorityRows] = []
         for _ in range(spec.passes if spec.radius else 0):  # a pass's input starts where the previous one's output does
@@ -127,7 +126,7 @@ class SnapStage:
     def push(self, row_off: int, rgba: torch.Tensor) -> tuple[int, torch.Tensor] | None:
         """(row_off, (n, W, 4) RGBA) -> (first row, output rows) of the rows this finishes, if any."""
         valid = rgba[..., 3] > 0
-        classes = snap_classes(rgba, self.colours)
+        classes = snap_classes(rgba, self.spec.colours)
         if self.keep_masked:
             kept = torch.where(valid | rgba[..., :3].ne(0).any(dim=-1), classes, -1)
             if self._kept is None:
