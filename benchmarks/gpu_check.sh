@@ -5,14 +5,14 @@
 #
 #   here, once:        benchmarks/gpu_wheels.sh               # fills the git-ignored .whl/ (exact versions)
 #   on the GPU machine, from the project root, with .whl/ carried along:
-#                      OUT=/some/folder bash benchmarks/gpu_check.sh          # default: <= 440 s on an H200
+#                      OUT=/some/folder bash benchmarks/gpu_check.sh          # default: <= 500 s on an H200
 #                      OUT=/some/folder bash benchmarks/gpu_check.sh suite    # the CPU suite, GPU hidden
 #
 # Default: the `-m cuda` tests on the GPU, the translate bench at 16384² (default options and --compile), the
-# train bench (batch 1 and 16, ngf/ndf 64) and the COG bench. Every step has a time limit; the limits add up to
-# 425 s. Writes $OUT/summary.md (default OUT ./gpu-check), the one table of every figure the GPU issues ask for
-# (gpu_summary.py), and $OUT/logs.tgz: env.txt, one NAME.log per step, translate.json, train.json, cog.json and
-# steps.tsv.
+# train bench (batch 1 and 16, ngf/ndf 64), the palette's share of the kernel time (8192², torch.profiler) and the
+# COG bench. Every step has a time limit; the limits add up to 485 s. Writes $OUT/summary.md (default OUT ./gpu-check), the one table of every figure the GPU issues ask for
+# (gpu_summary.py), and $OUT/logs.tgz: env.txt, one NAME.log per step, translate.json, train.json, snap.json,
+# cog.json and steps.tsv.
 # "suite" runs the CPU test suite with CUDA_VISIBLE_DEVICES= (about 300 s; a call of its own).
 # DEVICE=cpu runs the same script on a CPU as a dry run (tiny sizes; the CUDA tests skip).
 set -uo pipefail
@@ -42,7 +42,7 @@ fi
 cat "$OUT/env.txt"
 status=0
 : > "$OUT/steps.tsv"
-STEPS=${STEPS:-tests translate_bench train_bench cog_bench}  # a subset for a rerun, e.g. STEPS="translate_bench"
+STEPS=${STEPS:-tests translate_bench train_bench snap_kernels cog_bench}  # a subset for a rerun, e.g. STEPS="translate_bench"
 step() {  # step NAME LIMIT COMMAND...: run, log to $OUT/NAME.log, record exit status and seconds, keep going
   local name=$1 limit=$2; shift 2
   case " $STEPS cpu_suite " in *" $name "*) ;; *) return 0 ;; esac
@@ -71,6 +71,8 @@ step translate_bench 170 env TORCH_LOGS=recompiles,graph_breaks python3 benchmar
   --size $SIZE --seconds 2 --json "$OUT/translate.json"
 step train_bench 80 python3 benchmarks/train_bench.py --device "$DEVICE" --table --batches 1 16 $TRAIN \
   --json "$OUT/train.json"
+step snap_kernels 60 python3 benchmarks/translate_profile.py --device "$DEVICE" --snap-share $WIDTH --size $((SIZE / 2)) \
+  --out "$OUT/profile" --json "$OUT/snap.json"
 step cog_bench 35 python3 benchmarks/cog_bench.py --size $COG --threads "$(nproc)" --deflate-levels 1 \
   --engines isa-l,zlib --zstd-levels "" --skip-gdal --json "$OUT/cog.json"
 python3 benchmarks/gpu_summary.py "$OUT" > "$FINAL/summary.md"

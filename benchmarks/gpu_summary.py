@@ -2,8 +2,8 @@
 
     python3 benchmarks/gpu_summary.py OUT > OUT/summary.md
 
-Reads OUT/steps.tsv (step, exit status, seconds), OUT/tests.log, OUT/translate.json, OUT/train.json and
-OUT/cog.json; a figure whose step failed or did not run reads "missing".
+Reads OUT/steps.tsv (step, exit status, seconds), OUT/tests.log, OUT/translate.json, OUT/train.json,
+OUT/snap.json and OUT/cog.json; a figure whose step failed or did not run reads "missing".
 """
 
 from __future__ import annotations
@@ -71,6 +71,12 @@ def summary(out: Path) -> str:
     if share is not None:
         lines.append(f"| palette snap + min-region, % of device time | {100 * share:.1f} | ≤ 5 | "
                      f"{'yes' if share <= 0.05 else 'no'} |")
+    kernels = _load(out / "snap.json") or {}
+    if kernels.get("snap_kernel_share") is not None:
+        share = kernels["snap_kernel_share"]
+        lines.append(f"| palette snap + min-region, % of kernel time (torch.profiler, {kernels['size']}²: "
+                     f"{kernels['palette_kernel_s']:.3f} s snapped, {kernels['default_kernel_s']:.3f} s raw) "
+                     f"| {100 * share:.1f} | ≤ 5 | {'yes' if share <= 0.05 else 'no'} |")
     if translate:
         lines.append(f"| translate scene, unet256 ngf {translate['width']} | {translate['size']}² | 16384², ngf 64 "
                      f"| {'yes' if (translate['size'], translate['width']) == (16384, 64) else 'no (dry run?)'} |")

@@ -9,11 +9,17 @@ random weights) after one untimed warm-up call (cuDNN's kernel choice, pinned-me
 timed run is sampled twice into ``OUT/NAME.threads.txt`` (every thread, idle included) and
 ``OUT/NAME.gil.txt`` (only the thread holding the GIL), py-spy's "raw" collapsed-stack format; the summary
 ``OUT/NAME.top.txt`` lists, per thread, the frames that took the most samples.
+
+``--snap-share`` (on a GPU; benchmarks/gpu_check.sh's ``snap_kernels`` step) settles the palette's device cost:
+the default run and the snapped run (``palette``) under torch.profiler, the device time of all their kernels and
+copies each, and the snapped run's extra device time as its share (CUDA-event stage times count the idle gaps
+between a stage's kernels and so overstate it); ``--json FILE`` writes the figures.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import shutil
@@ -70,6 +76,37 @@ def torch_profiled(out: Path, name: str, call):  # type: ignore[no-untyped-def]
     return result
 
 
+def kernel_seconds(prof) -> float:  # type: ignore[no-untyped-def]
+    """Device time of every kernel and copy a torch.profiler profile saw (the device-side rows only: a CPU op's
+    own row counts the kernels it launched again)."""
+    from torch.autograd import DeviceType
+
+    return sum(row.self_device_time_total for row in prof.key_averages() if row.device_type == DeviceType.CUDA) / 1e6
+
+
+def snap_share(args: argparse.Namespace, scene: Path, weights: Path, tmp: Path) -> None:
+    """The palette stage's share of the snapped run's kernel time: (snapped - default) / snapped."""
+    import torch
+
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if torch.cuda.is_available():
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    seconds = {}
+    for name in ("default", "palette"):
+        options = {"palette": str(write_palette(tmp / "palette.json"))} if name == "palette" else {}
+        with torch.profiler.profile(activities=activities) as prof:
+            run_translate(scene, weights, tmp / f"{name}.tif", args.device, **options)
+        seconds[name] = kernel_seconds(prof)
+        print(f"{name}: kernels and copies {seconds[name]:.3f} s of device time", flush=True)
+    extra = seconds["palette"] - seconds["default"]
+    share = extra / seconds["palette"] if seconds["palette"] > 0 else None
+    print(f"snap + min-region: {extra:.3f} s, {'n/a (no device kernels)' if share is None else f'{100 * share:.1f} %'}"
+          " of the snapped run's device time")
+    if args.json:
+        args.json.write_text(json.dumps({"size": args.size, "width": args.width, "default_kernel_s": seconds["default"],
+                                         "palette_kernel_s": seconds["palette"], "snap_kernel_share": share}))
+
+
 def top_frames(path: Path, limit: int = 12) -> str:
     """Per thread: samples in all, then the innermost project/torch/rasterio frames that took the most."""
     per_thread: dict[str, Counter[str]] = defaultdict(Counter)
@@ -105,6 +142,8 @@ def main() -> None:
     parser.add_argument("--runs", default="default,compile")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--torch-profiler", action="store_true", help="torch.profiler tables instead of py-spy")
+    parser.add_argument("--snap-share", action="store_true", help="only the palette's share of the kernel time")
+    parser.add_argument("--json", type=Path, help="--snap-share: write its figures to this file")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     handler = logging.StreamHandler(sys.stdout)
@@ -118,6 +157,9 @@ def main() -> None:
         scene = make_scene(tmp / "scene.tif", args.size, args.size)
         print(f"scene {args.size}² made at {time.perf_counter() - started:.1f} s", flush=True)
         run_translate(scene, weights, tmp / "warm.tif", args.device)  # warm-up, untimed
+        if args.snap_share:
+            snap_share(args, scene, weights, tmp)
+            return
         for name in args.runs.split(","):
             options = dict(RUNS[name])
             if "palette" in options:
