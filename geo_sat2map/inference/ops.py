@@ -160,7 +160,8 @@ def snap_classes(rgba: torch.Tensor, colours: Sequence[Sequence[int]]) -> torch.
         index = out[start:start + step]
         index.zero_()
         best: torch.Tensor | None = None
-        for k, (r, g, b) in enumerate(colours):
+        for k, colour in enumerate(colours):
+            r, g, b = (int(value) for value in colour)  # Python ints: uint8 squares would wrap
             score = (red * (-2.0 * r)).add_(float(r * r + g * g + b * b))
             score.add_(green, alpha=-2.0 * g).add_(blue, alpha=-2.0 * b)
             if best is None:

@@ -115,8 +115,9 @@ class GeneratorRunner:
         self.memory_format = (torch.channels_last if device.type in CHANNELS_LAST_DEVICES
                               else torch.contiguous_format)
         model = model.to(memory_format=self.memory_format)
-        if device.type == "cpu" and dtype != torch.float32 and not compile:  # compile packs its own (freezing)
-            pack_convolutions_for_cpu(model)  # the copy above is ours to change
+        # Compiled graphs take the plain weights (inductor's freezing, which would pack them, is off by default).
+        if device.type == "cpu" and dtype != torch.float32 and not compile:
+            pack_convolutions_for_cpu(model)  # the copy above is ours to change; after it, not copyable or movable
         self.model, self.device, self.dtype, self.clock = model, device, dtype, clock
         self.deterministic = deterministic
         started = time.perf_counter()
