@@ -33,7 +33,7 @@ class CroppedRows:
 
     overview_levels = 0  # the engine makes none; see above
 
-    def __init__(self, sink: Any, crop: Crop | None, style: RowStyle = RowStyle.of(None)) -> None:
+    def __init__(self, sink: Any, crop: Crop | None, style: RowStyle) -> None:
         self.sink, self.crop, self.style = sink, crop, style
         self.levels = LevelEmitter(lambda level, rows: sink.write_rows(level, rows.numpy()), sink.overview_levels,
                                    downsample=style.downsample)

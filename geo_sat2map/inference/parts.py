@@ -28,7 +28,6 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-
 from geo_sat2map.atomic import check_output_path, remove_leftovers, temp_prefix
 from geo_sat2map.errors import UserError
 from geo_sat2map.inference.crop import Crop, CroppedRows

@@ -169,13 +169,11 @@ class GeneratorRunner:
             return self._replay(inputs)
         inputs = inputs.contiguous(memory_format=self.memory_format)
         if self._first_call and self.compiled:
-            outputs = self._first_compiled_call(inputs)
-        elif self.graphed and self._graph is None:
-            outputs = self._first_graphed_call(inputs)
-        else:
-            with self.clock("generator"):
-                return self._run(inputs)
-        return outputs
+            return self._first_compiled_call(inputs)
+        if self.graphed and self._graph is None:
+            return self._first_graphed_call(inputs)
+        with self.clock("generator"):
+            return self._run(inputs)
 
     def _run(self, inputs: torch.Tensor) -> torch.Tensor:
         # bf16/fp16: the convolution weights were cast once (not by autocast at every call, which cost the CPU

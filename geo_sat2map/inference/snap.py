@@ -55,7 +55,7 @@ class SnapSpec:
     @property
     def halo(self) -> int:
         """Rows of context a row needs on each side."""
-        return self.radius * self.passes if self.radius else 0
+        return self.radius * self.passes
 
     @property
     def one_band(self) -> bool:
@@ -135,11 +135,9 @@ class SnapStage:
                 self._kept = torch.cat([self._kept, kept])
         step: tuple[int, torch.Tensor, torch.Tensor] | None = (row_off, classes, valid)
         for filter_pass in self.passes:
+            step = filter_pass.push(*step)
             if step is None:
                 return None
-            step = filter_pass.push(*step)
-        if step is None:
-            return None
         start, classes, valid = step
         if not self.keep_masked:
             return start, self.render(classes, valid)

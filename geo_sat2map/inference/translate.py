@@ -356,13 +356,13 @@ def _prepare(
     region, crop, scene_out = (0, 0, full.height, full.width), None, (processing.source, (0, 0), None)
     subset = _subset(config, processing)
     if subset is not None:
-        box, geometry = subset
+        box, area, geometry = subset
         grid, (row, col) = grid.region((box[0], box[1]), (box[2], box[3]))
         region = (row, col, grid.height, grid.width)
         crop_info = window_info(full, box[0], box[2], box[1] - box[0], box[3] - box[2])
         crop = Crop((box[0] - row, box[1] - row), (box[2] - col, box[3] - col), _footprint(geometry, crop_info))
         if resample_back:
-            scene_out = _scene_window(config, processing.source, geometry)
+            scene_out = _scene_window(processing.source, area, geometry)
         log.info("subset: %d x %d pixels of the %s grid (windows of the %d x %d px around them)", box[3] - box[2],
                  box[1] - box[0], "processing" if not processing.native else "scene's", grid.width, grid.height)
     info = window_info(full, region[0], region[1], region[2], region[3])
@@ -575,9 +575,11 @@ def _lattice_origin(info: RasterInfo) -> tuple[int, int]:
     return round(t.f / t.e), round(t.c / t.a)
 
 
-def _subset(config: TranslateConfig, processing: ProcessingGrid) -> tuple[tuple[int, int, int, int], Any] | None:
-    """``--bbox``/``--aoi`` as (r0, r1, c0, c1) pixels of the processing grid and the AOI polygon in the scene's
-    CRS (None for a bbox); None when the whole scene is wanted."""
+def _subset(
+    config: TranslateConfig, processing: ProcessingGrid
+) -> tuple[tuple[int, int, int, int], Any, Any] | None:
+    """``--bbox``/``--aoi`` as (r0, r1, c0, c1) pixels of the processing grid, the area and the AOI polygon in
+    the scene's CRS (None for a bbox); None when the whole scene is wanted."""
     if config.bbox is None and config.aoi is None:
         return None
     what = f"--aoi {config.aoi}" if config.aoi is not None else "--bbox " + ",".join(f"{v:g}" for v in config.bbox)
@@ -603,7 +605,7 @@ def _subset(config: TranslateConfig, processing: ProcessingGrid) -> tuple[tuple[
         raise UserError(f"{what}: does not overlap {scene.path} (the scene covers "
                         f"{lonlat_bounds(grid_outline(scene.transform, scene.width, scene.height), crs)}, "
                         "WGS 84 west, south, east, north)")
-    return box, geometry
+    return box, area, geometry
 
 
 def _footprint(geometry: Any, layout: RasterInfo) -> Footprint | None:
@@ -615,10 +617,9 @@ def _footprint(geometry: Any, layout: RasterInfo) -> Footprint | None:
 
 
 def _scene_window(
-    config: TranslateConfig, scene: RasterInfo, geometry: Any
+    scene: RasterInfo, area: Any, geometry: Any
 ) -> tuple[RasterInfo, tuple[int, int], Footprint | None]:
-    """With ``--output-grid input``: the window of the scene's own grid that the subset covers."""
-    area = geometry if geometry is not None else _bbox_area(config, scene.crs.to_wkt())
+    """With ``--output-grid input``: the window of the scene's own grid that the subset's ``area`` covers."""
     box = pixel_box(area.bounds, scene.transform, scene.width, scene.height)
     assert box is not None  # the processing grid's box overlapped, and it covers the scene to within a pixel
     layout = window_info(scene, box[0], box[2], box[1] - box[0], box[3] - box[2])
