@@ -89,7 +89,7 @@ def remove_leftovers(dest: Path) -> list[Path]:
     here = owner_tag().partition("-")[2]
     removed = []
     try:
-        entries = list(os.scandir(dest.parent if str(dest.parent) else "."))
+        entries = list(os.scandir(dest.parent))
     except OSError:
         return removed
     for entry in entries:

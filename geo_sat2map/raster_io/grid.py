@@ -88,13 +88,6 @@ def ground_resolution(crs: rasterio.crs.CRS | None, transform: Affine, width: in
     return math.sqrt(size[0] * size[1]) if size else None
 
 
-def units_per_metre(crs: rasterio.crs.CRS, transform: Affine, width: int, height: int) -> tuple[float, float]:
-    """CRS units per metre along x and y at the scene centre (for a geographic CRS, degrees per metre)."""
-    size = pixel_metres(crs, transform, width, height)
-    assert size is not None  # callers check ground_resolution first
-    return abs(transform.a) / size[0], abs(transform.e) / size[1]
-
-
 @dataclass(frozen=True)
 class ProcessingGrid:
     """The grid a scene is translated on: the scene's own (``native``) or a resampled one of the same CRS."""
@@ -168,12 +161,13 @@ def resampled_grid(info: RasterInfo, target_m: float, resampling: str | None = N
     if info.georeferenced and not north_up(t):
         raise UserError(f"{info.path}: its geotransform is rotated, sheared or not north-up, which resampling "
                         "does not handle; warp it to a north-up grid first (gdalwarp) or use --resolution native")
-    scene_m = ground_resolution(info.crs, t, info.width, info.height) if info.georeferenced else None
-    if scene_m is None:
+    metres = pixel_metres(info.crs, t, info.width, info.height) if info.georeferenced else None
+    if metres is None:
         raise UserError(f"{info.path}: its pixel size in metres is unknown (no CRS, or not one in metres or "
                         "degrees); use --resolution native")
-    per_m_x, per_m_y = units_per_metre(info.crs, t, info.width, info.height)
-    size_x, size_y = target_m * per_m_x, target_m * per_m_y
+    scene_m = math.sqrt(metres[0] * metres[1])  # what ground_resolution gives
+    # CRS units per metre at the scene centre (for a geographic CRS, degrees per metre), times the target size
+    size_x, size_y = target_m * (abs(t.a) / metres[0]), target_m * (abs(t.e) / metres[1])
     left, top = t.c, t.f
     right, bottom = t @ (info.width, info.height)
     x0 = math.floor(left / size_x + 1e-9) * size_x

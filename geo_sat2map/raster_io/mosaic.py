@@ -28,7 +28,7 @@ from rasterio.errors import RasterioError
 from geo_sat2map.atomic import atomic_output
 from geo_sat2map.errors import UserError
 from geo_sat2map.raster_io.core import RasterInfo, open_raster, raster_info
-from geo_sat2map.raster_io.grid import north_up
+from geo_sat2map.raster_io.grid import north_up, window_info
 from geo_sat2map.raster_io.output import read_category_names
 
 # Offsets closer than this to a whole pixel are whole pixels (float noise of transforms derived by products).
@@ -37,8 +37,7 @@ SNAP_PIXELS = 1e-6
 
 def part_info(info: RasterInfo, start: int, stop: int) -> RasterInfo:
     """The layout of scene rows [start, stop): the scene's transform moved down ``start`` rows."""
-    return RasterInfo(info.path, info.width, stop - start, info.count, info.dtype, info.crs,
-                      info.transform @ Affine.translation(0, start), info.georeferenced)
+    return window_info(info, start, 0, stop - start, info.width)
 
 
 @dataclass(frozen=True)
