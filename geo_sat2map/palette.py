@@ -91,8 +91,7 @@ class Palette:
         lines = [f"palette: {len(self.names)} classes, {self.kind} (from {self.source})"]
         for i, (name, colour) in enumerate(zip(self.names, self.colours)):
             share = f"{100 * self.frequencies[i]:6.2f} %" if self.frequencies is not None else ""
-            lines.append(f"  {i:>2}  {name:<20} #{colour[0]:02x}{colour[1]:02x}{colour[2]:02x}  "
-                         f"{str(list(colour)):<16}{share}")
+            lines.append(f"  {i:>2}  {name:<20} {_hex(colour)}  {str(list(colour)):<16}{share}")
         return "\n".join(lines)
 
 

@@ -58,7 +58,7 @@ def parse_resolution(ctx: click.Context | None, param: click.Parameter | None, v
         metres = float(value)
     except ValueError:
         raise click.BadParameter(f"{value!r}: expected auto, native or a pixel size in metres, e.g. 0.5") from None
-    if not metres > 0 or metres != metres or metres == float("inf"):
+    if not 0 < metres < float("inf"):  # also refuses nan
         raise click.BadParameter(f"{value!r}: a pixel size in metres must be a positive number")
     return metres
 

@@ -192,8 +192,10 @@ def _lattice_step(windows: Sequence[PlacedWindow], tile_size: int) -> int:
     """The smallest spacing of window origins along a row or column (the stride), at most one tile."""
     step = tile_size
     for axis in ("col", "row"):
-        for group in {w.group for w in windows}:
-            values = sorted({getattr(w, axis) for w in windows if w.group == group})
+        by_group: dict[int, set[int]] = {}
+        for w in windows:  # one pass, not one per group: make-tiles may cut hundreds of pairs
+            by_group.setdefault(w.group, set()).add(getattr(w, axis))
+        for values in map(sorted, by_group.values()):
             step = min([step, *(b - a for a, b in zip(values, values[1:]))])
     return max(1, step)
 
