@@ -40,8 +40,7 @@ def _tests_line(path: Path) -> str:
     return lines[-1] if lines else "missing"
 
 
-def figures(out: Path) -> dict[str, float | None]:
-    translate = _load(out / "translate.json") or {}
+def figures(out: Path, translate: dict) -> dict[str, float | None]:
     runs = translate.get("runs", {})
     default, compiled = runs.get("default", {}), runs.get("compile", {})
     train = _load(out / "train.json") or []
@@ -59,14 +58,14 @@ def figures(out: Path) -> dict[str, float | None]:
 
 
 def summary(out: Path) -> str:
-    measured = figures(out)
+    translate = _load(out / "translate.json") or {}
+    measured = figures(out, translate)
     lines = ["| figure | measured | goal | met |", "|---|---:|---:|---|"]
     for key, (name, goal, lowest) in GOALS.items():
         value = measured[key]
         cell = "missing" if value is None else f"{value:,.1f}"
         met = "-" if value is None else ("yes" if value >= lowest else "no")
         lines.append(f"| {name} | {cell} | {goal} | {met} |")
-    translate = _load(out / "translate.json") or {}
     share = translate.get("runs", {}).get("palette", {}).get("snap_share_of_device")
     if share is not None:
         lines.append(f"| palette snap + min-region, % of device time | {100 * share:.1f} | ≤ 5 | "

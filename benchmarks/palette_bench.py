@@ -37,12 +37,13 @@ import rasterio
 import torch
 from click.testing import CliRunner
 
-from geo_sat2map.checkpoint import GeneratorMeta, load_generator, save_generator
+from translate_bench import save_random_generator
+
+from geo_sat2map.checkpoint import load_generator
 from geo_sat2map.cli import cli
 from geo_sat2map.inference import TranslateConfig, translate
 from geo_sat2map.inference.ops import majority_filter
 from geo_sat2map.metrics import nearest_colour
-from geo_sat2map.models import build_generator
 from geo_sat2map.palette import load_palette, nodata_index
 from geo_sat2map.synthetic import SceneSpec, write_scene
 
@@ -148,10 +149,7 @@ def cost(work: Path, size: int) -> dict[str, object]:
     with rasterio.open(scene, "w", driver="GTiff", width=size, height=size, count=3, dtype="uint8",
                        crs="EPSG:32633", transform=Affine(1, 0, 500_000, 0, -1, 4_000_000)) as dst:
         dst.write(data)
-    weights = work / "ngf64.pt"
-    torch.manual_seed(0)
-    save_generator(weights, build_generator("unet256", 64),
-                   GeneratorMeta("unet256", 64, "instance", palette=replace(load_palette("synthetic"), kind="exact")))
+    weights = save_random_generator(work / "ngf64.pt", 64, palette=replace(load_palette("synthetic"), kind="exact"))
     rows = {label: translate(TranslateConfig(input=scene, output=work / f"cost_{label}.tif", weights=weights,
                                              device="cpu", progress=False, palette=label))
             for label in ("none", "auto")}

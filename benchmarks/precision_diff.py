@@ -80,5 +80,6 @@ def difference(fp32: np.ndarray, other: np.ndarray) -> tuple[int, float, float, 
     changed = nearest_colour(a, colours) != nearest_colour(b, colours)
     return int(diff.max()), float(diff.mean()), 100 * float((diff > 1).mean()), 100 * float(changed.mean())
 
+
 if __name__ == "__main__":
     main()

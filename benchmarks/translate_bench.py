@@ -71,9 +71,11 @@ def make_scene(path: Path, width: int, height: int, compress: str = "deflate") -
     return path
 
 
-def save_random_generator(path: Path, width: int) -> Path:
+def save_random_generator(path: Path, width: int, **meta: object) -> Path:
+    """A unet256 of ``width`` with seeded random weights (``meta``: more GeneratorMeta fields, e.g. a palette)."""
     torch.manual_seed(0)
-    save_generator(path, build_generator("unet256", width), GeneratorMeta("unet256", width, "instance"))
+    save_generator(path, build_generator("unet256", width),
+                   GeneratorMeta("unet256", width, "instance", **meta))  # type: ignore[arg-type]
     return path
 
 
@@ -242,11 +244,9 @@ def snap_share(report: TranslateReport) -> float:
 
 def write_palette(path: Path) -> Path:
     """An 8-class palette JSON (the synthetic world's colours): what --palette FILE snaps to."""
-    from geo_sat2map.synthetic import PALETTE
+    from geo_sat2map import palette
 
-    classes = [{"name": name, "color": list(colour)} for name, colour in PALETTE.items()]
-    path.write_text(json.dumps({"classes": classes}))
-    return path
+    return palette.write_palette(palette.load_palette("synthetic"), path, overwrite=True)
 
 
 def read_rgba(path: Path) -> np.ndarray:

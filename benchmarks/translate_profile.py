@@ -58,15 +58,22 @@ def profiled(out: Path, name: str, mode: str, call):  # type: ignore[no-untyped-
         recorder.wait(timeout=60)
 
 
-def torch_profiled(out: Path, name: str, call):  # type: ignore[no-untyped-def]
-    """``call()`` under torch.profiler (CPU and CUDA activity, every thread's CUDA runtime calls through CUPTI):
-    the table of host and device time per op and runtime call goes to ``OUT/NAME.torchprof.txt``."""
+def _activities() -> list:
+    """What torch.profiler records: CPU activity, and CUDA activity where there is a GPU."""
     import torch
 
     activities = [torch.profiler.ProfilerActivity.CPU]
     if torch.cuda.is_available():
         activities.append(torch.profiler.ProfilerActivity.CUDA)
-    with torch.profiler.profile(activities=activities) as prof:
+    return activities
+
+
+def torch_profiled(out: Path, name: str, call):  # type: ignore[no-untyped-def]
+    """``call()`` under torch.profiler (CPU and CUDA activity, every thread's CUDA runtime calls through CUPTI):
+    the table of host and device time per op and runtime call goes to ``OUT/NAME.torchprof.txt``."""
+    import torch
+
+    with torch.profiler.profile(activities=_activities()) as prof:
         result = call()
     averages = prof.key_averages()
     text = [averages.table(sort_by="self_cpu_time_total", row_limit=45)]
@@ -88,13 +95,10 @@ def snap_share(args: argparse.Namespace, scene: Path, weights: Path, tmp: Path) 
     """The palette stage's share of the snapped run's kernel time: (snapped - default) / snapped."""
     import torch
 
-    activities = [torch.profiler.ProfilerActivity.CPU]
-    if torch.cuda.is_available():
-        activities.append(torch.profiler.ProfilerActivity.CUDA)
     seconds = {}
     for name in ("default", "palette"):
         options = {"palette": str(write_palette(tmp / "palette.json"))} if name == "palette" else {}
-        with torch.profiler.profile(activities=activities) as prof:
+        with torch.profiler.profile(activities=_activities()) as prof:
             run_translate(scene, weights, tmp / f"{name}.tif", args.device, **options)
         seconds[name] = kernel_seconds(prof)
         print(f"{name}: kernels and copies {seconds[name]:.3f} s of device time", flush=True)

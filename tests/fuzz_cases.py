@@ -194,6 +194,12 @@ def _translate(weights: Callable[[Path, ValidInputs], Path], scene: Callable[[Pa
                                "--device", "cpu"]
 
 
+def _evaluate_tiles(f: Path, case: Path, v: ValidInputs) -> list[str]:
+    """evaluate --weights on the case's copy of the tiles folder (one of whose files is the fuzzed one)."""
+    return ["evaluate", "--weights", str(v.files["generator"]), str(case / "data"), "--json",
+            str(case / "report.json"), "--device", "cpu"]
+
+
 def _make_tiles(case: Path, *inputs: str) -> list[str]:
     return ["make-tiles", *inputs, "-o", str(case / "tiles"), "--tile-size", str(TILE), "--val-fraction", "0.25",
             "--split-block", "1", "--min-valid", "0.5"]
@@ -224,14 +230,10 @@ TARGETS = (
            lambda f, case, v: ["palette", str(f), "-o", str(case / "map.qml")],
            "map.qml", truncations=40, flips=40, zero_runs=16),
     Target("evaluate --weights DATA_DIR: tile PNG", "tile", _in_copy_of(lambda v: v.data_dir, "val/val_000.png"),
-           lambda f, case, v: ["evaluate", "--weights", str(v.files["generator"]), str(case / "data"),
-                               "--json", str(case / "report.json"), "--device", "cpu"],
-           "report.json", random_cases=RANDOM_CASES_FEW, truncations=12, flips=10, zero_runs=4),
+           _evaluate_tiles, "report.json", random_cases=RANDOM_CASES_FEW, truncations=12, flips=10, zero_runs=4),
     Target("evaluate --weights DATA_DIR: tile mask PNG", "tile_mask",
            _in_copy_of(lambda v: v.data_dir, "masks/val/val_000.png"),
-           lambda f, case, v: ["evaluate", "--weights", str(v.files["generator"]), str(case / "data"),
-                               "--json", str(case / "report.json")],
-           "report.json", random_cases=RANDOM_CASES_FEW, truncations=12, flips=10, zero_runs=4),
+           _evaluate_tiles, "report.json", random_cases=RANDOM_CASES_FEW, truncations=12, flips=10, zero_runs=4),
     Target("make-tiles --aoi: GeoJSON", "aoi", _as("aoi.geojson"),
            lambda f, case, v: _make_tiles(case, "-i", str(v.files["scene"]), "-m", str(v.files["map"]),
                                           "--aoi", str(f)),
